@@ -1,0 +1,224 @@
+"""Command-line front end: parses arguments, calls the library, prints. No logic of its own.
+
+Every user-caused problem surfaces as an :class:`OptsearchError` and becomes one line on stderr and
+exit status 2. Library modules are imported inside the handlers so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from optsearch.errors import OptsearchError
+
+EXIT_USAGE = 2
+
+
+def _cmd_genome_show(a: argparse.Namespace) -> int:
+    from optsearch.genome import resolve
+
+    g = resolve(a.genome)
+    print(g.describe())
+    return 0
+
+
+def _cmd_genome_list(a: argparse.Namespace) -> int:
+    from optsearch.genome import NAMED
+    from optsearch.primitives import PRIMITIVES
+
+    print("primitives:")
+    for p in PRIMITIVES.values():
+        print(f"  {p.name:14s} {p.symbol}")
+    print("named genomes:")
+    for name, g in NAMED.items():
+        print(f"  {name:14s} {g.formula()}")
+    return 0
+
+
+def _cmd_study_create(a: argparse.Namespace) -> int:
+    from optsearch import study
+
+    print(study.create(a.name, preset=a.preset, config_path=a.config, storage=a.storage))
+    return 0
+
+
+def _cmd_study_run(a: argparse.Namespace) -> int:
+    from optsearch import study
+
+    print(
+        study.run(
+            a.name,
+            storage=a.storage,
+            generations=a.generations,
+            device=a.device,
+            workers=a.workers,
+            data_dir=a.data_dir,
+            progress=not a.quiet,
+        )
+    )
+    return 0
+
+
+def _cmd_study_list(a: argparse.Namespace) -> int:
+    from optsearch import study
+
+    print(study.list_text(storage=a.storage))
+    return 0
+
+
+def _cmd_study_show(a: argparse.Namespace) -> int:
+    from optsearch import study
+
+    print(study.show_text(a.name, storage=a.storage, top=a.top))
+    return 0
+
+
+def _cmd_study_delete(a: argparse.Namespace) -> int:
+    from optsearch import study
+
+    study.delete(a.name, storage=a.storage)
+    print(f"deleted study {a.name!r}")
+    return 0
+
+
+def _cmd_export(a: argparse.Namespace) -> int:
+    from optsearch import study
+
+    g = study.export(a.name, a.output, storage=a.storage, trial=a.trial)
+    print(f"wrote {a.output}: {g.formula()}")
+    return 0
+
+
+def _cmd_analyze(a: argparse.Namespace) -> int:
+    from optsearch import analysis
+
+    print(analysis.analyze_study(a.name, storage=a.storage, objective=a.objective, out_dir=a.output))
+    return 0
+
+
+def _cmd_benchmark(a: argparse.Namespace) -> int:
+    from optsearch import benchmark
+
+    print(
+        benchmark.run_cli(
+            study_name=a.name,
+            genome_files=a.genome or [],
+            tasks=a.tasks,
+            seeds=a.seeds,
+            steps=a.steps,
+            trials=a.trials,
+            subsample=a.subsample,
+            out_dir=a.output,
+            storage=a.storage,
+            device=a.device,
+            data_dir=a.data_dir,
+        )
+    )
+    return 0
+
+
+def _cmd_dashboard(a: argparse.Namespace) -> int:
+    from optsearch import dashboard
+
+    return dashboard.serve(a.name, storage=a.storage, host=a.host, port=a.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="optsearch",
+        description="Discover deep-learning optimizers by evolutionary search (Optuna + PyTorch).",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def storage(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--storage", help="Optuna storage URL (default: sqlite:///studies/optsearch.db)")
+
+    def data(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--data-dir", help="dataset directory (default: $OPTSEARCH_DATA_DIR, else ~/.cache/optsearch/data)")
+
+    def device(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--device", help="cpu, cuda or cuda:K (default: the study's, else cuda when available)")
+
+    def leaf(parent, name: str, fn: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        sp = parent.add_parser(name, help=help, description=help)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    # genome
+    g = sub.add_parser("genome", help="show the primitive catalogue and genomes")
+    gs = g.add_subparsers(dest="genome_command", required=True, metavar="ACTION")
+    sp = leaf(gs, "show", _cmd_genome_show, "print a genome's formula and parameters")
+    sp.add_argument("genome", help="a named genome (adam, paper_evolved, …) or a genome JSON file")
+    leaf(gs, "list", _cmd_genome_list, "list the primitives and the named genomes")
+
+    # study
+    s = sub.add_parser("study", help="create, run, list, show and delete studies")
+    ss = s.add_subparsers(dest="study_command", required=True, metavar="ACTION")
+    sp = leaf(ss, "create", _cmd_study_create, "create a study from a preset or a TOML config")
+    sp.add_argument("name")
+    src = sp.add_mutually_exclusive_group(required=True)
+    src.add_argument("--preset", help="quick, paper or paper-nsga (see studies/)")
+    src.add_argument("--config", help="a study TOML file")
+    storage(sp)
+    sp = leaf(ss, "run", _cmd_study_run, "evolve a study (resumes where it stopped)")
+    sp.add_argument("name")
+    sp.add_argument("--generations", type=int, help="run at most this many more generations")
+    sp.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    storage(sp)
+    device(sp)
+    data(sp)
+    sp = leaf(ss, "list", _cmd_study_list, "list the studies in a storage")
+    storage(sp)
+    sp = leaf(ss, "show", _cmd_study_show, "generation table, best genomes, per-task scores")
+    sp.add_argument("name")
+    sp.add_argument("--top", type=int, default=5, help="how many best genomes to show")
+    storage(sp)
+    sp = leaf(ss, "delete", _cmd_study_delete, "delete a study from its storage")
+    sp.add_argument("name")
+    storage(sp)
+
+    sp = leaf(sub, "export", _cmd_export, "write a study's best (or a given) trial as a genome JSON")
+    sp.add_argument("name")
+    sp.add_argument("--trial", type=int, help="trial number (default: the best)")
+    sp.add_argument("-o", "--output", required=True, help="output JSON file")
+    storage(sp)
+
+    sp = leaf(sub, "analyze", _cmd_analyze, "importances and design principles of a study")
+    sp.add_argument("name")
+    sp.add_argument("--objective", help="a task name for per-task objectives (default: the aggregate)")
+    sp.add_argument("-o", "--output", help="output folder (default: reports/NAME)")
+    storage(sp)
+
+    sp = leaf(sub, "benchmark", _cmd_benchmark, "evolved genome(s) vs tuned baselines on searched and held-out tasks")
+    sp.add_argument("name", nargs="?", help="study whose best genome is benchmarked")
+    sp.add_argument("--genome", action="append", help="a genome JSON file or name (repeatable)")
+    sp.add_argument("--tasks", help="comma-separated tasks (default: the study's plus mnist, fashion_mnist)")
+    sp.add_argument("--seeds", type=int, default=5, help="seeds per contender and task (default 5)")
+    sp.add_argument("--steps", type=int, help="training steps (default: each task's)")
+    sp.add_argument("--trials", type=int, default=8, help="tuning trials per contender and task (default 8)")
+    sp.add_argument("--subsample", type=int, help="training examples per task (default: the task's)")
+    sp.add_argument("-o", "--output", help="output folder (default: reports/benchmark-NAME)")
+    storage(sp)
+    device(sp)
+    data(sp)
+
+    sp = leaf(sub, "dashboard", _cmd_dashboard, "optuna-dashboard on a study's storage")
+    sp.add_argument("name")
+    sp.add_argument("--host", default="127.0.0.1", help="bind address (non-loopback only when given explicitly)")
+    sp.add_argument("--port", type=int, default=8080)
+    storage(sp)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except OptsearchError as e:
+        print(f"optsearch: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("optsearch: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,304 @@
+"""The genome: an optimizer as a weighted sum of primitive terms plus hyperparameters and switches.
+
+The search space is **static**: every parameter exists in every trial (4 term slots, each with a
+term — possibly ``none`` — and an α), so NSGA-II, our genetic sampler and the importance evaluators
+all see the whole space. Conditional spaces would be sampled at random by NSGA-II and silently
+dropped by fANOVA.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
+
+from optsearch.errors import GenomeError
+from optsearch.primitives import NONE, PRIMITIVES, TERM_CHOICES
+
+K = 4
+"""Number of term slots."""
+
+FORMAT_VERSION = 1
+CLIP_CHOICES: tuple[str, ...] = ("none", "value", "norm")
+
+# name -> (low, high, log) for the continuous genes; the ranges are the search space.
+FLOAT_RANGES: dict[str, tuple[float, float, bool]] = {
+    "lr_log10": (-5.0, -0.5, False),
+    "beta1": (0.0, 0.999, False),
+    "beta2": (0.8, 0.9999, False),
+    "eps_log10": (-10.0, -4.0, False),
+    "wd_log10": (-6.0, -1.0, False),
+    "clip_threshold": (0.01, 10.0, True),
+    "warmup_frac": (0.01, 0.3, False),
+}
+ALPHA_RANGE: tuple[float, float] = (0.0, 4.0)
+BOOL_GENES: tuple[str, ...] = ("weight_decay", "bias_correction", "warmup", "cosine_decay")
+
+
+@dataclass(frozen=True)
+class Genome:
+    """One optimizer. Immutable: ``dataclasses.replace(g, lr_log10=-2.5)`` makes a variant.
+
+    The update it encodes (see :meth:`formula`)::
+
+        θ ← θ − η_t·λ·θ − η_t·Σ_k α_k·term_k,   η_t = 10^lr_log10 · warmup(t) · cosine(t)
+
+    with λ = 10^wd_log10 when ``weight_decay`` is on (decoupled, as in AdamW) and the gradient
+    clipped first (``clip``: per-element ``value`` as in the paper, or global ``norm``).
+    """
+
+    terms: tuple[str, str, str, str] = ("adam", NONE, NONE, NONE)
+    alphas: tuple[float, float, float, float] = (1.0, 0.0, 0.0, 0.0)
+    lr_log10: float = -3.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps_log10: float = -8.0
+    weight_decay: bool = False
+    wd_log10: float = -2.0
+    bias_correction: bool = True
+    clip: str = "none"
+    clip_threshold: float = 1.0
+    warmup: bool = False
+    warmup_frac: float = 0.05
+    cosine_decay: bool = False
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    # ----------------------------------------------------------------- derived values
+    @property
+    def lr(self) -> float:
+        return 10.0**self.lr_log10
+
+    @property
+    def eps(self) -> float:
+        return 10.0**self.eps_log10
+
+    @property
+    def wd(self) -> float:
+        """Decoupled weight-decay coefficient λ (0 when weight decay is off)."""
+        return 10.0**self.wd_log10 if self.weight_decay else 0.0
+
+    def merged_terms(self) -> dict[str, float]:
+        """Primitive -> Σ α over the slots holding it (slot order is irrelevant; zero weights dropped)."""
+        out: dict[str, float] = {}
+        for t, a in zip(self.terms, self.alphas):
+            if t != NONE:
+                out[t] = out.get(t, 0.0) + a
+        return {t: a for t, a in out.items() if a != 0.0}
+
+    # ----------------------------------------------------------------- Optuna params
+    def to_params(self) -> dict[str, Any]:
+        """Flat Optuna parameters (``term_0..3``, ``alpha_0..3`` and the scalar genes)."""
+        p: dict[str, Any] = {}
+        for i in range(K):
+            p[f"term_{i}"] = self.terms[i]
+            p[f"alpha_{i}"] = self.alphas[i]
+        for f in fields(self):
+            if f.name not in ("terms", "alphas"):
+                p[f.name] = getattr(self, f.name)
+        return p
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> "Genome":
+        """Inverse of :meth:`to_params`; raises :class:`GenomeError` naming a missing or bad field."""
+        missing = [n for n in search_space() if n not in params]
+        if missing:
+            raise GenomeError(f"genome is missing field(s): {', '.join(missing)}")
+        kw: dict[str, Any] = {n: params[n] for n in search_space() if not n.startswith(("term_", "alpha_"))}
+        kw["terms"] = tuple(params[f"term_{i}"] for i in range(K))
+        kw["alphas"] = tuple(params[f"alpha_{i}"] for i in range(K))
+        return cls(**kw)
+
+    # ----------------------------------------------------------------- files
+    def to_dict(self) -> dict[str, Any]:
+        return {"format_version": FORMAT_VERSION, "genome": self.to_params(), "formula": self.formula()}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Genome":
+        """Read a genome JSON written by :meth:`save` (or ``export``)."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise GenomeError(f"genome file not found: {path}") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise GenomeError(f"genome file {path} is not valid JSON: {e}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("genome"), dict):
+            raise GenomeError(f"genome file {path}: expected an object with a 'genome' field")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise GenomeError(f"genome file {path}: unsupported format_version {version!r} (expected {FORMAT_VERSION})")
+        try:
+            return cls.from_params(data["genome"])
+        except GenomeError as e:
+            raise GenomeError(f"genome file {path}: {e}") from None
+
+    @classmethod
+    def named(cls, name: str) -> "Genome":
+        """A known optimizer as a genome (see :data:`NAMED`)."""
+        try:
+            return NAMED[name]
+        except KeyError:
+            raise GenomeError(f"unknown genome {name!r}; known: {', '.join(NAMED)}") from None
+
+    # ----------------------------------------------------------------- text
+    def formula(self) -> str:
+        """The update rule as one readable line, duplicate terms merged (Σ α)."""
+        merged = self.merged_terms()
+        inner = " + ".join(
+            PRIMITIVES[t].symbol if a == 1.0 else f"{_num(a)}·{PRIMITIVES[t].symbol}" for t, a in merged.items()
+        )
+        rule = f"Δθ = −η_t·({inner})" if merged else "Δθ = 0"
+        if self.weight_decay:
+            rule += " − η_t·λ·θ"
+        notes = ["bias correction" if self.bias_correction else "no bias correction"]
+        if self.clip == "value":
+            notes.append(f"clip |g|≤{_num(self.clip_threshold)}")
+        elif self.clip == "norm":
+            notes.append(f"clip ‖g‖≤{_num(self.clip_threshold)}")
+        sched = []
+        if self.warmup:
+            sched.append(f"warmup {self.warmup_frac:.0%}")
+        if self.cosine_decay:
+            sched.append("cosine")
+        notes.append(", ".join(sched) if sched else "constant lr")
+        return f"{rule}   [{'; '.join(notes)}]"
+
+    def describe(self) -> str:
+        """Formula plus hyperparameters, several lines (for ``genome show`` / ``study show``)."""
+        lines = [
+            self.formula(),
+            f"  η = 10^{self.lr_log10:.4g} = {self.lr:.3g}   β1 = {self.beta1:.4g}   β2 = {self.beta2:.4g}"
+            f"   ε = 10^{self.eps_log10:.4g}",
+            f"  λ = {'10^%.4g = %.3g' % (self.wd_log10, self.wd) if self.weight_decay else 'off'}",
+        ]
+        slots = ", ".join(f"{t}×{a:.4g}" for t, a in zip(self.terms, self.alphas))
+        lines.append(f"  slots: {slots}")
+        return "\n".join(lines)
+
+
+def _num(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def _validate(g: Genome) -> None:
+    def bad(name: str, why: str) -> GenomeError:
+        return GenomeError(f"field {name!r}: {why}")
+
+    for name, seq in (("terms", g.terms), ("alphas", g.alphas)):
+        if not isinstance(seq, tuple) or len(seq) != K:
+            raise bad(name, f"expected {K} values, got {seq!r}")
+    for i, t in enumerate(g.terms):
+        if t not in TERM_CHOICES:
+            raise bad(f"term_{i}", f"unknown primitive {t!r}; known: {', '.join(TERM_CHOICES)}")
+    for i, a in enumerate(g.alphas):
+        _check_float(f"alpha_{i}", a, *ALPHA_RANGE)
+    for name, (lo, hi, _) in FLOAT_RANGES.items():
+        _check_float(name, getattr(g, name), lo, hi)
+    for name in BOOL_GENES:
+        if not isinstance(getattr(g, name), bool):
+            raise bad(name, f"expected true/false, got {getattr(g, name)!r}")
+    if g.clip not in CLIP_CHOICES:
+        raise bad("clip", f"expected one of {', '.join(CLIP_CHOICES)}, got {g.clip!r}")
+
+
+def _check_float(name: str, x: Any, lo: float, hi: float) -> None:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise GenomeError(f"field {name!r}: expected a number, got {x!r}")
+    if not math.isfinite(x) or not lo <= x <= hi:
+        raise GenomeError(f"field {name!r}: {x!r} is outside [{lo}, {hi}]")
+
+
+def search_space() -> dict[str, BaseDistribution]:
+    """The static Optuna search space: parameter name -> distribution (insertion order is stable)."""
+    space: dict[str, BaseDistribution] = {}
+    for i in range(K):
+        space[f"term_{i}"] = CategoricalDistribution(TERM_CHOICES)
+        space[f"alpha_{i}"] = FloatDistribution(*ALPHA_RANGE)
+    for name, (lo, hi, log) in FLOAT_RANGES.items():
+        space[name] = FloatDistribution(lo, hi, log=log)
+    for name in BOOL_GENES:
+        space[name] = CategoricalDistribution((False, True))
+    space["clip"] = CategoricalDistribution(CLIP_CHOICES)
+    return {n: space[n] for n in Genome().to_params()}  # the field order of to_params()
+
+
+def define_search_space(trial: optuna.trial.BaseTrial) -> Genome:
+    """Suggest every genome parameter on ``trial`` and return the genome."""
+    params = {}
+    for name, dist in search_space().items():
+        if isinstance(dist, CategoricalDistribution):
+            params[name] = trial.suggest_categorical(name, dist.choices)
+        else:
+            params[name] = trial.suggest_float(name, dist.low, dist.high, log=dist.log)
+    return Genome.from_params(params)
+
+
+def _none_slots(*terms: tuple[str, float]) -> dict[str, tuple]:
+    ts = [t for t, _ in terms] + [NONE] * (K - len(terms))
+    al = [a for _, a in terms] + [0.0] * (K - len(terms))
+    return {"terms": tuple(ts), "alphas": tuple(al)}
+
+
+NAMED: dict[str, Genome] = {
+    # SGD with momentum in EMA form: torch.optim.SGD(momentum=μ, dampening=μ).
+    "sgd_momentum": Genome(**_none_slots(("momentum", 1.0)), lr_log10=-1.0, beta1=0.9, bias_correction=False),
+    "adam": Genome(**_none_slots(("adam", 1.0)), lr_log10=-3.0, beta1=0.9, beta2=0.999, eps_log10=-8.0),
+    "adamw": Genome(**_none_slots(("adam", 1.0)), lr_log10=-3.0, weight_decay=True, wd_log10=-2.0),
+    # torch.optim.RMSprop defaults: α (our β2) = 0.99, ε = 1e-8, lr = 0.01, no bias correction.
+    "rmsprop": Genome(**_none_slots(("rms_norm", 1.0)), lr_log10=-2.0, beta2=0.99, bias_correction=False),
+    "signum": Genome(**_none_slots(("sign_momentum", 1.0)), lr_log10=-3.0, beta1=0.9, bias_correction=False),
+    "lion": Genome(
+        **_none_slots(("lion", 1.0)), lr_log10=-4.0, beta1=0.9, beta2=0.99, weight_decay=True, wd_log10=-1.0,
+        bias_correction=False,
+    ),
+    # "Evolving Deep Learning Optimizers" (2025), the published evolved genome. Its warmup of 100
+    # steps was over a 500-step run, hence warmup_frac = 0.2.
+    "paper_evolved": Genome(
+        terms=("sign_grad", "sign_grad", "adam", "adam"),
+        alphas=(0.4121, 0.3224, 2.0030, 1.6322),
+        lr_log10=-2.9199,
+        beta1=0.8553,
+        beta2=0.9358,
+        eps_log10=-8.2642,
+        weight_decay=True,
+        wd_log10=-3.0112,
+        bias_correction=False,
+        clip="none",
+        warmup=True,
+        warmup_frac=0.2,
+        cosine_decay=True,
+    ),
+}
+
+BASELINES: tuple[str, ...] = ("sgd_momentum", "adam", "adamw", "rmsprop")
+"""Named genomes the first generation is seeded with."""
+
+
+def resolve(spec: str) -> Genome:
+    """A genome from a name in :data:`NAMED` or a JSON file path."""
+    if spec in NAMED:
+        return NAMED[spec]
+    if spec.endswith(".json") or Path(spec).exists():
+        return Genome.load(spec)
+    raise GenomeError(f"unknown genome {spec!r}: not a named genome ({', '.join(NAMED)}) nor a file")
+
+
+__all__ = [
+    "BASELINES",
+    "Genome",
+    "K",
+    "NAMED",
+    "define_search_space",
+    "resolve",
+    "search_space",
+]
