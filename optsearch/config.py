@@ -1,0 +1,209 @@
+"""Study configuration: one frozen dataclass built from a TOML file (or a preset) and validated up front.
+
+A config is validated when the study is created and stored with it (study user attr ``config``), so
+``study run NAME`` needs nothing but the name, and a bad config never reaches a half-made study.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from optsearch.errors import ConfigError
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "studies"
+OBJECTIVES = ("aggregate", "per_task")
+PRUNERS = ("none", "median", "successive_halving", "wilcoxon")
+
+
+@dataclass(frozen=True)
+class PruningConfig:
+    """How hopeless members are stopped mid-evaluation.
+
+    Single-objective studies use an Optuna pruner over the intermediate values (one per checkpoint).
+    Per-task studies cannot ``report`` (Optuna forbids it there), so they use our rule: after its
+    first finished (task, seed) unit, a member whose accuracy is within ``chance_margin`` of chance
+    level did not learn and is pruned. Diverged members are always pruned at once.
+    """
+
+    pruner: str = "median"
+    warmup_checkpoints: int = 2
+    chance_margin: float = 0.05
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Everything a study needs to run; stored with the study."""
+
+    tasks: tuple[str, ...]
+    population: int
+    generations: int
+    seeds: tuple[int, ...] = (0,)
+    steps: int | None = None
+    batch_size: int | None = None
+    subsample: int | None = None
+    objective: str = "aggregate"
+    seed: int = 0
+    device: str = "auto"
+    checkpoint_every: int = 50
+    pruning: PruningConfig = field(default_factory=PruningConfig)
+    sampler: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def per_task(self) -> bool:
+        return self.objective == "per_task"
+
+    @property
+    def objective_names(self) -> list[str]:
+        return list(self.tasks) if self.per_task else ["fitness"]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["tasks"] = list(self.tasks)
+        d["seeds"] = list(self.seeds)
+        d["sampler"] = dict(self.sampler)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, where: str = "config") -> "StudyConfig":
+        """Build and validate; every problem is a one-line :class:`ConfigError` naming the key."""
+        d = dict(d)
+        if "search" in d:  # the TOML layout: [search], [pruning], [sampler]
+            search = d.pop("search")
+            if not isinstance(search, dict):
+                raise ConfigError(f"{where}: [search] must be a table")
+            d = {**search, **d}
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        for req in ("tasks", "population", "generations"):
+            if req not in d:
+                raise ConfigError(f"{where}: missing required key {req!r}")
+        tasks = _str_list(d["tasks"], "tasks", where)
+        _check_tasks(tasks, where)
+        seeds = d.get("seeds", [0])
+        if isinstance(seeds, int) and not isinstance(seeds, bool):
+            seeds = list(range(seeds)) if seeds > 0 else seeds
+        if not isinstance(seeds, list) or not seeds or not all(_is_int(s) for s in seeds):
+            raise ConfigError(f"{where}: 'seeds' must be a non-empty list of integers (or a positive count), got {seeds!r}")
+        if len(set(seeds)) != len(seeds):
+            raise ConfigError(f"{where}: 'seeds' has duplicates: {seeds!r}")
+        pruning = d.get("pruning", {})
+        if not isinstance(pruning, dict):
+            raise ConfigError(f"{where}: [pruning] must be a table")
+        sampler = d.get("sampler", {})
+        if not isinstance(sampler, dict):
+            raise ConfigError(f"{where}: [sampler] must be a table")
+        cfg = cls(
+            tasks=tuple(tasks),
+            population=_int(d, "population", where, lo=2),
+            generations=_int(d, "generations", where, lo=1),
+            seeds=tuple(seeds),
+            steps=_opt_int(d, "steps", where, lo=1),
+            batch_size=_opt_int(d, "batch_size", where, lo=1),
+            subsample=_opt_int(d, "subsample", where, lo=1),
+            objective=_choice(d, "objective", OBJECTIVES, "aggregate", where),
+            seed=_int(d, "seed", where, default=0),
+            device=_device(d.get("device", "auto"), where),
+            checkpoint_every=_int(d, "checkpoint_every", where, lo=1, default=50),
+            pruning=_pruning(pruning, where),
+            sampler=dict(sampler),
+        )
+        _check_sampler(cfg, where)
+        return cfg
+
+
+def load(path: str | Path) -> StudyConfig:
+    """Read and validate a study TOML file."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config {path}: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config {path} is not valid TOML: {e}") from None
+    return StudyConfig.from_dict(data, where=str(path))
+
+
+def preset(name: str) -> StudyConfig:
+    """A preset from ``studies/NAME.toml``."""
+    path = PRESET_DIR / f"{name}.toml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(known)}")
+    return load(path)
+
+
+# ----------------------------------------------------------------------------- validation helpers
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _int(d: Mapping[str, Any], key: str, where: str, *, lo: int | None = None, default: int | None = None) -> int:
+    x = d.get(key, default)
+    if not _is_int(x):
+        raise ConfigError(f"{where}: {key!r} must be an integer, got {x!r}")
+    if lo is not None and x < lo:
+        raise ConfigError(f"{where}: {key!r} must be ≥ {lo}, got {x}")
+    return x
+
+
+def _opt_int(d: Mapping[str, Any], key: str, where: str, *, lo: int) -> int | None:
+    return None if d.get(key) is None else _int(d, key, where, lo=lo)
+
+
+def _choice(d: Mapping[str, Any], key: str, choices: tuple[str, ...], default: str, where: str) -> str:
+    x = d.get(key, default)
+    if x not in choices:
+        raise ConfigError(f"{where}: {key!r} must be one of {', '.join(choices)}, got {x!r}")
+    return x
+
+
+def _str_list(x: Any, key: str, where: str) -> list[str]:
+    if not isinstance(x, list) or not x or not all(isinstance(s, str) for s in x):
+        raise ConfigError(f"{where}: {key!r} must be a non-empty list of names, got {x!r}")
+    if len(set(x)) != len(x):
+        raise ConfigError(f"{where}: {key!r} has duplicates: {x!r}")
+    return x
+
+
+def _check_tasks(tasks: list[str], where: str) -> None:
+    from optsearch.tasks import TASKS
+
+    for t in tasks:
+        if t not in TASKS:
+            raise ConfigError(f"{where}: unknown task {t!r}; known: {', '.join(TASKS)}")
+
+
+def _device(x: Any, where: str) -> str:
+    if not isinstance(x, str) or not (x in ("auto", "cpu", "cuda") or (x.startswith("cuda:") and x[5:].isdigit())):
+        raise ConfigError(f"{where}: 'device' must be auto, cpu, cuda or cuda:K, got {x!r}")
+    return x
+
+
+def _pruning(p: Mapping[str, Any], where: str) -> PruningConfig:
+    unknown = sorted(set(p) - set(PruningConfig.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(f"{where}: unknown [pruning] key(s) {', '.join(unknown)}")
+    margin = p.get("chance_margin", 0.05)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1:
+        raise ConfigError(f"{where}: pruning 'chance_margin' must be in [0, 1), got {margin!r}")
+    return PruningConfig(
+        pruner=_choice(p, "pruner", PRUNERS, "median", where + " [pruning]"),
+        warmup_checkpoints=_int(p, "warmup_checkpoints", where, lo=0, default=2),
+        chance_margin=float(margin),
+    )
+
+
+def _check_sampler(cfg: StudyConfig, where: str) -> None:
+    from optsearch.sampler import GAConfig
+
+    try:
+        GAConfig.from_dict(cfg.sampler)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: [sampler] {e}") from None

@@ -1,0 +1,158 @@
+"""Optuna storages from URLs, and liveness of the workers that hold RUNNING trials.
+
+* ``sqlite:///path.db`` (the default, nothing to start) and any SQLAlchemy RDB URL such as
+  ``postgresql+psycopg://user@host/db`` → :class:`optuna.storages.RDBStorage` with heartbeats, so a
+  crashed worker's trials are failed by the next worker (``fail_stale_trials``).
+* ``journal:///abs/path.log``, ``journal://relative.log`` or a path ending in ``.log``/``.journal`` → the journal file storage.
+  It has no heartbeat, so every worker also records its host and pid on its trials and a RUNNING
+  trial whose process is gone from this host is failed at once.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from pathlib import Path
+from typing import Iterable
+
+import optuna
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from optsearch.errors import StudyError
+
+DEFAULT_STORAGE = "sqlite:///studies/optsearch.db"
+HEARTBEAT_INTERVAL = 5
+GRACE_PERIOD = 20
+HOST_ATTR = "optsearch:host"
+PID_ATTR = "optsearch:pid"
+
+
+def resolve_url(url: str | None) -> str:
+    """The storage URL to use: the given one, else ``$OPTSEARCH_STORAGE``, else the default SQLite file."""
+    return url or os.environ.get("OPTSEARCH_STORAGE") or DEFAULT_STORAGE
+
+
+def open_storage(url: str | None = None) -> BaseStorage:
+    """Open (and for SQLite, create) the storage; a URL that cannot be used is a one-line StudyError."""
+    url = resolve_url(url)
+    try:
+        if url.startswith("journal://") or url.endswith((".log", ".journal")):
+            path = Path(url.removeprefix("journal://"))  # journal:///abs/x.log or journal://rel/x.log
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(path)))
+        if "://" not in url:
+            raise StudyError(f"storage {url!r} is not a URL (expected e.g. sqlite:///studies/optsearch.db, "
+                             "postgresql+psycopg://user@host/db or journal:///path.log)")
+        if url.startswith("sqlite:///"):
+            db = Path(url.removeprefix("sqlite:///"))
+            if str(db) not in ("", ":memory:"):
+                db.parent.mkdir(parents=True, exist_ok=True)
+        return RDBStorage(
+            url,
+            heartbeat_interval=HEARTBEAT_INTERVAL,
+            grace_period=GRACE_PERIOD,
+            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True},
+        )
+    except StudyError:
+        raise
+    except Exception as e:  # SQLAlchemy/driver errors: unknown dialect, refused connection, bad path
+        msg = " ".join(str(e).split())[:300]
+        raise StudyError(f"cannot open storage {_redact(url)}: {type(e).__name__}: {msg}") from None
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a URL before it is printed."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        cred, host = rest.rsplit("@", 1)
+        user = cred.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}" if ":" in cred else url
+    return url
+
+
+def load_study(name: str, storage: BaseStorage, url: str | None = None) -> optuna.Study:
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        known = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+        hint = f"; studies there: {', '.join(known)}" if known else "; the storage has no studies"
+        raise StudyError(f"no study named {name!r} in {_redact(resolve_url(url))}{hint}") from None
+
+
+def mark_worker(study: optuna.Study, trial_id: int) -> None:
+    """Record which process holds a trial, so a dead local worker's trials can be failed at once."""
+    study._storage.set_trial_system_attr(trial_id, HOST_ATTR, socket.gethostname())
+    study._storage.set_trial_system_attr(trial_id, PID_ATTR, os.getpid())
+
+
+def fail_dead_trials(study: optuna.Study) -> list[int]:
+    """Fail RUNNING trials whose worker is gone: stale heartbeat (RDB) or a dead pid on this host.
+
+    Returns the numbers of the trials failed here. Safe to call from several workers at once.
+    """
+    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    optuna.storages.fail_stale_trials(study)
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid = t.system_attrs.get(PID_ATTR)
+        if t.system_attrs.get(HOST_ATTR) == host and isinstance(pid, int) and pid != os.getpid() and not _alive(pid):
+            try:
+                study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            except Exception:  # another worker failed it first
+                pass
+    after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    return sorted(before - after)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (killed child not yet reaped) is dead for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+class Heartbeat:
+    """Records heartbeats for this worker's running trials from one background thread (RDB storages).
+
+    Optuna only beats inside ``study.optimize``; our ask/tell loop needs its own.
+    """
+
+    def __init__(self, storage: BaseStorage, trial_ids: Iterable[int]):
+        self._storage = storage
+        self._ids = list(trial_ids)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "Heartbeat":
+        if isinstance(self._storage, RDBStorage) and self._storage.get_heartbeat_interval():
+            self._beat()
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        for tid in self._ids:
+            try:
+                self._storage.record_heartbeat(tid)
+            except Exception:  # a finished trial, or a transient storage error: next beat retries
+                pass
+
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT_INTERVAL):
+            self._beat()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
