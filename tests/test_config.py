@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import pytest
+
+from optsearch import config
+from optsearch.errors import ConfigError
+
+
+def test_presets_are_valid():
+    quick = config.preset("quick")
+    assert quick.tasks == ("digits", "mnist1d") and not quick.per_task
+    paper = config.preset("paper")
+    assert (paper.population, paper.generations, paper.steps, paper.seeds, paper.subsample) == (50, 50, 500, (0, 1), 15000)
+    assert paper.tasks == ("mnist", "fashion_mnist", "cifar10")
+    nsga = config.preset("paper-nsga")
+    assert nsga.per_task and nsga.objective_names == list(nsga.tasks)
+
+
+def test_roundtrip_through_dict():
+    cfg = config.preset("paper-nsga")
+    assert config.StudyConfig.from_dict(cfg.to_dict()) == cfg
+
+
+BASE = {"tasks": ["digits"], "population": 4, "generations": 2}
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        ({"population": -3}, "'population' must be ≥ 2"),
+        ({"population": "ten"}, "'population' must be an integer"),
+        ({"generations": 0}, "'generations' must be ≥ 1"),
+        ({"steps": 0}, "'steps' must be ≥ 1"),
+        ({"tasks": ["digits", "imagenet"]}, "unknown task 'imagenet'"),
+        ({"tasks": []}, "'tasks' must be a non-empty list"),
+        ({"objective": "best"}, "'objective' must be one of"),
+        ({"device": "tpu"}, "'device' must be"),
+        ({"seeds": [0, 0]}, "duplicates"),
+        ({"colour": "red"}, "unknown key(s) colour"),
+        ({"pruning": {"pruner": "magic"}}, "'pruner' must be one of"),
+    ],
+)
+def test_bad_configs_name_the_problem(change, needle):
+    with pytest.raises(ConfigError) as e:
+        config.StudyConfig.from_dict({**BASE, **change})
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_bad_toml_and_unknown_preset(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[search\ntasks = 3")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        config.load(p)
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        config.preset("huge")
