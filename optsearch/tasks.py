@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -18,9 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from optsearch import datasets
+from optsearch.datasets import DATA_DIR_ENV
 from optsearch.errors import ConfigError, DataError
-
-DATA_DIR_ENV = "OPTSEARCH_DATA_DIR"
 DIVERGENCE_LOSS = 50.0
 """A training loss above this (or NaN/inf) marks a member as diverged."""
 LOSS_TAIL = 50
@@ -31,12 +32,38 @@ WORST_FITNESS = -1.0
 
 @dataclass(frozen=True)
 class Arrays:
-    """A task's data as host arrays: float32 inputs (N, …) and int64 labels (N,)."""
+    """A task's data as host arrays: inputs (N, …) and int64 labels (N,).
+
+    Inputs are float32, or uint8 images (N, C, H, W) that :func:`load_data` scales to [0, 1] and
+    normalises per channel with ``mean``/``std`` after picking its rows (so a 50,000-image set is
+    never held as float32 on the host).
+    """
 
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ModelTraits:
+    """What a task's model contains, so the evaluator can pick its backend without guessing.
+
+    Attributes:
+        conv: has convolutions (compute-bound on CPU: loop per genome there; batch on GPU).
+        batchnorm: has BatchNorm (running-stat buffers that must be stacked per member; train/eval mode).
+        dropout: has dropout (random forward: needs its own per-member randomness and train/eval mode).
+        num_params: trainable parameters of one model.
+        flops_per_example: forward-pass FLOPs (2 × multiply-adds of conv and linear layers) per example.
+    """
+
+    conv: bool
+    batchnorm: bool
+    dropout: bool
+    num_params: int
+    flops_per_example: int
 
 
 @dataclass(frozen=True)
@@ -65,6 +92,7 @@ class Task:
         val_size: examples carved from the training set for validation.
         subsample: default number of training examples kept (None: all).
         embedded: True when no files are needed.
+        input_shape: one example's shape (without the batch dimension).
     """
 
     name: str
@@ -78,6 +106,38 @@ class Task:
     subsample: int | None = None
     embedded: bool = False
     description: str = field(default="", compare=False)
+    input_shape: tuple[int, ...] = ()
+
+    @cached_property
+    def traits(self) -> ModelTraits:
+        """Inspect one model (built on CPU without touching the global RNG) and one forward pass."""
+        with torch.random.fork_rng(devices=[]):
+            model = self.build_model()
+        mods = list(model.modules())
+        flops = 0
+
+        def count(m: nn.Module, _inp, out: torch.Tensor) -> None:
+            nonlocal flops
+            if isinstance(m, nn.Linear):
+                flops += 2 * m.in_features * m.out_features
+            elif isinstance(m, nn.modules.conv._ConvNd):
+                k = math.prod(m.kernel_size) * m.in_channels // m.groups
+                flops += 2 * k * out[0].numel()
+
+        hooks = [m.register_forward_hook(count) for m in mods if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+        try:
+            with torch.no_grad():
+                model.eval()(torch.zeros(1, *self.input_shape))
+        finally:
+            for h in hooks:
+                h.remove()
+        return ModelTraits(
+            conv=any(isinstance(m, nn.modules.conv._ConvNd) for m in mods),
+            batchnorm=any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in mods),
+            dropout=any(isinstance(m, nn.modules.dropout._DropoutNd) for m in mods),
+            num_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+            flops_per_example=flops,
+        )
 
 
 TASKS: dict[str, Task] = {}
@@ -96,7 +156,11 @@ def get_task(name: str) -> Task:
 
 
 def data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
-    """The dataset directory: the CLI option, else ``$OPTSEARCH_DATA_DIR``, else None (torchvision default)."""
+    """The dataset directory: the CLI option, else ``$OPTSEARCH_DATA_DIR``, else None.
+
+    None makes the real-data readers fall back to torchvision's download into
+    ``~/.cache/optsearch/data`` (users with internet); tests always set a directory.
+    """
     value = explicit or os.environ.get(DATA_DIR_ENV)
     return Path(value).expanduser() if value else None
 
@@ -135,7 +199,13 @@ def load_data(
     dev = torch.device(device)
 
     def t(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a)).to(dev)
+        x = torch.from_numpy(np.require(a, requirements=["C", "W"])).to(dev)  # copies read-only (cached) arrays
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)
+            if arrays.mean is not None and arrays.std is not None:
+                shape = (1, -1) + (1,) * (x.dim() - 2)
+                x.sub_(torch.tensor(arrays.mean, device=dev).view(shape)).div_(torch.tensor(arrays.std, device=dev).view(shape))
+        return x
 
     return TaskData(
         train_x=t(arrays.x_train[train_idx]),
@@ -196,6 +266,7 @@ register(
         val_size=287,
         embedded=True,
         description="scikit-learn 8×8 digits, MLP 64-128-10",
+        input_shape=(64,),
     )
 )
 register(
@@ -208,5 +279,75 @@ register(
         val_size=800,
         embedded=True,
         description="MNIST-1D (generated offline), MLP 40-128-10",
+        input_shape=(40,),
     )
 )
+
+
+# ----------------------------------------------------------------------------- real datasets
+def small_cnn() -> nn.Module:
+    """The paper's SmallCNN for 1×28×28 inputs: conv32-pool-conv64-pool-fc256-fc10 (3×3, padding 1)."""
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * 7 * 7, 256), nn.ReLU(), nn.Linear(256, 10),
+    )
+
+
+def cifar_cnn() -> nn.Module:
+    """The paper's CIFAR-10 CNN: two (conv-BN-ReLU ×2, pool, dropout 0.25) blocks, fc256, dropout 0.5, fc10."""
+
+    def block(c_in: int, c_out: int) -> list[nn.Module]:
+        return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(),
+                nn.Conv2d(c_out, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(),
+                nn.MaxPool2d(2), nn.Dropout(0.25)]
+
+    return nn.Sequential(*block(3, 32), *block(32, 64), nn.Flatten(),
+                         nn.Linear(64 * 8 * 8, 256), nn.ReLU(), nn.Dropout(0.5), nn.Linear(256, 10))
+
+
+def crop_flip(pad: int = 4, fill: tuple[float, ...] = (0.0,)) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+    """On-device augmentation: random crop after ``pad``-pixel padding, then a random horizontal flip.
+
+    One gather for the whole batch (no per-image loop), driven only by ``generator`` so a seeded
+    generator reproduces it. ``fill`` is the padding colour in the normalised space (black, as
+    torchvision pads before normalising). Leading dimensions beyond (C, H, W) are allowed, e.g. a
+    population's [P, B, C, H, W] batch, and every image gets its own crop and flip.
+    """
+
+    def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        *lead, c, h, w = x.shape
+        xb = x.reshape(-1, c, h, w)
+        b, gdev = xb.shape[0], generator.device
+        padded = xb.new_empty(b, c, h + 2 * pad, w + 2 * pad)
+        padded.copy_(torch.tensor(fill, dtype=x.dtype, device=x.device).view(1, -1, 1, 1).expand_as(padded))
+        padded[..., pad:pad + h, pad:pad + w] = xb
+        oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=gdev).to(x.device)
+        ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=gdev).to(x.device)
+        flip = torch.randint(0, 2, (b,), generator=generator, device=gdev).to(x.device).bool()
+        j = torch.arange(w, device=x.device)
+        rows = oy[:, None] + torch.arange(h, device=x.device)  # [b, h]
+        cols = ox[:, None] + torch.where(flip[:, None], w - 1 - j, j)  # [b, w]; crop, then mirror
+        idx = (rows[:, :, None] * (w + 2 * pad) + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
+        return padded.view(b, c, -1).gather(2, idx).view(x.shape)
+
+    return augment
+
+
+def _real(name: str, mean: tuple[float, ...], std: tuple[float, ...]) -> Callable[[Path | None], Arrays]:
+    def read(root: Path | None) -> Arrays:
+        raw = datasets.read_dataset(name, root)
+        return Arrays(raw["x_train"], raw["y_train"], raw["x_test"], raw["y_test"], mean=mean, std=std)
+
+    return read
+
+
+_CIFAR_MEAN, _CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+register(Task(name="mnist", build_model=small_cnn, read=_real("mnist", (0.1307,), (0.3081,)), steps=500,
+              batch_size=128, input_shape=(1, 28, 28), description="MNIST, the paper's SmallCNN"))
+register(Task(name="fashion_mnist", build_model=small_cnn, read=_real("fashion_mnist", (0.2860,), (0.3530,)),
+              steps=500, batch_size=128, input_shape=(1, 28, 28), description="Fashion-MNIST, the paper's SmallCNN"))
+register(Task(name="cifar10", build_model=cifar_cnn, read=_real("cifar10", _CIFAR_MEAN, _CIFAR_STD), steps=500,
+              batch_size=128, input_shape=(3, 32, 32),
+              augment=crop_flip(4, tuple(-m / s for m, s in zip(_CIFAR_MEAN, _CIFAR_STD))),
+              description="CIFAR-10, CNN with BatchNorm and dropout, crop+flip augmentation"))
