@@ -1,0 +1,221 @@
+"""optuna-dashboard on a study's storage, and the study-level note people read there.
+
+The dashboard shows what the study layer stores: trial user attrs (formula, generation, per-task
+accuracies, diverged), intermediate values (the fitness curve), the Pareto front of per-task studies,
+and notes/figures saved with ``optuna_dashboard.save_note`` / ``save_plotly_graph_object``. This module
+only serves it: we run the dashboard's own WSGI app on a threaded wsgiref server we own, so Ctrl-C
+stops it cleanly (exit 0, no traceback) and tests can start and stop it in-process.
+
+Binding is loopback unless a host is given explicitly: the dashboard has no authentication and can
+rename/delete studies, so exposing it to the network must be a decision, never a default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import sys
+import threading
+import warnings
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from typing import Any, Mapping, TextIO
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import optuna
+from optuna.storages import BaseStorage
+
+from optsearch.errors import ConfigError, StudyError
+from optsearch.storage import load_study, open_storage, resolve_url
+
+LOOPBACK = "127.0.0.1"
+
+
+# ----------------------------------------------------------------------------- host policy
+def is_loopback(host: str) -> bool:
+    """True when every address ``host`` names is a loopback address (so nothing off this machine can connect)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:  # a host name: loopback only if it resolves to loopback addresses alone
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    addrs = {info[4][0] for info in infos}
+    return bool(addrs) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addrs)
+
+
+def resolve_host(host: str | None) -> tuple[str, str | None]:
+    """The address to bind and, for an explicitly requested non-loopback one, the warning to print.
+
+    ``None`` (the CLI default, i.e. ``--host`` not given) means loopback: the dashboard has no login
+    and can delete studies, so it is reachable from the network only when someone asks for that.
+    """
+    if host is None or host == "":
+        return LOOPBACK, None
+    if is_loopback(host):
+        return host, None
+    return host, (f"optsearch: warning: the dashboard on {host} is reachable from the network and has no "
+                  "authentication (anyone who can connect can rename or delete studies)")
+
+
+# ----------------------------------------------------------------------------- storage
+def _open_existing_storage(storage: str | None) -> BaseStorage:
+    """Open the study's storage without creating it: a dashboard on a missing SQLite/journal file is a typo."""
+    url = resolve_url(storage)
+    path: str | None = None
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        path = None if path in ("", ":memory:") else path
+    elif url.startswith("journal://") or url.endswith((".log", ".journal")):
+        path = url.removeprefix("journal://")
+    if path is not None and not Path(path).is_file():
+        raise StudyError(f"no storage at {path} (from {url}); create a study first "
+                         "(`python -m optsearch study create NAME --preset quick`) or pass --storage")
+    with warnings.catch_warnings():  # heartbeat options are 'experimental' in Optuna; not the dashboard user's concern
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return open_storage(url)
+
+
+def study_url(host: str, port: int, study_id: int) -> str:
+    """The dashboard's page for one study (optuna-dashboard's client route ``/dashboard/studies/<id>``)."""
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/dashboard/studies/{study_id}"
+
+
+# ----------------------------------------------------------------------------- server
+class _QuietHandler(WSGIRequestHandler):
+    """No access log: the dashboard polls every few seconds and would bury the printed URL."""
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
+        pass
+
+
+class _ThreadedServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a browser's keep-alive request must not block shutdown
+    allow_reuse_address = True
+
+
+class DashboardServer:
+    """A running dashboard for one study: ``url`` to open, ``serve_forever()`` or ``start()``, ``shutdown()``."""
+
+    def __init__(self, name: str, *, storage: str | None = None, host: str | None = None, port: int = 8080):
+        from optuna_dashboard import wsgi
+
+        self.host, self.warning = resolve_host(host)
+        st = _open_existing_storage(storage)
+        study = load_study(name, st, storage)
+        self.study_name = name
+        self.study_id = study._study_id
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"--port must be in 0..65535, got {port}")
+        try:
+            self._httpd = make_server(self.host, port, wsgi(st), server_class=_ThreadedServer,
+                                      handler_class=_QuietHandler)
+        except OSError as e:
+            raise ConfigError(f"cannot listen on {self.host}:{port}: {e.strerror or e}; "
+                              "choose another with --port (or --host)") from None
+        self.port = self._httpd.server_address[1]  # the real one when port=0 asked for a free port
+        self.url = study_url(self.host, self.port, self.study_id)
+        self._thread: threading.Thread | None = None
+
+    def serve_forever(self) -> None:
+        self._httpd.serve_forever(poll_interval=0.2)
+
+    def start(self) -> "DashboardServer":
+        """Serve from a background thread (tests, notebooks)."""
+        self._thread = threading.Thread(target=self.serve_forever, name="optsearch-dashboard", daemon=True)
+        self._thread.start()
+        return self
+
+    def shutdown(self) -> None:
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread.join()
+            self._thread = None
+        self._httpd.server_close()
+
+    def __enter__(self) -> "DashboardServer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+def serve(name: str, storage: str | None = None, host: str | None = None, port: int = 8080,
+          *, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Serve the dashboard for study ``name`` until Ctrl-C; print its URL. Returns the exit status (0).
+
+    ``host=None`` binds loopback; an explicit non-loopback host binds there with a one-line warning.
+    A missing study or storage is a :class:`StudyError`; a busy port a :class:`ConfigError`.
+    """
+    out = out or sys.stdout
+    err = err or sys.stderr
+    server = DashboardServer(name, storage=storage, host=host, port=port)
+    if server.warning:
+        print(server.warning, file=err, flush=True)
+    print(f"dashboard for study {name!r}: {server.url}", file=out, flush=True)
+    print("press Ctrl-C to stop", file=err, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("dashboard stopped", file=err, flush=True)
+    finally:
+        server.shutdown()
+    return 0
+
+
+# ----------------------------------------------------------------------------- notes
+def config_markdown(name: str, config: Mapping[str, Any]) -> str:
+    """The study config as Markdown: a sentence saying what is searched, then every setting in a table."""
+    tasks = list(config.get("tasks") or [])
+    per_task = config.get("objective") == "per_task"
+    lines = [f"# optsearch study `{name}`", ""]
+    if tasks:
+        mode = ("one objective per task (NSGA-II; see the Pareto front)" if per_task
+                else "one objective: fitness, the mean over tasks and seeds")
+        seeds = config.get("seeds")
+        lines += [
+            f"Evolves optimizers on **{', '.join(tasks)}**: population {config.get('population')} × "
+            f"{config.get('generations')} generations, {mode}; "
+            f"{len(seeds) if isinstance(seeds, list) else seeds} seed(s) per member.",
+            "",
+            "Fitness per task = validation accuracy + 0.05·max(0, 1 − mean train loss of the last 50 steps); "
+            "diverged members get −1. Each trial's user attributes hold its formula, generation, "
+            "per-task accuracy/loss/fitness and whether it diverged.",
+            "",
+        ]
+    lines += ["## Config", "", "| setting | value |", "|---|---|"]
+    for key, value in _flatten(config):
+        lines.append(f"| {key} | {_cell(value)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        if isinstance(v, Mapping) and v:
+            rows += _flatten(v, f"{prefix}{k}.")
+        else:
+            rows.append((f"{prefix}{k}", v))
+    return rows
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "default"
+    if isinstance(v, Mapping):
+        return "defaults" if not v else str(dict(v))
+    if isinstance(v, (list, tuple)):
+        return ", ".join(str(x) for x in v)
+    return str(v).replace("|", "\\|")
+
+
+def write_study_note(study: optuna.Study, config: Mapping[str, Any]) -> None:
+    """Save the study-level dashboard note (Markdown) describing the config, so the dashboard explains itself."""
+    from optuna_dashboard import save_note
+
+    save_note(study, config_markdown(study.study_name, config))
