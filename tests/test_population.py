@@ -1,0 +1,247 @@
+"""The batched population trains each genome exactly as GenomeOptimizer would train it alone.
+
+Equivalence is checked where it is meaningful (DESIGN §10): smooth genomes over 100 fp32 steps;
+genomes with sign terms (chaotic: a last-bit difference flips a sign) in float64 over 10 steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import optuna
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from optsearch.evaluate import batch_indices, build_model, data_seed
+from optsearch.genome import NAMED, Genome, define_search_space
+from optsearch.optim import GenomeOptimizer
+from optsearch.population import Population, choose_backend
+from optsearch.tasks import DIVERGENCE_LOSS, Task, _read_digits, get_task, load_data
+
+FP32_ATOL = 1e-5
+"""fp32, 100 steps, Adam/RMSProp/SGD: the two paths differ only in matmul summation order, in
+rounding 1−β in fp32 rather than double, and in one fused multiply-add (≈1 ulp per step; measured
+≤ 1e-6 here, DESIGN §10 ≈3e-7 after 500 steps). Longer or busier runs are not smooth: once such a
+difference flips one ReLU for one example, the gradient jumps by ~1e-4 and Adam amplifies it (seen
+after ~50 fp32 steps with weight decay on), so the switches are compared in float64."""
+FP64_ATOL = 1e-10
+"""float64: the same differences start at 1e-16 and stay far below this over 50 steps, even
+through sign terms over 10 steps (the prototype agreed to 3e-12)."""
+SEED = 0
+
+
+def unchecked(genome: Genome, **changes) -> Genome:
+    """A genome with values outside the search space (Genome validates; tests need lr = 10)."""
+    g = dataclasses.replace(genome)
+    for k, v in changes.items():
+        object.__setattr__(g, k, v)
+    return g
+
+
+def random_genomes(n: int, seed: int) -> list[Genome]:
+    """Genomes drawn from the search space by a seeded random sampler (whatever they contain)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    return [define_search_space(study.ask()) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    task = get_task("digits")
+    return task, load_data(task)
+
+
+def train_alone(task: Task, data, genome: Genome, steps: int, dtype: torch.dtype, *, dropout_seed=None):
+    """Reference: one model, one GenomeOptimizer, the evaluator's init and data order."""
+    model = build_model(task, SEED, device=torch.device("cpu"), dtype=dtype)
+    opt = GenomeOptimizer(model.parameters(), genome, total_steps=steps)
+    order = batch_indices(len(data.train_x), 64, steps, data_seed(SEED, task.name))
+    for t, idx in enumerate(order, start=1):
+        if dropout_seed is not None:
+            torch.manual_seed(dropout_seed + t)
+        loss = F.cross_entropy(model(data.train_x[idx].to(dtype)), data.train_y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return {n: p.detach() for n, p in model.named_parameters()}, model
+
+
+def train_population(task: Task, data, genomes, steps: int, dtype: torch.dtype, *, backend=None, dropout_seed=None):
+    model = build_model(task, SEED, device=torch.device("cpu"), dtype=dtype)
+    pop = Population(genomes, model, steps, backend=backend)
+    order = batch_indices(len(data.train_x), 64, steps, data_seed(SEED, task.name))
+    for t, idx in enumerate(order, start=1):
+        report = pop.step(data.train_x[idx].to(dtype), data.train_y[idx],
+                          seed=None if dropout_seed is None else dropout_seed + t)
+        assert report.diverged == ()
+    return pop
+
+
+def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def test_smooth_genomes_fp32_100_steps_match_one_by_one(digits):
+    task, data = digits
+    genomes = [NAMED["adam"], NAMED["rmsprop"], NAMED["sgd_momentum"]]
+    pop = train_population(task, data, genomes, 100, torch.float32)
+    assert pop.backend == "batched"
+    start = {k: v.detach() for k, v in build_model(task, SEED, device=torch.device("cpu"),
+                                                    dtype=torch.float32).named_parameters()}
+    for i, g in enumerate(genomes):
+        alone, _ = train_alone(task, data, g, 100, torch.float32)
+        assert max_diff(alone, start) > 1e-2  # it did train
+        assert max_diff(pop.parameters_of(i), alone) < FP32_ATOL, g.formula()
+
+
+def test_every_switch_float64_50_steps_matches_one_by_one(digits):
+    task, data = digits
+    adam = NAMED["adam"]
+    genomes = [
+        dataclasses.replace(adam, clip="norm", clip_threshold=0.5),
+        dataclasses.replace(adam, clip="value", clip_threshold=0.01, bias_correction=False, beta1=0.5, beta2=0.95,
+                            eps_log10=-5.0),
+        dataclasses.replace(adam, weight_decay=True, wd_log10=-1.5, warmup=True, warmup_frac=0.1, cosine_decay=True),
+        dataclasses.replace(adam, terms=("adam", "momentum", "rms_norm", "nesterov"), alphas=(1.0, 0.5, 0.3, 0.2)),
+    ]
+    pop = train_population(task, data, genomes, 50, torch.float64)
+    for i, g in enumerate(genomes):
+        alone, _ = train_alone(task, data, g, 50, torch.float64)
+        assert max_diff(pop.parameters_of(i), alone) < FP64_ATOL, g.formula()
+
+
+def test_sign_genomes_float64_10_steps_match_one_by_one(digits):
+    task, data = digits
+    clip_value = dataclasses.replace(NAMED["paper_evolved"], clip="value", clip_threshold=0.05)
+    genomes = [NAMED["paper_evolved"], NAMED["lion"], clip_value, *random_genomes(3, seed=7)]
+    assert any("sign_grad" in g.terms or "unit_grad" in g.terms for g in genomes[3:])  # random ones are not all smooth
+    pop = train_population(task, data, genomes, 10, torch.float64)
+    for i, g in enumerate(genomes):
+        alone, _ = train_alone(task, data, g, 10, torch.float64)
+        assert max_diff(pop.parameters_of(i), alone) < FP64_ATOL, g.formula()
+
+
+class _TinyCNN(nn.Sequential):
+    def __init__(self):
+        super().__init__(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.Dropout(0.25), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+
+
+TINY_CNN = Task(name="tiny_cnn_digits", build_model=_TinyCNN, read=_read_digits, steps=5, batch_size=64,
+                val_size=287, embedded=True, input_shape=(64,))
+
+
+@pytest.mark.parametrize("backend", ["looped", "vmap"])
+def test_cnn_backends_match_one_by_one_with_batchnorm_and_dropout(backend):
+    data = load_data(TINY_CNN)
+    genomes = [NAMED["adam"], NAMED["paper_evolved"], NAMED["sgd_momentum"]]
+    pop = train_population(TINY_CNN, data, genomes, 5, torch.float64, backend=backend, dropout_seed=123)
+    for i, g in enumerate(genomes):
+        alone, model = train_alone(TINY_CNN, data, g, 5, torch.float64, dropout_seed=123)
+        assert max_diff(pop.parameters_of(i), alone) < FP64_ATOL, (backend, g.formula())
+        # per-member BatchNorm running statistics follow the member's own forward passes
+        running = pop.buffers["2.running_mean"][pop.members.index(i)]
+        assert torch.allclose(running, model[2].running_mean, atol=FP64_ATOL, rtol=0)
+    # evaluation uses each member's own running stats (eval mode): accuracies differ across genomes
+    acc = pop.accuracy(data.val_x.double(), data.val_y)
+    assert len(set(acc.values())) > 1
+
+
+def test_backend_choice():
+    assert choose_backend(get_task("digits").build_model(), "cpu") == "batched"
+    assert choose_backend(get_task("digits").build_model(), "cuda") == "batched"
+    assert choose_backend(_TinyCNN(), "cpu") == "looped"
+    assert choose_backend(_TinyCNN(), "cuda") == "vmap"
+
+
+def healthy_runs(task, data, genomes, bad_index, steps, **kw):
+    """Train with and without member ``bad_index``; return both populations."""
+    with_bad = train_population_allowing_divergence(task, data, genomes, steps, **kw)
+    without = train_population_allowing_divergence(
+        task, data, [g for i, g in enumerate(genomes) if i != bad_index], steps,
+        members=[i for i in range(len(genomes)) if i != bad_index], **kw)
+    return with_bad, without
+
+
+def train_population_allowing_divergence(task, data, genomes, steps, members=None, backend=None):
+    model = build_model(task, SEED, device=torch.device("cpu"), dtype=torch.float32)
+    pop = Population(genomes, model, steps, members=members, backend=backend)
+    order = batch_indices(len(data.train_x), 64, steps, data_seed(SEED, task.name))
+    pop.reports = [pop.step(data.train_x[idx], data.train_y[idx]) for idx in order]
+    return pop
+
+
+@pytest.mark.parametrize("backend", ["batched", "looped"])
+def test_exploding_member_is_retired_and_the_others_are_bitwise_unaffected(digits, backend):
+    task, data = digits
+    genomes = [NAMED["adam"], NAMED["paper_evolved"], unchecked(NAMED["adam"], lr_log10=1.0), *random_genomes(2, 3)]
+    with_bad, without = healthy_runs(task, data, genomes, 2, 30, backend=backend)
+    assert with_bad.diverged == [2] and without.diverged == []
+    step = next(t for t, r in enumerate(with_bad.reports) if r.diverged)
+    assert with_bad.reports[step].diverged == (2,)
+    assert not with_bad.reports[step].losses[2] <= DIVERGENCE_LOSS
+    assert 2 not in with_bad.active and all(2 not in r.members for r in with_bad.reports[step + 1:])
+    # retired before the update of the step where its loss exploded: its weights are those after step `step`
+    frozen = with_bad.parameters_of(2)
+    assert all(torch.isfinite(t).all() for t in frozen.values())
+    for i in (0, 1, 3, 4):
+        a, b = with_bad.parameters_of(i), without.parameters_of(i)
+        assert all(torch.equal(a[k], b[k]) for k in a), i
+
+
+def test_nan_member_is_retired_before_its_update(digits):
+    task, data = digits
+    genomes = [NAMED["adam"], NAMED["rmsprop"], NAMED["lion"]]
+    model = build_model(task, SEED, device=torch.device("cpu"), dtype=torch.float32)
+    pop = Population(genomes, model, 10)
+    clean = Population(genomes, model, 10)
+    pop.theta[1, :5] = float("nan")
+    x, y = data.train_x[:64], data.train_y[:64]
+    report = pop.step(x, y)
+    clean.step(x, y)
+    assert report.diverged == (1,) and pop.diverged == [1] and pop.active == (0, 2)
+    assert torch.isnan(pop.parameters_of(1)["1.weight"]).sum() == 5  # frozen, not stepped
+    for i in (0, 2):
+        a, b = pop.parameters_of(i), clean.parameters_of(i)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_pruned_member_stops_updating(digits):
+    task, data = digits
+    genomes = [NAMED["adam"], NAMED["rmsprop"], NAMED["sgd_momentum"]]
+    model = build_model(task, SEED, device=torch.device("cpu"), dtype=torch.float32)
+    pop = Population(genomes, model, 20)
+    reference = Population([genomes[0], genomes[2]], model, 20, members=[0, 2])
+    order = batch_indices(len(data.train_x), 64, 20, data_seed(SEED, task.name))
+    for t, idx in enumerate(order):
+        if t == 5:
+            pop.retire([1])
+            at_prune = pop.parameters_of(1)
+            assert pop.pruned == [1] and pop.active == (0, 2)
+        report = pop.step(data.train_x[idx], data.train_y[idx])
+        reference.step(data.train_x[idx], data.train_y[idx])
+        if t >= 5:
+            assert 1 not in report.members  # costs no compute
+    assert all(torch.equal(at_prune[k], v) for k, v in pop.parameters_of(1).items())
+    for i in (0, 2):  # the others never noticed (rows 0..4 were trained with member 1 present)
+        a, b = pop.parameters_of(i), reference.parameters_of(i)
+        assert max_diff(a, b) == 0.0
+
+
+def test_compiled_update_matches_eager(digits):
+    """The optional compiled update agrees with eager (Inductor may fuse into FMAs: fp32 tolerance)."""
+    pytest.importorskip("torch._inductor")
+    task, data = digits
+    genomes = [NAMED["adam"], dataclasses.replace(NAMED["rmsprop"], clip="norm", clip_threshold=0.1),
+               dataclasses.replace(NAMED["adamw"], clip="value", clip_threshold=0.01)]
+    model = build_model(task, SEED, device=torch.device("cpu"), dtype=torch.float32)
+    eager = Population(genomes, model, 20)
+    compiled = Population(genomes, model, 20, compile_update=True)
+    for idx in batch_indices(len(data.train_x), 64, 20, data_seed(SEED, task.name)):
+        eager.step(data.train_x[idx], data.train_y[idx])
+        compiled.step(data.train_x[idx], data.train_y[idx])
+    for i in range(3):
+        assert max_diff(eager.parameters_of(i), compiled.parameters_of(i)) < FP32_ATOL
