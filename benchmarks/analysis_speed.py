@@ -1,0 +1,81 @@
+"""How long `optsearch analyze` takes on a large study: 2,500 trials × the 20 genome parameters.
+
+    python benchmarks/analysis_speed.py [--trials 2500] [--storage URL]
+
+Builds a synthetic study (known fitness, see optsearch.analysis.synthetic_fitness) in a temporary
+SQLite file — the build is not timed — then runs the same steps as ``analyze_study`` and prints the
+wall time of each and the total. Target: under 60 s on the 2-core development CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+from optsearch import analysis
+from optsearch.importance import compute_importance, fanova, genome_features, ped_anova, surrogate, unit_view
+from optsearch.principles import compute_principles
+
+TARGET_S = 60.0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--trials", type=int, default=2500)
+    p.add_argument("--storage", help="an existing storage holding a study named 'speed' (skips the build)")
+    args = p.parse_args()
+    warnings.simplefilter("ignore")
+    with tempfile.TemporaryDirectory() as tmp:
+        url = args.storage
+        if url is None:
+            url = f"sqlite:///{Path(tmp) / 'speed.db'}"
+            t0 = time.perf_counter()
+            analysis.synthetic_study("speed", url, n_trials=args.trials, seed=0)
+            print(f"built {args.trials:,} trials in {time.perf_counter() - t0:.1f} s (not part of the timing)")
+
+        times: dict[str, float] = {}
+        start = time.perf_counter()
+
+        def lap(name: str, t: float) -> None:
+            times[name] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        data = analysis.load_study_data("speed", url)
+        lap("load study", t)
+        t = time.perf_counter()
+        features = genome_features(data.genomes)
+        imp = compute_importance(data.genomes, data.y, features=features)
+        lap("importance (all three)", t)
+        t = time.perf_counter()
+        principles = compute_principles(data.genomes, data.y, diverged=data.diverged, surrogate=imp.surrogate,
+                                        features=features, unit=data.label)
+        lap("principles", t)
+        result = analysis.Analysis(data, features, imp, principles)
+        t = time.perf_counter()
+        analysis.write_outputs(result, Path(tmp) / "report")
+        lap("report + figures", t)
+        t = time.perf_counter()
+        analysis.save_to_dashboard(result)
+        lap("dashboard note + figures", t)
+        total = time.perf_counter() - start
+
+        # The importance step again, method by method, to show where its time goes.
+        view = unit_view(features, data.y)
+        for name, fn in (("  PED-ANOVA", lambda: ped_anova(view)), ("  fANOVA × 3 seeds", lambda: fanova(view)),
+                         ("  forest, 5-fold CV + permutation", lambda: surrogate(features, data.y))):
+            t = time.perf_counter()
+            fn()
+            lap(name, t)
+
+    print(f"{len(data.y):,} analysed trials ({data.counts['diverged']} diverged) × {len(data.genomes[0].to_params())} params")
+    for name, s in times.items():
+        print(f"{name:36s} {s:6.1f} s")
+    verdict = "within" if total < TARGET_S else "OVER"
+    print(f"analysis wall time: {total:.1f} s ({verdict} the {TARGET_S:.0f} s target)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""The analysis against known ground truth: synthetic studies whose fitness is a known function of the genome.
+
+Single-objective truth (``optsearch.analysis.synthetic_fitness``): +0.05 without bias correction, a
++0.10 bump at lr_log10 = −2.5, +0.02 with an adam term, nothing from ε; high-lr unclipped genomes
+diverge. Per-task truth: on mnist1d, disabling bias correction costs 0.03 (a trade-off with digits).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+from optuna_dashboard import get_note, save_note
+from optuna_dashboard._custom_plot_data import get_plotly_graph_objects
+
+from optsearch.analysis import (
+    analyze,
+    analyze_study,
+    graph_id,
+    load_study_data,
+    pareto_mask,
+    replace_section,
+    save_to_dashboard,
+    synthetic_study,
+    write_outputs,
+)
+from optsearch.cli import main
+from optsearch.errors import StudyError
+from optsearch.principles import bootstrap_diff
+
+PNG = b"\x89PNG\r\n\x1a\n"
+CREATION_NOTE = "## Study config\n\npopulation 50 (written at creation; the analysis must keep it)"
+
+
+def figures(study: optuna.Study) -> dict[str, str]:
+    """The plotly figures saved in a study, read back as optuna-dashboard's server reads them."""
+    return get_plotly_graph_objects(study._storage.get_study_system_attrs(study._study_id))
+
+
+def principle(result_json: dict, kind: str, key: str, scope: str = "all") -> dict:
+    (p,) = [p for p in result_json["principles"] if p["kind"] == kind and p["key"] == key and p["scope"] == scope]
+    return p
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """A 320-trial aggregate-fitness study, analysed once with the library calls analyze_study makes."""
+    root = tmp_path_factory.mktemp("single")
+    url = f"sqlite:///{root / 'studies.db'}"
+    study = synthetic_study("truth", url, n_trials=320, seed=0)
+    save_note(study, CREATION_NOTE)
+    result = analyze(load_study_data("truth", url))
+    write_outputs(result, root / "report")
+    save_to_dashboard(result)
+    return {"url": url, "result": result, "out": root / "report",
+            "json": json.loads((root / "report" / "principles.json").read_text(encoding="utf-8"))}
+
+
+@pytest.fixture(scope="module")
+def per_task(tmp_path_factory):
+    root = tmp_path_factory.mktemp("per_task")
+    url = f"sqlite:///{root / 'studies.db'}"
+    synthetic_study("tradeoff", url, n_trials=180, seed=1, per_task=True)
+    return {"url": url, "root": root}
+
+
+# ----------------------------------------------------------------------------- ground truth
+def test_importance_ranks_lr_and_bias_correction_above_eps(single):
+    imp = single["json"]["importance"]
+    for method in (imp["ped_anova"], imp["surrogate"]["permutation_r2_drop"], imp["fanova"]["mean"]):
+        assert method["lr_log10"] > method["eps_log10"]
+        assert method["bias_correction"] > method["eps_log10"]
+    ranking = sorted(imp["ped_anova"], key=lambda u: -imp["ped_anova"][u])
+    assert ranking[0] == "lr_log10"
+    # The surrogate says how far it can be believed; on this smooth truth it must be believable.
+    assert imp["surrogate"]["cv_r2_mean"] > 0.6 and len(imp["surrogate"]["cv_r2"]) == 5
+    assert len(imp["fanova"]["seeds"]) == 3 and all(v >= 0 for v in imp["fanova"]["std"].values())
+
+
+def test_bias_correction_effect_recovered_with_ci_excluding_zero(single):
+    p = principle(single["json"], "switch", "bias_correction")
+    lo, hi = p["ci"]
+    assert p["established"] and 0 < lo < p["effect"] < hi
+    assert 0.035 < p["effect"] < 0.065  # truth: +0.05
+    assert p["sentence"].startswith("Disabling bias correction: +0.0") and "95 % CI +" in p["sentence"]
+    assert "not established" not in p["sentence"]
+    adam = principle(single["json"], "primitive", "adam")  # truth: +0.02
+    assert adam["established"] and adam["ci"][0] > 0
+
+
+def test_eps_reported_as_not_established(single):
+    eps = principle(single["json"], "continuous", "eps_log10", "held-out half")
+    assert not eps["established"] and eps["ci"][0] < 0 < eps["ci"][1]
+    assert eps["sentence"].endswith("— not established")
+    lr = principle(single["json"], "continuous", "lr_log10", "held-out half")
+    assert lr["established"] and lr["effect"] > 0.03
+    lo, hi = lr["details"]["top_range"]
+    assert lo < -2.5 < hi and hi - lo < 1.5  # the top 10 % sit around the bump at −2.5
+    assert abs(lr["details"]["partial_dependence"]["argmax"] + 2.5) < 0.5
+
+
+def test_diverged_trials_are_excluded_and_reported_separately(single):
+    study = optuna.load_study(study_name="truth", storage=single["url"])
+    diverged = [t for t in study.get_trials() if t.user_attrs.get("diverged")]
+    assert diverged and all(t.state == TrialState.PRUNED for t in diverged)
+    counts = single["json"]["counts"]
+    assert counts["diverged"] == len(diverged)
+    assert counts["complete"] == 320 - len(diverged)
+    assert principle(single["json"], "switch", "bias_correction")["n"] == counts["complete"]
+    # Divergence needs lr_log10 > −1 without clipping: clipping lowers the divergence rate.
+    clip = principle(single["json"], "divergence", "clip")
+    assert clip["n"] == 320 and clip["effect"] < 0
+
+
+def test_report_json_and_figures_written(single):
+    out = single["out"]
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert report.startswith("# Analysis of study `truth`")
+    assert "**Disabling bias correction: +0.0" in report  # established principles are bold
+    assert "eps_log10" in report and "not established" in report
+    for name in ("importance", "history", "terms", "principles", "partial_dependence"):
+        png = out / f"{name}.png"
+        assert png.read_bytes()[:8] == PNG and png.stat().st_size > 10_000
+        assert f"({name}.png)" in report
+    assert not (out / "pareto.png").exists()  # single objective: no Pareto front
+    assert single["json"]["study"] == "truth" and single["json"]["objective"] == "fitness"
+
+
+def test_dashboard_note_and_figures_saved_and_replaced_on_rerun(single):
+    study = optuna.load_study(study_name="truth", storage=single["url"])
+    note = get_note(study)
+    assert note.startswith(CREATION_NOTE)  # the creation note is kept
+    assert "optsearch analysis — fitness" in note and "Disabling bias correction" in note
+    ids = set(figures(study))
+    expected = {graph_id("fitness", n) for n in ("importance", "history", "terms", "principles")}
+    assert expected <= ids
+    figure = json.loads(figures(study)[graph_id("fitness", "importance")])
+    assert figure["data"][0]["type"] == "bar"
+
+    save_to_dashboard(single["result"])  # a second analysis run
+    study = optuna.load_study(study_name="truth", storage=single["url"])
+    assert set(figures(study)) == ids
+    again = get_note(study)
+    assert again.count("optsearch analysis — fitness") == 1 and again.startswith(CREATION_NOTE)
+
+
+# ----------------------------------------------------------------------------- per-task studies
+def test_per_task_objective_and_pareto_front(per_task, capsys):
+    out = per_task["root"] / "mnist1d"
+    assert main(["analyze", "tradeoff", "--storage", per_task["url"], "--objective", "mnist1d", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed and "mnist1d fitness" in printed
+    js = json.loads((out / "principles.json").read_text(encoding="utf-8"))
+    assert js["objective"] == "mnist1d"
+    bc = principle(js, "switch", "bias_correction")
+    assert bc["established"] and bc["ci"][1] < 0  # truth on mnist1d: −0.03
+    assert (out / "pareto.png").read_bytes()[:8] == PNG
+
+    summary = analyze_study("tradeoff", storage=per_task["url"], out_dir=per_task["root"] / "mean")
+    js = json.loads((per_task["root"] / "mean" / "principles.json").read_text(encoding="utf-8"))
+    assert js["objective"] == "aggregate" and "mean task fitness" in summary
+    # aggregate truth: (+0.05 − 0.03) / 2 = +0.01 — at least the point estimate's sign
+    assert principle(js, "switch", "bias_correction")["effect"] > 0
+    study = optuna.load_study(study_name="tradeoff", storage=per_task["url"])
+    ids = set(figures(study))
+    assert {graph_id("mnist1d", "history"), graph_id("aggregate", "history")} <= ids
+    note = get_note(study)
+    assert "— mnist1d fitness" in note and "— mean task fitness" in note  # one section per objective
+
+
+def test_per_task_values_match_study(per_task):
+    data = load_study_data("tradeoff", per_task["url"], "digits")
+    assert data.values.shape == (len(data.y), 2)
+    assert np.allclose(data.y, data.values[:, 0])
+    agg = load_study_data("tradeoff", per_task["url"])
+    assert np.allclose(agg.y, agg.values.mean(axis=1))
+
+
+# ----------------------------------------------------------------------------- errors
+def test_user_errors_are_one_line_study_errors(per_task, tmp_path, capsys):
+    with pytest.raises(StudyError, match="no objective 'cifar10'.*aggregate, digits, mnist1d"):
+        load_study_data("tradeoff", per_task["url"], "cifar10")
+    with pytest.raises(StudyError, match="no study named 'nope'.*tradeoff"):
+        load_study_data("nope", per_task["url"])
+    missing = tmp_path / "absent" / "x.db"
+    with pytest.raises(StudyError, match="no storage at"):
+        load_study_data("tradeoff", f"sqlite:///{missing}")
+    assert not missing.parent.exists()  # analysing must not create storages
+    assert main(["analyze", "nope", "--storage", per_task["url"]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("optsearch: error: no study named 'nope'") and err.count("\n") == 1
+
+
+def test_too_few_trials(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    synthetic_study("tiny", url, n_trials=8, seed=0)
+    with pytest.raises(StudyError, match="needs at least 10"):
+        load_study_data("tiny", url)
+
+
+# ----------------------------------------------------------------------------- helpers
+def test_pareto_mask_maximizes():
+    v = np.array([[1.0, 1.0], [2.0, 0.5], [0.5, 2.0], [0.9, 0.9], [2.0, 0.4]])
+    assert pareto_mask(v).tolist() == [True, True, True, False, False]
+
+
+def test_replace_section_keeps_other_text_and_is_idempotent():
+    once = replace_section("config note", "fitness", "A")
+    twice = replace_section(once, "fitness", "B")
+    assert twice.startswith("config note") and "B" in twice and "\nA\n" not in twice
+    both = replace_section(twice, "digits", "C")
+    assert both.count("optsearch-analysis-fitness-begin") == 1 and "C" in both and "B" in both
+
+
+def test_bootstrap_interval_covers_known_difference():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0.3, 0.1, 400), rng.normal(0.2, 0.1, 400)
+    d, lo, hi = bootstrap_diff(a, b, np.random.default_rng(1))
+    assert lo < 0.1 < hi and hi - lo < 0.05
+    assert bootstrap_diff(a, b, np.random.default_rng(1)) == (d, lo, hi)  # seeded: reproducible
