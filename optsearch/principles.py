@@ -158,7 +158,7 @@ def effect_principles(genomes: Sequence[Genome], y: np.ndarray, *, unit: str = "
 def divergence_principles(finished: Sequence[Genome], diverged: np.ndarray, *, seed: int = 0) -> list[Principle]:
     """How each departure changes the divergence rate, among all finished (complete or diverged) trials."""
     rate = np.asarray(diverged, dtype=float)
-    return [_compare("divergence", key, "all", f"{_label(key)} (divergence rate)", rate, departs(finished, key),
+    return [_compare("divergence", key, "all", f"{_label(key)}, divergence rate", rate, departs(finished, key),
                      unit="", seed=seed, percent=True) for key in (*SWITCHES, *PRIMS)]
 
 

@@ -147,6 +147,20 @@ def test_dashboard_note_and_figures_saved_and_replaced_on_rerun(single):
     assert again.count("optsearch analysis — fitness") == 1 and again.startswith(CREATION_NOTE)
 
 
+def test_dashboard_server_serves_the_note_and_figures(single):
+    """What the dashboard's page loads: its study API must carry the analysis note and figures."""
+    import urllib.request
+
+    from optsearch.dashboard import DashboardServer
+
+    with DashboardServer("truth", storage=single["url"], port=0) as server:
+        server.start()
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/api/studies/{server.study_id}", timeout=30) as r:
+            detail = json.load(r)
+    assert "Disabling bias correction: +0.0" in detail["note"]["body"]
+    assert graph_id("fitness", "principles") in {g["id"] for g in detail["plotly_graph_objects"]}
+
+
 # ----------------------------------------------------------------------------- per-task studies
 def test_per_task_objective_and_pareto_front(per_task, capsys):
     out = per_task["root"] / "mnist1d"
