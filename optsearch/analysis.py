@@ -30,7 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optsearch.errors import GenomeError, OptsearchError, StudyError
 from optsearch.genome import Genome, search_space
 from optsearch.importance import PRIMS, SWITCHES, Features, Importance, compute_importance, genome_features, unit_label
-from optsearch.principles import Principle, compute_principles
+from optsearch.principles import N_BOOT, Principle, compute_principles
 from optsearch.storage import load_study, open_storage
 from optsearch.tasks import WORST_FITNESS
 
@@ -322,6 +322,7 @@ def principles_markdown(result: Analysis, *, images: Sequence[str] = ()) -> str:
     best = int(np.argmax(d.y))
     ps = result.principles
     sec = lambda kind: [p for p in ps if p.kind == kind]  # noqa: E731
+    n_ci = sum(p.ci is not None for p in ps)
     lines = [
         f"Objective: **{d.label}**. {_counts_line(d)}.",
         "",
@@ -358,11 +359,11 @@ def principles_markdown(result: Analysis, *, images: Sequence[str] = ()) -> str:
         "",
         "Effects are mean differences between trials that depart from the hand-crafted choice (Adam's setting of a "
         "switch; having a primitive) and those that keep it, with seeded bootstrap 95 % percentile intervals "
-        "(2,000 resamples); an interval that crosses zero is *not established*. Top-quantile effects condition on "
+        f"({N_BOOT:,} resamples); an interval that crosses zero is *not established*. Top-quantile effects condition on "
         "the best 25 % of trials. A continuous gene's top-10 % range is found on one random half of the trials and "
         "tested on the other half. Diverged trials are excluded from fitness effects (their fitness is a sentinel) "
-        "and compared by divergence rate instead. About 50 intervals are computed, so at 95 % one or two may exclude "
-        "zero by chance: trust effects that are large, hold among the top trials too, and agree with the importances. "
+        f"and compared by divergence rate instead. {n_ci} intervals are computed, so at 95 % about {0.05 * n_ci:.0f} may "
+        "exclude zero by chance: trust effects that are large, hold among the top trials too, and agree with the importances. "
         "Trials of an evolutionary search are not a randomised experiment: an effect is an association within what "
         "the search sampled.",
         "",
