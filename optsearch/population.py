@@ -25,6 +25,7 @@ every buffer, so it never touches the others and stops costing compute. Pruned m
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
@@ -80,14 +81,35 @@ def _apply_rows(
 
 
 _COMPILED: Callable[..., None] | None = None
+_COMPILE_FAILED = False
 
 
 def _compiled_apply() -> Callable[..., None]:
-    """``torch.compile`` of the elementwise update only, built once per process (≈ seconds on a CPU)."""
+    """``torch.compile`` of the elementwise update only, built once per process (seconds on a CPU).
+
+    One graph (``fullgraph``), dynamic in P and D so retiring members does not recompile.
+    """
     global _COMPILED
     if _COMPILED is None:
-        _COMPILED = torch.compile(_apply_rows, dynamic=True)
+        _COMPILED = torch.compile(_apply_rows, dynamic=True, fullgraph=True)
     return _COMPILED
+
+
+def _run_update(compiled: bool, *args: Any) -> None:
+    """The compiled update, falling back to eager once and for all if compiling fails here.
+
+    Compiling needs a working C++ (CPU) or Triton (GPU) toolchain, which a user's machine may lack;
+    a full-graph compile fails before anything runs, so the eager retry applies the step once.
+    """
+    global _COMPILE_FAILED
+    if compiled and not _COMPILE_FAILED:
+        try:
+            return _compiled_apply()(*args)
+        except Exception as e:  # toolchain or compiler bug: the eager path computes the same update
+            _COMPILE_FAILED = True
+            warnings.warn(f"compiling the population update failed ({type(e).__name__}: {str(e)[:200]}); "
+                          "using the eager update", RuntimeWarning, stacklevel=3)
+    _apply_rows(*args)
 
 
 class PopulationUpdate:
@@ -139,7 +161,7 @@ class PopulationUpdate:
         used = [n for n in PRIMITIVES if compile_update or any(n in m for m in merged)]
         self.weights = {n: col(m.get(n, 0.0) for m in merged) for n in used}
         self.state = {k: torch.zeros(p, num_params, dtype=dtype, device=device) for k in sorted(state_needed(used))}
-        self._apply = _compiled_apply() if compile_update else _apply_rows
+        self.compiled = compile_update
 
     _ROW_TENSORS = ("beta1", "beta2", "eps", "beta1_64", "beta2_64", "lr", "wd", "bias_correction", "warmup",
                     "warmup_frac", "cosine", "value_clip", "norm_clip")
@@ -167,9 +189,10 @@ class PopulationUpdate:
         if self.use_norm_clip:  # per member: its row is all of its parameters (members never mix both clips)
             norm = torch.linalg.vector_norm(grad, dim=1, keepdim=True)
             scale = (self.norm_clip / (norm + NORM_CLIP_EPS)).clamp_(max=1.0)
-        self._apply(
-            theta, grad, self.state, self.weights, self.beta1, self.beta2, self.eps, c["bc1"], c["bc2"], c["lr_t"],
-            c["decay"], self.value_clip, scale, self.use_value_clip, self.use_norm_clip, self.use_decay,
+        _run_update(
+            self.compiled, theta, grad, self.state, self.weights, self.beta1, self.beta2, self.eps, c["bc1"],
+            c["bc2"], c["lr_t"], c["decay"], self.value_clip, scale, self.use_value_clip, self.use_norm_clip,
+            self.use_decay,
         )
 
 
@@ -369,12 +392,27 @@ def _prepare(pop: Population, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-class _BatchedEngine:
-    """The MLP as one ``baddbmm`` per layer over the stacked ``[A, out, in]`` weights."""
+class _Engine:
+    """Computes every active member's loss and writes its gradient into its row of ``pop.grad``."""
 
     def __init__(self, pop: Population):
         self.pop = pop
         self.rebuild()
+
+    def rebuild(self) -> None:
+        """Refresh views after the population's buffers were replaced (members retired)."""
+
+    def loss_and_grad(self, x: torch.Tensor, y: torch.Tensor, seed: int | None) -> torch.Tensor:
+        """Per-member training losses ``[A]`` (gradients land in ``pop.grad``)."""
+        raise NotImplementedError
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-member outputs ``[A, N, C]`` in the model's current mode."""
+        raise NotImplementedError
+
+
+class _BatchedEngine(_Engine):
+    """The MLP as one ``baddbmm`` per layer over the stacked ``[A, out, in]`` weights."""
 
     def rebuild(self) -> None:
         pop = self.pop
@@ -419,13 +457,12 @@ class _BatchedEngine:
         return self._forward(x, self.pop.row_views(self.pop.theta), None)
 
 
-class _VmapEngine:
+class _VmapEngine(_Engine):
     """Any model: ``vmap`` over ``functional_call`` with per-member parameters and buffers."""
 
     def __init__(self, pop: Population):
         from torch.func import functional_call, grad_and_value, vmap
 
-        self.pop = pop
         model = pop.model
 
         def loss(params: dict, buffers: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -437,7 +474,7 @@ class _VmapEngine:
         # randomness="same": every member draws the same dropout masks (common random numbers).
         self._grad = vmap(grad_and_value(loss), in_dims=(0, 0, None, None), randomness="same")
         self._forward = vmap(forward, in_dims=(0, 0, None), randomness="same")
-        self.rebuild()
+        super().__init__(pop)
 
     def rebuild(self) -> None:
         self.grad_views = self.pop.row_views(self.pop.grad)
@@ -454,12 +491,8 @@ class _VmapEngine:
         return self._forward(self.pop.row_views(self.pop.theta), self.pop.buffers, _prepare(self.pop, x))
 
 
-class _LoopedEngine:
+class _LoopedEngine(_Engine):
     """Each member's forward/backward in turn on views of its rows; the update stays batched."""
-
-    def __init__(self, pop: Population):
-        self.pop = pop
-        self.rebuild()
 
     def rebuild(self) -> None:
         pop = self.pop

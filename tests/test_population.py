@@ -245,3 +245,26 @@ def test_compiled_update_matches_eager(digits):
         compiled.step(data.train_x[idx], data.train_y[idx])
     for i in range(3):
         assert max_diff(eager.parameters_of(i), compiled.parameters_of(i)) < FP32_ATOL
+
+
+def test_compile_failure_falls_back_to_the_eager_update(digits, monkeypatch):
+    import optsearch.population as population
+
+    def broken():
+        def fail(*args):
+            raise RuntimeError("no C++ compiler")
+        return fail
+
+    monkeypatch.setattr(population, "_compiled_apply", broken)
+    monkeypatch.setattr(population, "_COMPILE_FAILED", False)
+    task, data = digits
+    model = build_model(task, SEED, device=torch.device("cpu"), dtype=torch.float32)
+    eager = Population([NAMED["adam"], NAMED["lion"]], model, 5)
+    fallback = Population([NAMED["adam"], NAMED["lion"]], model, 5, compile_update=True)
+    x, y = data.train_x[:64], data.train_y[:64]
+    eager.step(x, y)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+        fallback.step(x, y)
+    fallback.step(x, y)  # no second warning: the fallback is remembered
+    eager.step(x, y)
+    assert all(torch.equal(eager.theta[i], fallback.theta[i]) for i in range(2))

@@ -1,0 +1,212 @@
+"""Genome-steps per second: one genome at a time vs the population-batched evaluator, side by side.
+
+    python benchmarks/throughput.py                              # digits and mnist, P = 50, 500 steps
+    python benchmarks/throughput.py --tasks digits --reference-genomes 10
+    python benchmarks/throughput.py --tasks mnist --population 4 --steps 20   # the CNN is slow on a CPU
+
+Columns, all on the same genomes, batches and initial weights:
+
+(a) notebook: one genome at a time, a per-parameter Python loop computing every term separately
+    (as the paper's notebook does);
+(b) GenomeOptimizer: one genome at a time with ``optsearch.GenomeOptimizer``;
+(c) batched: the evaluator's inner loop (``Population.step``), eager update and compiled update.
+
+Then the ceiling: the batched forward+backward alone and the fraction of a batched step it takes,
+with the achieved GFLOP/s (≈ 3 × forward FLOPs per example × batch per genome-step). One-at-a-time
+throughput does not depend on P, so ``--reference-genomes`` may time (a) and (b) on the first N
+genomes only. The population is the named baselines plus random genomes from the search space (a
+first generation); members that diverge are retired by (c) and not counted as trained steps.
+Timings are minima over ``--repeats`` interleaved repeats; on a shared machine they are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from typing import Callable
+
+import optuna
+import torch
+import torch.nn.functional as F
+
+from optsearch.evaluate import batch_indices, build_model, data_seed, task_data
+from optsearch.genome import NAMED, Genome, define_search_space
+from optsearch.optim import GenomeOptimizer
+from optsearch.population import Population
+from optsearch.primitives import schedule_factor
+from optsearch.tasks import get_task
+
+CPU = torch.device("cpu")
+
+
+def population(n: int, seed: int = 0) -> list[Genome]:
+    """The named optimizers, then random genomes from the search space: a realistic first generation."""
+    named = [NAMED[k] for k in ("adam", "adamw", "sgd_momentum", "rmsprop", "signum", "lion", "paper_evolved")]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    randoms = [define_search_space(study.ask()) for _ in range(max(0, n - len(named)))]
+    return (named + randoms)[:n]
+
+
+# ----------------------------------------------------------------------------- (a) notebook style
+@torch.no_grad()
+def notebook_update(params: list[torch.Tensor], state: dict, g: Genome, step: int, total: int) -> None:
+    """The paper notebook's way: per parameter, update m and v, compute each slot's term, sum, apply."""
+    lr_t = g.lr * schedule_factor(step, total, g.warmup, g.warmup_frac, g.cosine_decay)
+    if g.clip == "norm":
+        torch.nn.utils.clip_grad_norm_(params, g.clip_threshold)
+    for p in params:
+        grad = p.grad
+        if g.clip == "value":
+            grad = grad.clamp(-g.clip_threshold, g.clip_threshold)
+        st = state.setdefault(p, {"m": torch.zeros_like(p), "v": torch.zeros_like(p), "mu": torch.zeros_like(p)})
+        st["m"] = g.beta1 * st["m"] + (1 - g.beta1) * grad
+        st["v"] = g.beta2 * st["v"] + (1 - g.beta2) * grad * grad
+        m_hat = st["m"] / (1 - g.beta1**step) if g.bias_correction else st["m"]
+        v_hat = st["v"] / (1 - g.beta2**step) if g.bias_correction else st["v"]
+        update = torch.zeros_like(p)
+        for term, alpha in zip(g.terms, g.alphas):
+            if term == "grad":
+                u = grad
+            elif term == "momentum":
+                u = m_hat
+            elif term == "rms_norm":
+                u = grad / (v_hat.sqrt() + g.eps)
+            elif term == "adam":
+                u = m_hat / (v_hat.sqrt() + g.eps)
+            elif term == "sign_grad":
+                u = grad.sign()
+            elif term == "unit_grad":
+                u = grad / (grad.abs() + g.eps)
+            elif term == "nesterov":
+                u = g.beta1 * m_hat + (1 - g.beta1) * grad
+            elif term == "sign_momentum":
+                u = m_hat.sign()
+            elif term == "lion":
+                u = (g.beta1 * st["mu"] + (1 - g.beta1) * grad).sign()
+            else:
+                continue
+            update = update + alpha * u
+        if "lion" in g.terms:
+            st["mu"] = g.beta2 * st["mu"] + (1 - g.beta2) * grad
+        if g.weight_decay:
+            p.mul_(1 - lr_t * g.wd)
+        p.sub_(lr_t * update)
+
+
+def one_by_one(task, data, genomes: list[Genome], order: torch.Tensor, kind: str) -> tuple[float, int]:
+    """Train each genome alone; returns (seconds, genome-steps)."""
+    steps = len(order)
+    total = 0.0
+    for g in genomes:
+        model = build_model(task, 0, device=CPU, dtype=torch.float32)
+        params = list(model.parameters())
+        opt = GenomeOptimizer(params, g, total_steps=steps) if kind == "optimizer" else None
+        state: dict = {}
+        t0 = time.perf_counter()
+        for t, idx in enumerate(order, start=1):
+            loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
+            for p in params:
+                p.grad = None
+            loss.backward()
+            if opt is not None:
+                opt.step()
+            else:
+                notebook_update(params, state, g, t, steps)
+        total += time.perf_counter() - t0
+    return total, len(genomes) * steps
+
+
+def batched(task, data, genomes: list[Genome], order: torch.Tensor, compile_update: bool) -> tuple[float, int, int]:
+    """The evaluator's inner loop; returns (seconds, genome-steps trained, members diverged)."""
+    pop = Population(genomes, build_model(task, 0, device=CPU, dtype=torch.float32), len(order),
+                     compile_update=compile_update)
+    done = 0
+    t0 = time.perf_counter()
+    for idx in order:
+        done += len(pop.step(data.train_x[idx], data.train_y[idx]).members)
+    return time.perf_counter() - t0, done, len(pop.diverged)
+
+
+def forward_backward(task, data, genomes: list[Genome], order: torch.Tensor) -> float:
+    """Seconds per step of the batched forward+backward alone (no update)."""
+    pop = Population(genomes, build_model(task, 0, device=CPU, dtype=torch.float32), len(order))
+    engine = pop._engine
+    t0 = time.perf_counter()
+    for idx in order:
+        engine.loss_and_grad(data.train_x[idx], data.train_y[idx], None)
+    return (time.perf_counter() - t0) / len(order)
+
+
+def best_of(repeats: int, fn: Callable[[], tuple]) -> tuple:
+    runs = [fn() for _ in range(repeats)]
+    return min(runs, key=lambda r: r[0] / max(1, r[1]))
+
+
+def run_task(name: str, p: int, steps: int, batch_size: int, n_ref: int, repeats: int, compile_update: bool) -> None:
+    task = get_task(name)
+    data = task_data(task, device=CPU, data_dir=None, subsample=None)
+    genomes = population(p)
+    order = batch_indices(len(data.train_x), batch_size, steps, data_seed(0, name))
+    flops = 3 * task.traits.flops_per_example * min(batch_size, len(data.train_x))
+    ref = genomes[: max(1, min(n_ref or p, p))]
+    print(f"\n## {name}: {task.description}; P = {p}, {steps} steps, batch {batch_size}; "
+          f"(a), (b) timed on {len(ref)} of the {p} genomes; ≈ {flops / 1e6:.1f} MFLOP per genome-step")
+    if compile_update:  # compile once, outside the timings (a one-time cost per process)
+        t0 = time.perf_counter()
+        batched(task, data, genomes, order[:2], True)
+        print(f"one-time compile of the update: {time.perf_counter() - t0:.1f} s")
+    rows: dict[str, tuple] = {}
+    for _ in range(repeats):  # interleaved repeats, minimum kept
+        for label, fn in (
+            ("(a) notebook loop, one at a time", lambda: one_by_one(task, data, ref, order, "notebook")),
+            ("(b) GenomeOptimizer, one at a time", lambda: one_by_one(task, data, ref, order, "optimizer")),
+            ("(c) batched, eager update", lambda: batched(task, data, genomes, order, False)),
+            *((("(c) batched, compiled update", lambda: batched(task, data, genomes, order, True)),)
+              if compile_update else ()),
+        ):
+            r = fn()
+            if label not in rows or r[0] / r[1] < rows[label][0] / rows[label][1]:
+                rows[label] = r
+    fb_steps = order[: min(len(order), 100)]
+    fb = min(forward_backward(task, data, genomes, fb_steps) for _ in range(repeats))
+
+    rate = {k: r[1] / r[0] for k, r in rows.items()}
+    base = rate["(a) notebook loop, one at a time"]
+    print(f"{'':38s} {'genome-steps/s':>15s} {'× (a)':>7s} {'ms/step of P':>13s} {'GFLOP/s':>8s}")
+    for k, r in rows.items():
+        per_step = r[0] / r[1] * p * 1e3
+        note = f"   ({r[2]} diverged, retired)" if len(r) > 2 and r[2] else ""
+        print(f"{k:38s} {rate[k]:15.0f} {rate[k] / base:7.2f} {per_step:13.2f} {rate[k] * flops / 1e9:8.1f}{note}")
+    best = max((k for k in rows if k.startswith("(c)")), key=rate.get)
+    step_ms = rows[best][0] / len(order) * 1e3
+    print(f"ratio c/a (best batched): {rate[best] / base:.2f}")
+    print(f"batched forward+backward alone: {fb * 1e3:.2f} ms per step of {p} "
+          f"({p * flops / fb / 1e9:.1f} GFLOP/s); {best}: {step_ms:.2f} ms per step; "
+          f"forward+backward = {fb * 1e3 / step_ms:.0%} of the step")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tasks", default="digits,mnist")
+    ap.add_argument("--population", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--reference-genomes", type=int, default=0, help="time (a), (b) on this many genomes (0: all)")
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--no-compile", action="store_true", help="skip the compiled-update column")
+    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"# throughput — torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+          f"{args.threads} threads of {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
+    for name in args.tasks.split(","):
+        run_task(name.strip(), args.population, args.steps, args.batch_size, args.reference_genomes, args.repeats,
+                 not args.no_compile)
+    print(f"\nload average {os.getloadavg()[0]:.1f} at the end (other processes share these CPUs)")
+
+
+if __name__ == "__main__":
+    main()
