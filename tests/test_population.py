@@ -53,9 +53,12 @@ def digits():
     return task, load_data(task)
 
 
-def train_alone(task: Task, data, genome: Genome, steps: int, dtype: torch.dtype, *, dropout_seed=None):
+def train_alone(task: Task, data, genome: Genome, steps: int, dtype: torch.dtype, *, dropout_seed=None,
+                channels_last=False):
     """Reference: one model, one GenomeOptimizer, the evaluator's init and data order."""
     model = build_model(task, SEED, device=torch.device("cpu"), dtype=dtype)
+    if channels_last:  # dropout masks follow the memory layout, so the reference must use the same one
+        model = model.to(memory_format=torch.channels_last)
     opt = GenomeOptimizer(model.parameters(), genome, total_steps=steps)
     order = batch_indices(len(data.train_x), 64, steps, data_seed(SEED, task.name))
     for t, idx in enumerate(order, start=1):
@@ -68,9 +71,10 @@ def train_alone(task: Task, data, genome: Genome, steps: int, dtype: torch.dtype
     return {n: p.detach() for n, p in model.named_parameters()}, model
 
 
-def train_population(task: Task, data, genomes, steps: int, dtype: torch.dtype, *, backend=None, dropout_seed=None):
+def train_population(task: Task, data, genomes, steps: int, dtype: torch.dtype, *, backend=None, dropout_seed=None,
+                     channels_last=True):
     model = build_model(task, SEED, device=torch.device("cpu"), dtype=dtype)
-    pop = Population(genomes, model, steps, backend=backend)
+    pop = Population(genomes, model, steps, backend=backend, channels_last=channels_last)
     order = batch_indices(len(data.train_x), 64, steps, data_seed(SEED, task.name))
     for t, idx in enumerate(order, start=1):
         report = pop.step(data.train_x[idx].to(dtype), data.train_y[idx],
@@ -134,13 +138,15 @@ TINY_CNN = Task(name="tiny_cnn_digits", build_model=_TinyCNN, read=_read_digits,
                 val_size=287, embedded=True, input_shape=(64,))
 
 
-@pytest.mark.parametrize("backend", ["looped", "vmap"])
-def test_cnn_backends_match_one_by_one_with_batchnorm_and_dropout(backend):
+@pytest.mark.parametrize("backend, channels_last", [("looped", True), ("looped", False), ("vmap", False)])
+def test_cnn_backends_match_one_by_one_with_batchnorm_and_dropout(backend, channels_last):
     data = load_data(TINY_CNN)
     genomes = [NAMED["adam"], NAMED["paper_evolved"], NAMED["sgd_momentum"]]
-    pop = train_population(TINY_CNN, data, genomes, 5, torch.float64, backend=backend, dropout_seed=123)
+    pop = train_population(TINY_CNN, data, genomes, 5, torch.float64, backend=backend, dropout_seed=123,
+                           channels_last=channels_last)
+    assert pop.channels_last == channels_last
     for i, g in enumerate(genomes):
-        alone, model = train_alone(TINY_CNN, data, g, 5, torch.float64, dropout_seed=123)
+        alone, model = train_alone(TINY_CNN, data, g, 5, torch.float64, dropout_seed=123, channels_last=channels_last)
         assert max_diff(pop.parameters_of(i), alone) < FP64_ATOL, (backend, g.formula())
         # per-member BatchNorm running statistics follow the member's own forward passes
         running = pop.buffers["2.running_mean"][pop.members.index(i)]
@@ -148,6 +154,25 @@ def test_cnn_backends_match_one_by_one_with_batchnorm_and_dropout(backend):
     # evaluation uses each member's own running stats (eval mode): accuracies differ across genomes
     acc = pop.accuracy(data.val_x.double(), data.val_y)
     assert len(set(acc.values())) > 1
+
+
+def _dropout_mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 32), nn.Tanh(),
+                         nn.Dropout(0.3), nn.Linear(32, 10))
+
+
+DROPOUT_MLP = dataclasses.replace(TINY_CNN, name="dropout_mlp_digits", build_model=_dropout_mlp)
+
+
+def test_batched_mlp_with_dropout_matches_one_by_one():
+    """The batched engine draws the masks a member's own nn.Dropout layers would (one per layer, in order)."""
+    data = load_data(DROPOUT_MLP)
+    genomes = [NAMED["adam"], NAMED["rmsprop"]]
+    pop = train_population(DROPOUT_MLP, data, genomes, 5, torch.float64, dropout_seed=7)
+    assert pop.backend == "batched"
+    for i, g in enumerate(genomes):
+        alone, _ = train_alone(DROPOUT_MLP, data, g, 5, torch.float64, dropout_seed=7)
+        assert max_diff(pop.parameters_of(i), alone) < FP64_ATOL, g.formula()
 
 
 def test_backend_choice():
