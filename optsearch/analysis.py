@@ -30,7 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optsearch.errors import GenomeError, OptsearchError, StudyError
 from optsearch.genome import Genome, search_space
 from optsearch.importance import PRIMS, SWITCHES, Features, Importance, compute_importance, genome_features, unit_label
-from optsearch.principles import N_BOOT, Principle, compute_principles
+from optsearch.principles import N_BOOT, TOP_QUANTILE, Principle, compute_principles, pct
 from optsearch.storage import load_study, open_storage
 from optsearch.tasks import WORST_FITNESS
 
@@ -499,7 +499,8 @@ def history_figure(d: StudyData):
     a.set_ylabel(d.label)
     _integer_x(a)
     a.legend(fontsize=8)
-    a.set_title(f"Evolution of {d.name} ({d.counts['diverged']:,} diverged trials not shown)", fontsize=10)
+    a.set_title(f"Evolution of {d.name} (not shown: {d.counts['diverged']:,} diverged, {d.counts['pruned']:,} pruned "
+                "trials)", fontsize=10)
     return fig
 
 
@@ -601,12 +602,25 @@ def write_figures(result: Analysis, out: Path) -> list[Path]:
     return paths
 
 
+def _short(p: Principle) -> str:
+    """A principle's name for a dashboard card, where long labels would crowd out the plot."""
+    if p.kind == "primitive":
+        return f"+ {p.key}"
+    if p.kind == "continuous":
+        return f"{p.key} in top range"
+    return {"bias_correction": "no bias correction", "clip": "clipping"}.get(p.key, p.key)
+
+
 def plotly_figures(result: Analysis) -> dict[str, Any]:
-    """Interactive versions for optuna-dashboard (key: figure name)."""
+    """Interactive versions for optuna-dashboard (key: figure name).
+
+    The dashboard draws each figure in a fixed-size card, so these are compact: the 12 most important
+    units, and the all-trials principles (hover for the full sentence); the PNGs have everything.
+    """
     import plotly.graph_objects as go
 
     d, imp = result.data, result.importance
-    units = imp.ranking()[::-1]
+    units = imp.ranking()[:12][::-1]
     sp = imp.surrogate.importance
     pos = sum(max(0.0, v[0]) for v in sp.values()) or 1.0
     fig_imp = go.Figure([
@@ -614,28 +628,31 @@ def plotly_figures(result: Analysis) -> dict[str, Any]:
         go.Bar(y=units, x=[imp.fanova.get(u, (0, 0))[0] for u in units], orientation="h", name="fANOVA (3 seeds)",
                error_x={"array": [imp.fanova.get(u, (0, 0))[1] for u in units]}),
         go.Bar(y=units, x=[sp.get(u, (0, 0))[0] / pos for u in units], orientation="h",
-               name=f"forest permutation (CV R² {imp.surrogate.r2:.2f})",
-               error_x={"array": [sp.get(u, (0, 0))[1] / pos for u in units]}),
+               name=f"forest (CV R² {imp.surrogate.r2:.2f})", error_x={"array": [sp.get(u, (0, 0))[1] / pos for u in units]}),
     ])
-    fig_imp.update_layout(title=f"Importance for {d.label} (shares)", barmode="group", height=700)
+    fig_imp.update_layout(title=f"Importance of genome units for {d.label} (shares)", barmode="group",
+                          legend={"orientation": "h", "y": -0.15}, margin={"l": 10, "r": 10})
     h = per_generation(d)
     g = h["generation"].tolist()
     fig_hist = go.Figure([go.Scatter(x=g, y=h[k].tolist(), name=k.replace("_", " ")) for k in ("best", "median", "best_so_far")])
-    fig_hist.update_layout(title=f"Evolution of {d.label}", xaxis_title="generation", yaxis_title=d.label)
+    fig_hist.update_layout(title=f"Evolution of {d.label} per generation", xaxis_title="generation", yaxis_title=d.label)
     gens, freq = term_frequencies(d)
     fig_terms = go.Figure([go.Scatter(x=gens.tolist(), y=freq[k].tolist(), name=k if k in PRIMS else _switch_text(k))
                            for k in (*PRIMS, *SWITCHES) if freq[k].any()])
-    fig_terms.update_layout(title="Fraction of members with each primitive / departing from Adam's switches",
+    fig_terms.update_layout(title="Members with each primitive / departing from Adam's switches",
                             xaxis_title="generation", yaxis_range=[0, 1])
-    rows = [p for p in result.principles if p.kind in ("switch", "primitive", "continuous") and p.effect is not None]
+    rows = [p for p in result.principles
+            if p.kind in ("switch", "primitive", "continuous") and p.scope != f"top {pct(TOP_QUANTILE)}"
+            and p.effect is not None]
     fig_pr = go.Figure([go.Scatter(
-        x=[p.effect for p in rows], y=[f"{p.label} [{p.scope}]" for p in rows], mode="markers",
+        x=[p.effect for p in rows], y=[_short(p) for p in rows], mode="markers",
         marker={"color": ["crimson" if p.established else "grey" for p in rows]},
         error_x={"type": "data", "symmetric": False, "array": [p.ci[1] - p.effect for p in rows],
                  "arrayminus": [p.effect - p.ci[0] for p in rows]},
         text=[p.sentence for p in rows], hoverinfo="text")])
-    fig_pr.update_layout(title=f"Design principles: difference in {d.label} (95 % CI; grey: not established)",
-                         height=300 + 18 * len(rows), yaxis={"autorange": "reversed"})
+    fig_pr.add_vline(x=0, line_width=1)
+    fig_pr.update_layout(title=f"Principles: Δ {d.label}, 95 % CI (red: established)", yaxis={"autorange": "reversed",
+                         "tickfont": {"size": 9}}, margin={"l": 10, "r": 10})
     return {"importance": fig_imp, "history": fig_hist, "terms": fig_terms, "principles": fig_pr}
 
 

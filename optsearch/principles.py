@@ -136,8 +136,7 @@ def departs(genomes: Sequence[Genome], key: str) -> np.ndarray:
 def _label(key: str) -> str:
     if key in _SWITCH_LABELS:
         return _SWITCH_LABELS[key]
-    article = "an" if key[0] in "aeiou" else "a"
-    return f"Including {article} {key} term [{PRIMITIVES[key].symbol}]"
+    return f"Including the {key} term [{PRIMITIVES[key].symbol}]"
 
 
 def effect_principles(genomes: Sequence[Genome], y: np.ndarray, *, unit: str = "fitness", seed: int = 0,
