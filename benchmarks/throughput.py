@@ -25,8 +25,6 @@ import argparse
 import os
 import platform
 import time
-from typing import Callable
-
 import optuna
 import torch
 import torch.nn.functional as F
@@ -130,19 +128,19 @@ def batched(task, data, genomes: list[Genome], order: torch.Tensor, compile_upda
     return time.perf_counter() - t0, done, len(pop.diverged)
 
 
-def forward_backward(task, data, genomes: list[Genome], order: torch.Tensor) -> float:
-    """Seconds per step of the batched forward+backward alone (no update)."""
-    pop = Population(genomes, build_model(task, 0, device=CPU, dtype=torch.float32), len(order))
-    engine = pop._engine
-    t0 = time.perf_counter()
+def breakdown(task, data, genomes: list[Genome], order: torch.Tensor, compile_update: bool) -> tuple[float, float]:
+    """Seconds per batched step in forward+backward (incl. the loss check) and in the update, timed in one loop."""
+    pop = Population(genomes, build_model(task, 0, device=CPU, dtype=torch.float32), len(order),
+                     compile_update=compile_update)
+    fb = up = 0.0
     for idx in order:
-        engine.loss_and_grad(data.train_x[idx], data.train_y[idx], None)
-    return (time.perf_counter() - t0) / len(order)
-
-
-def best_of(repeats: int, fn: Callable[[], tuple]) -> tuple:
-    runs = [fn() for _ in range(repeats)]
-    return min(runs, key=lambda r: r[0] / max(1, r[1]))
+        t0 = time.perf_counter()
+        pop._engine.loss_and_grad(data.train_x[idx], data.train_y[idx], None).tolist()
+        t1 = time.perf_counter()
+        pop.update.apply(pop.theta, pop.grad)
+        t2 = time.perf_counter()
+        fb, up = fb + t1 - t0, up + t2 - t1
+    return fb / len(order), up / len(order)
 
 
 def run_task(name: str, p: int, steps: int, batch_size: int, n_ref: int, repeats: int, compile_update: bool) -> None:
@@ -171,7 +169,8 @@ def run_task(name: str, p: int, steps: int, batch_size: int, n_ref: int, repeats
             if label not in rows or r[0] / r[1] < rows[label][0] / rows[label][1]:
                 rows[label] = r
     fb_steps = order[: min(len(order), 100)]
-    fb = min(forward_backward(task, data, genomes, fb_steps) for _ in range(repeats))
+    split = {c: min((breakdown(task, data, genomes, fb_steps, c) for _ in range(repeats)), key=sum)
+             for c in ((False, True) if compile_update else (False,))}
 
     rate = {k: r[1] / r[0] for k, r in rows.items()}
     base = rate["(a) notebook loop, one at a time"]
@@ -181,11 +180,11 @@ def run_task(name: str, p: int, steps: int, batch_size: int, n_ref: int, repeats
         note = f"   ({r[2]} diverged, retired)" if len(r) > 2 and r[2] else ""
         print(f"{k:38s} {rate[k]:15.0f} {rate[k] / base:7.2f} {per_step:13.2f} {rate[k] * flops / 1e9:8.1f}{note}")
     best = max((k for k in rows if k.startswith("(c)")), key=rate.get)
-    step_ms = rows[best][0] / len(order) * 1e3
     print(f"ratio c/a (best batched): {rate[best] / base:.2f}")
-    print(f"batched forward+backward alone: {fb * 1e3:.2f} ms per step of {p} "
-          f"({p * flops / fb / 1e9:.1f} GFLOP/s); {best}: {step_ms:.2f} ms per step; "
-          f"forward+backward = {fb * 1e3 / step_ms:.0%} of the step")
+    for c, (fb, up) in split.items():
+        print(f"batched step of {p} ({'compiled' if c else 'eager'} update), timed in one loop: forward+backward "
+              f"{fb * 1e3:.2f} ms ({p * flops / fb / 1e9:.1f} GFLOP/s) + update {up * 1e3:.2f} ms; "
+              f"forward+backward = {fb / (fb + up):.0%} of the step")
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """Many genomes trained at once: stacked parameters, one batched update, per-member NaN isolation.
 
 A :class:`Population` holds P copies of one model as a flat ``[P, D]`` parameter buffer (row i is
-member i's parameters, in the model's own ``named_parameters`` layout), a ``[P, D]`` gradient buffer
+member i's parameters, in ``named_parameters`` order; :meth:`Population.row_views` and
+:meth:`Population.member_views` give them their shapes), a ``[P, D]`` gradient buffer
 and the genomes' optimizer state (``m``, ``v``, ``mu``) as ``[P, D]`` buffers. Every step computes
 all members' gradients with one of three engines and then applies all P genomes' updates with one
 call of the shared update core (:func:`optsearch.primitives.advance_and_direct`), its coefficients

@@ -191,19 +191,20 @@ def healthy_runs(task, data, genomes, bad_index, steps, **kw):
     return with_bad, without
 
 
-def train_population_allowing_divergence(task, data, genomes, steps, members=None, backend=None):
+def train_population_allowing_divergence(task, data, genomes, steps, members=None, backend=None,
+                                         compile_update=False):
     model = build_model(task, SEED, device=torch.device("cpu"), dtype=torch.float32)
-    pop = Population(genomes, model, steps, members=members, backend=backend)
+    pop = Population(genomes, model, steps, members=members, backend=backend, compile_update=compile_update)
     order = batch_indices(len(data.train_x), 64, steps, data_seed(SEED, task.name))
     pop.reports = [pop.step(data.train_x[idx], data.train_y[idx]) for idx in order]
     return pop
 
 
-@pytest.mark.parametrize("backend", ["batched", "looped"])
-def test_exploding_member_is_retired_and_the_others_are_bitwise_unaffected(digits, backend):
+@pytest.mark.parametrize("backend, compile_update", [("batched", False), ("looped", False), ("batched", True)])
+def test_exploding_member_is_retired_and_the_others_are_bitwise_unaffected(digits, backend, compile_update):
     task, data = digits
     genomes = [NAMED["adam"], NAMED["paper_evolved"], unchecked(NAMED["adam"], lr_log10=1.0), *random_genomes(2, 3)]
-    with_bad, without = healthy_runs(task, data, genomes, 2, 30, backend=backend)
+    with_bad, without = healthy_runs(task, data, genomes, 2, 30, backend=backend, compile_update=compile_update)
     assert with_bad.diverged == [2] and without.diverged == []
     step = next(t for t, r in enumerate(with_bad.reports) if r.diverged)
     assert with_bad.reports[step].diverged == (2,)
