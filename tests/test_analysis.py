@@ -47,10 +47,10 @@ def principle(result_json: dict, kind: str, key: str, scope: str = "all") -> dic
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
-    """A 320-trial aggregate-fitness study, analysed once with the library calls analyze_study makes."""
+    """A 300-trial aggregate-fitness study, analysed once with the library calls analyze_study makes."""
     root = tmp_path_factory.mktemp("single")
     url = f"sqlite:///{root / 'studies.db'}"
-    study = synthetic_study("truth", url, n_trials=320, seed=0)
+    study = synthetic_study("truth", url, n_trials=300, seed=0)
     save_note(study, CREATION_NOTE)
     result = analyze(load_study_data("truth", url))
     write_outputs(result, root / "report")
@@ -63,7 +63,7 @@ def single(tmp_path_factory):
 def per_task(tmp_path_factory):
     root = tmp_path_factory.mktemp("per_task")
     url = f"sqlite:///{root / 'studies.db'}"
-    synthetic_study("tradeoff", url, n_trials=180, seed=1, per_task=True)
+    synthetic_study("tradeoff", url, n_trials=160, seed=1, per_task=True)
     return {"url": url, "root": root}
 
 
@@ -108,11 +108,11 @@ def test_diverged_trials_are_excluded_and_reported_separately(single):
     assert diverged and all(t.state == TrialState.PRUNED for t in diverged)
     counts = single["json"]["counts"]
     assert counts["diverged"] == len(diverged)
-    assert counts["complete"] == 320 - len(diverged)
+    assert counts["complete"] == 300 - len(diverged)
     assert principle(single["json"], "switch", "bias_correction")["n"] == counts["complete"]
     # Divergence needs lr_log10 > −1 without clipping: clipping lowers the divergence rate.
     clip = principle(single["json"], "divergence", "clip")
-    assert clip["n"] == 320 and clip["effect"] < 0
+    assert clip["n"] == 300 and clip["effect"] < 0
 
 
 def test_report_json_and_figures_written(single):
@@ -235,3 +235,12 @@ def test_bootstrap_interval_covers_known_difference():
     d, lo, hi = bootstrap_diff(a, b, np.random.default_rng(1))
     assert lo < 0.1 < hi and hi - lo < 0.05
     assert bootstrap_diff(a, b, np.random.default_rng(1)) == (d, lo, hi)  # seeded: reproducible
+
+
+def test_task_objective_of_a_single_objective_study_reads_its_user_attr(single):
+    data = load_study_data("truth", single["url"], "digits")
+    assert data.objective == "digits" and data.label == "digits fitness"
+    study = optuna.load_study(study_name="truth", storage=single["url"])
+    by_number = {t.number: t.user_attrs["digits_fitness"] for t in study.get_trials()}
+    assert np.allclose(data.y, [by_number[n] for n in data.numbers])
+    assert not np.allclose(data.y, load_study_data("truth", single["url"]).y)
