@@ -1,0 +1,254 @@
+"""The benchmark: equal tuning budgets, paired seeds, correct intervals, reports, reuse of tuning studies.
+
+One small end-to-end benchmark (digits searched, mnist1d held out; 30 steps, 2 tuning trials, 5 seeds)
+runs through the real entry point ``run_cli`` and is shared by the tests that read its outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from optsearch import benchmark, stats, study as studies
+from optsearch.cli import main
+from optsearch.errors import ConfigError
+from optsearch.genome import Genome, search_space
+
+STEPS, TRIALS, SEEDS = 30, 2, 5
+TASKS = "digits,mnist1d"
+# An "evolved" genome: smooth (Adam + Nesterov terms), with a schedule of its own and no weight decay.
+EVOLVED = replace(Genome.named("adam"), terms=("adam", "nesterov", "none", "none"), alphas=(1.0, 0.5, 0.0, 0.0),
+                  lr_log10=-2.5, cosine_decay=True)
+
+
+def _trial_counts(url: str) -> dict[str, dict[str, int]]:
+    """Per tuning study: its trial states (COMPLETE, FAIL, …) counted."""
+    out = {}
+    for s in optuna.get_all_study_summaries(url, include_best_trial=False):
+        if s.study_name.startswith("bench:"):
+            trials = optuna.load_study(study_name=s.study_name, storage=url).get_trials(deepcopy=False)
+            out[s.study_name] = {st.name: sum(t.state == st for t in trials) for st in TrialState}
+    return out
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    """A study searched on digits whose best genome is EVOLVED, plus the same genome as a file (a twin)."""
+    root = tmp_path_factory.mktemp("bench")
+    url = f"sqlite:///{root / 'db.sqlite'}"
+    cfg = root / "study.toml"
+    cfg.write_text('[search]\ntasks = ["digits"]\npopulation = 2\ngenerations = 1\n', encoding="utf-8")
+    studies.create("demo", config_path=str(cfg), storage=url)
+    st, _ = studies.open_study("demo", url)
+    st.add_trial(optuna.trial.create_trial(params=EVOLVED.to_params(), distributions=search_space(), value=0.9))
+    twin = root / "twin.json"
+    EVOLVED.save(twin)
+    kw = dict(study_name="demo", genome_files=[str(twin)], tasks=TASKS, seeds=SEEDS, steps=STEPS, trials=TRIALS,
+              storage=url, device="cpu")
+    text = benchmark.run_cli(**kw, out_dir=str(root / "out"))
+    return {"root": root, "url": url, "kw": kw, "text": text, "out": root / "out",
+            "json": json.loads((root / "out" / "results.json").read_text(encoding="utf-8"))}
+
+
+CONTENDERS = {"demo#0", "twin", "sgd_momentum", "adam", "adamw", "rmsprop", "lion", "paper_evolved", "muon"}
+
+
+def test_every_contender_gets_the_same_tuning_budget_in_stored_studies(bench):
+    counts = _trial_counts(bench["url"])
+    for task in TASKS.split(","):
+        per_contender = {name.split(":")[1]: c for name, c in counts.items() if name.split(":")[2] == task}
+        assert set(per_contender) == CONTENDERS
+        assert {c["COMPLETE"] for c in per_contender.values()} == {TRIALS}
+        assert all(c["RUNNING"] == 0 and c["WAITING"] == 0 for c in per_contender.values())
+    # Weight decay is tuned exactly for the contenders that have it; lr for everyone.
+    for name in counts:
+        contender = name.split(":")[1]
+        trial = optuna.load_study(study_name=name, storage=bench["url"]).trials[0]
+        expected = {"lr_log10", "wd_log10"} if contender in {"adamw", "lion", "muon", "paper_evolved"} else {"lr_log10"}
+        assert set(trial.params) == expected, name
+    # The result names the study each tuned setting came from, and that setting is its best trial.
+    adam = bench["json"]["tasks"]["digits"]["contenders"]["adam"]["tuned"]
+    st = optuna.load_study(study_name=adam["study"], storage=bench["url"])
+    assert adam["params"] == st.best_trial.params and adam["trials"] == TRIALS
+
+
+def test_seeds_are_paired_and_identical_genomes_differ_by_exactly_zero(bench):
+    res = bench["json"]
+    assert res["reference"] == "demo#0"
+    for task, r in res["tasks"].items():
+        assert r["seeds"] == list(range(benchmark.FINAL_SEED_BASE, benchmark.FINAL_SEED_BASE + SEEDS))
+        assert not set(r["seeds"]) & set(res["config"]["tune_seeds"])
+        for name, c in r["contenders"].items():
+            assert len(c["test_accuracy"]) == len(c["train_loss"]) == len(c["diverged"]) == SEEDS, (task, name)
+        ref, twin = r["contenders"]["demo#0"], r["contenders"]["twin"]
+        assert ref["tuned"]["params"] == twin["tuned"]["params"]
+        assert twin["test_accuracy"] == ref["test_accuracy"]
+        d = twin["diff_vs_reference"]
+        assert d["mean"] == 0.0 and d["lo"] == 0.0 and d["hi"] == 0.0 and not d["excludes_zero"]
+        # Seeds differ from one another (the pairing is not trivially constant)...
+        assert len(set(r["contenders"]["adam"]["test_accuracy"])) > 1
+    # ...and entry k is seed k: a lone rerun of tuned Adam on the 4th seed reproduces entry 3.
+    r = res["tasks"]["digits"]
+    tuned = Genome.named("adam")
+    tuned = replace(tuned, cosine_decay=True, lr_log10=r["contenders"]["adam"]["tuned"]["params"]["lr_log10"])
+    cfg = benchmark.BenchmarkConfig(tasks=("digits",), steps=STEPS, device="cpu")
+    alone = benchmark.evaluate_genomes([tuned], "digits", [r["seeds"][3]], cfg, split="test")[0][0]
+    assert alone.accuracy == r["contenders"]["adam"]["test_accuracy"][3]
+
+
+def test_outputs_are_written_and_mark_searched_and_held_out(bench):
+    out = bench["out"]
+    for f in ("report.md", "results.json", "bars.png", "curves.png"):
+        assert (out / f).stat().st_size > 0, f
+    for f in ("bars.png", "curves.png"):
+        assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert md == bench["text"].split("\nwrote ")[0]
+    assert "### digits (searched)" in md and "### mnist1d (held-out)" in md
+    assert md.index("## Held-out tasks") < md.index("## Searched tasks")
+    assert "### Aggregate over held-out tasks (mnist1d)" in md
+    assert md.count("| muon |") == 4  # two task tables and two aggregate tables
+    res = bench["json"]
+    assert res["config"]["searched"] == ["digits"]
+    assert res["tasks"]["digits"]["group"] == "searched" and res["tasks"]["mnist1d"]["group"] == "held-out"
+    assert set(res["aggregate"]) == {"searched", "held-out"}
+    # The table's numbers are the JSON's: adam's row on mnist1d, mean ± t half-width of its raw seeds.
+    acc = res["tasks"]["mnist1d"]["contenders"]["adam"]["test_accuracy"]
+    iv = stats.t_interval(acc)
+    assert f"| {100 * iv.mean:.2f} ± {100 * iv.half_width:.2f} |" in md.split("### mnist1d")[1].split("| adam |")[1]
+    curve = res["tasks"]["digits"]["contenders"]["adam"]["curves"][0]
+    assert curve[-1][0] == STEPS and len(curve) > 5
+
+
+def test_rerun_reuses_tuning_studies(bench, tmp_path):
+    before = _trial_counts(bench["url"])
+    # One task and two seeds keep the rerun short; neither is part of a tuning study's key.
+    benchmark.run_cli(**{**bench["kw"], "tasks": "digits", "seeds": 2}, out_dir=str(tmp_path))
+    assert _trial_counts(bench["url"]) == before
+    again = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))["tasks"]["digits"]["contenders"]
+    for name, c in bench["json"]["tasks"]["digits"]["contenders"].items():
+        assert again[name]["tuned"] == c["tuned"]
+        assert again[name]["test_accuracy"] == c["test_accuracy"][:2]  # seed k is the same run in both
+
+
+def test_only_the_first_trials_of_a_bigger_tuning_study_count(tmp_path):
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    adam = [benchmark.genome_contender("adam", Genome.named("adam"), "baseline")]
+    cfg = benchmark.BenchmarkConfig(tasks=("digits",), steps=20, trials=3, device="cpu")
+    storage = optuna.storages.RDBStorage(url)
+    big = benchmark.tune(adam, "digits", cfg, storage)["adam"]
+    assert big.complete_trials == 3 and big.new_trials == 3
+    small = benchmark.tune(adam, "digits", replace(cfg, trials=2), storage)["adam"]
+    assert small.new_trials == 0 and small.complete_trials == 2
+    first_two = optuna.load_study(study_name=small.study_name, storage=url).trials[:2]
+    assert small.value == max(t.value for t in first_two)
+    # The contender's own default is always one of its trials (the first).
+    assert first_two[0].params == {"lr_log10": Genome.named("adam").lr_log10}
+
+
+def test_single_model_trainer_matches_the_batched_evaluator_for_adam():
+    """The Muon path (one model, any torch optimizer) uses the evaluator's data, init and batch order."""
+    cfg = benchmark.BenchmarkConfig(tasks=("digits",), steps=60, device="cpu")
+    seeds = [1000, 1001]
+    batched = benchmark.evaluate_genomes([Genome.named("adam")], "digits", seeds, cfg, split="test")[0]
+    for s, b in zip(seeds, batched):
+        one = benchmark.train_single("digits", lambda m, _: torch.optim.Adam(m.parameters(), lr=1e-3), seed=s,
+                                     steps=60, device="cpu", split="test")
+        assert one.accuracy == b.accuracy  # same test accuracy, example for example
+        assert one.loss == pytest.approx(b.loss, abs=1e-4)
+        assert not one.diverged
+    assert batched[0].accuracy != batched[1].accuracy or batched[0].loss != batched[1].loss
+
+
+def test_muon_puts_2d_weights_on_muon_and_the_rest_on_adamw():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(8, 3))
+    opt = benchmark.muon_factory({"lr_log10": -3.0, "wd_log10": -2.0})(model, 10)
+    muon, adamw = opt.optimizers
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    assert [p.shape for p in muon.param_groups[0]["params"]] == [torch.Size([3, 8])]
+    assert len(adamw.param_groups[0]["params"]) == 3  # conv weight (4-D), conv bias, linear bias
+    assert muon.param_groups[0]["adjust_lr_fn"] == "match_rms_adamw"
+    assert muon.param_groups[0]["weight_decay"] == pytest.approx(0.01)
+
+
+# ----------------------------------------------------------------------------- statistics
+def test_t_interval_matches_scipy_and_the_textbook():
+    from scipy import stats as sps
+
+    x = [1.0, 2.0, 3.0, 4.0, 5.0]
+    iv = stats.t_interval(x)
+    # Textbook: mean 3, s = √2.5, t(0.975, 4) = 2.776 → 3 ± 2.776·√2.5/√5 = 3 ± 1.963.
+    assert iv.mean == 3.0 and iv.n == 5
+    assert iv.lo == pytest.approx(1.037, abs=1e-3) and iv.hi == pytest.approx(4.963, abs=1e-3)
+    assert stats.t_quantile(0.95, 4) == pytest.approx(2.776, abs=1e-3)
+    rng = np.random.default_rng(0)
+    for n in (2, 5, 12):
+        for level in (0.9, 0.95, 0.99):
+            y = rng.normal(0.7, 0.05, n)
+            lo, hi = sps.t.interval(level, n - 1, loc=y.mean(), scale=sps.sem(y))
+            got = stats.t_interval(y, level)
+            assert (got.lo, got.hi) == pytest.approx((lo, hi), rel=1e-12)
+
+
+def test_paired_difference_matches_scipy_ttest_rel():
+    from scipy import stats as sps
+
+    a = [0.91, 0.93, 0.90, 0.94, 0.92]
+    b = [0.90, 0.915, 0.885, 0.935, 0.90]
+    d = stats.paired_difference(a, b)
+    ci = sps.ttest_rel(a, b).confidence_interval(0.95)
+    assert d.mean == pytest.approx(np.mean(np.subtract(a, b)))
+    assert (d.lo, d.hi) == pytest.approx((ci.low, ci.high), rel=1e-10)
+    assert d.excludes_zero and d.sign == 1
+    # The unpaired intervals overlap: pairing is what makes the difference visible.
+    ia, ib = stats.t_interval(a), stats.t_interval(b)
+    assert ia.lo < ib.hi
+    assert stats.paired_difference(b, a).sign == -1
+    same = stats.paired_difference(a, a)
+    assert (same.mean, same.lo, same.hi, same.sign) == (0.0, 0.0, 0.0, 0)
+    with pytest.raises(ValueError):
+        stats.paired_difference([1.0, 2.0], [1.0])
+
+
+def test_interval_of_one_value_is_undefined_not_zero_width():
+    iv = stats.t_interval([0.5])
+    assert iv.mean == 0.5 and math.isnan(iv.lo) and math.isnan(iv.hi) and not iv.excludes_zero
+    assert iv.fmt(100) == "50.00"
+    assert iv.to_dict()["lo"] is None
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["benchmark"], "give a study NAME or at least one --genome"),
+        (["benchmark", "--genome", "adam", "--seeds", "1", "--tasks", "digits"], "--seeds must be ≥ 2"),
+        (["benchmark", "--genome", "adam", "--trials", "0", "--tasks", "digits"], "--trials must be ≥ 1"),
+        (["benchmark", "--genome", "adam", "--tasks", "digits,nope"], "unknown task 'nope'"),
+        (["benchmark", "--genome", "no_such_genome", "--tasks", "digits"], "unknown genome 'no_such_genome'"),
+    ],
+)
+def test_bad_benchmark_input_exits_2_with_one_line(argv, message, capsys, tmp_path):
+    assert main([*argv, "--storage", f"sqlite:///{tmp_path / 'db.sqlite'}", "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and message in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_contender_windows_have_equal_width_and_names_are_unique():
+    cs = benchmark.default_contenders([("evo", EVOLVED)])
+    assert [c.name for c in cs] == ["evo", "sgd_momentum", "adam", "adamw", "rmsprop", "lion", "paper_evolved", "muon"]
+    assert {round(c.lr_range[1] - c.lr_range[0], 9) for c in cs} == {benchmark.LR_WINDOW}
+    assert all(c.lr_range[0] <= c.lr_log10 <= c.lr_range[1] for c in cs)
+    assert all(c.genome.cosine_decay for c in cs if c.role == "baseline" and c.genome is not None)
+    constant = benchmark.default_contenders([("evo", EVOLVED)], baseline_schedule="constant")
+    assert next(c for c in constant if c.name == "adam").genome == Genome.named("adam")
+    with pytest.raises(ConfigError):
+        benchmark.default_contenders([("x", EVOLVED), ("x", EVOLVED)])
