@@ -367,6 +367,9 @@ class _Unit:
         self.marks = {m: 0 for m in self.members}
         pruned: set[int] = set()
         for step in range(1, self.steps + 1):
+            if not pop.members:  # everyone pruned or diverged: nothing left to train in this unit
+                self._close_curves(step - 1)
+                break
             idx = order[step - 1]
             x, y = x_all[idx], data.train_y[idx]
             if aug_gen is not None:

@@ -145,3 +145,16 @@ def test_real_cnn_task_smoke(real_data_dir):
     res = evaluate([ADAM, SGD], ["mnist"], steps=15, batch_size=32, subsample=512, checkpoint_every=0,
                    device="cpu", data_dir=str(real_data_dir))
     assert res.members[0].per_task["mnist"]["accuracy"] > 0.3  # chance is 0.1
+
+
+def test_pruning_everyone_ends_the_call_early():
+    seen: list[Checkpoint] = []
+
+    def prune_all(cp: Checkpoint):
+        seen.append(cp)
+        return cp.active
+
+    res = evaluate([ADAM, SGD], ["digits", "mnist1d"], steps=STEPS, checkpoint_every=20, callback=prune_all,
+                   device="cpu")
+    assert [(c.unit_index, c.step, c.active) for c in seen] == [(0, 20, (0, 1)), (0, 60, ())]
+    assert all(m.pruned and m.units_done == 0 for m in res.members) and res.per_unit == ()
