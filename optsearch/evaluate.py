@@ -43,7 +43,8 @@ class UnitResult:
         member: the member's index in the ``genomes`` passed to :func:`evaluate`.
         unit_index: position of the unit in the call's order.
         accuracy: accuracy on the requested split (NaN if the member diverged).
-        loss: mean training loss over the last :data:`~optsearch.tasks.LOSS_TAIL` steps it trained.
+        loss: mean training loss over the last :data:`~optsearch.tasks.LOSS_TAIL` steps it trained (a
+            diverging step's loss is not among them; NaN if it diverged at the first step).
         diverged: its loss became NaN/inf or exploded; it was retired before that step's update.
         fitness: :func:`optsearch.tasks.fitness` of the above.
         curve: (step, mean training loss since the previous checkpoint) at every checkpoint.
@@ -376,7 +377,8 @@ class _Unit:
                 x = self.task.augment(x, aug_gen)
             report = pop.step(x, y, seed=(dropout_base + step) % 2**63)
             for m, loss in zip(report.members, report.losses):
-                self.losses[m].append(loss)
+                if m not in report.diverged:  # a diverging step is not trained: its loss is not recorded
+                    self.losses[m].append(loss)
             self.diverged.update(report.diverged)
             end = step == self.steps
             if end or (self.checkpoint_every and step % self.checkpoint_every == 0):

@@ -15,7 +15,7 @@ from optsearch.evaluate import (
 )
 from optsearch.genome import NAMED, Genome
 from optsearch.optim import GenomeOptimizer
-from optsearch.tasks import LOSS_TAIL, WORST_FITNESS, fitness, get_task
+from optsearch.tasks import DIVERGENCE_LOSS, LOSS_TAIL, WORST_FITNESS, fitness, get_task
 
 STEPS = 60
 ADAM, RMSPROP, SGD = NAMED["adam"], NAMED["rmsprop"], NAMED["sgd_momentum"]
@@ -116,6 +116,7 @@ def test_diverging_member_is_flagged_and_the_others_are_unaffected():
     bad = res.members[1]
     assert bad.diverged and bad.fitness == WORST_FITNESS and bad.units_done == 1  # not trained on later units
     assert bad.units[0].fitness == WORST_FITNESS and math.isnan(bad.units[0].accuracy)
+    assert bad.units[0].loss <= DIVERGENCE_LOSS  # the steps it trained; the exploding loss is not one of them
     assert bad.per_task["digits"]["fitness"] == WORST_FITNESS and math.isnan(bad.per_task["mnist1d"]["fitness"])
     clean = evaluate([ADAM, SGD], ["digits", "mnist1d"], steps=30, checkpoint_every=10, device="cpu")
     assert res.members[0].units == clean.members[0].units  # bitwise: same floats
