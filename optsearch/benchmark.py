@@ -821,7 +821,8 @@ def run_benchmark(name: str, evolved: Sequence[tuple[str, Genome]], cfg: Benchma
     names = [c.name for c in cs]
     if len(set(names)) != len(names):
         raise ConfigError(f"contender names must be distinct, got {names}")
-    st = open_storage(storage)
+    with _quiet_optuna():
+        st = open_storage(storage)
     tasks: dict[str, TaskResult] = {}
     for task in cfg.tasks:
         tuned = tune(cs, task, cfg, st, log=log)
