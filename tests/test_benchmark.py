@@ -1,6 +1,6 @@
 """The benchmark: equal tuning budgets, paired seeds, correct intervals, reports, reuse of tuning studies.
 
-One small end-to-end benchmark (digits searched, mnist1d held out; 30 steps, 2 tuning trials, 5 seeds)
+One small end-to-end benchmark (digits searched, mnist1d held out; 20 steps, 2 tuning trials, 5 seeds)
 runs through the real entry point ``run_cli`` and is shared by the tests that read its outputs.
 """
 
@@ -21,7 +21,7 @@ from optsearch.cli import main
 from optsearch.errors import ConfigError
 from optsearch.genome import Genome, search_space
 
-STEPS, TRIALS, SEEDS = 30, 2, 5
+STEPS, TRIALS, SEEDS = 20, 2, 5
 TASKS = "digits,mnist1d"
 # An "evolved" genome: smooth (Adam + Nesterov terms), with a schedule of its own and no weight decay.
 EVOLVED = replace(Genome.named("adam"), terms=("adam", "nesterov", "none", "none"), alphas=(1.0, 0.5, 0.0, 0.0),
