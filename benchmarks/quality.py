@@ -6,7 +6,7 @@ subsets, and print the evolved − Adam and evolved − AdamW test-accuracy diff
 seeds, with their 95 % t intervals. Whatever the sign, the numbers are the result: nothing here is
 adjusted to make the evolved optimizer win.
 
-    OPTSEARCH_DATA_DIR=../shared/data python benchmarks/quality.py                 # full: minutes to an hour on CPU
+    OPTSEARCH_DATA_DIR=../shared/data python benchmarks/quality.py   # full: an hour or more on 2 CPU cores, minutes on a GPU
     python benchmarks/quality.py --generations 3 --steps 200 --trials 4 --contenders adam,adamw
     python benchmarks/quality.py --study demo --storage sqlite:///studies/optsearch.db   # reuse a finished study
 
