@@ -12,7 +12,8 @@ Columns, all on the same genomes, batches and initial weights:
 (c) batched: the evaluator's inner loop (``Population.step``), eager update and compiled update.
 
 Then the ceiling: the batched forward+backward alone and the fraction of a batched step it takes,
-with the achieved GFLOP/s (≈ 3 × forward FLOPs per example × batch per genome-step). One-at-a-time
+with the achieved GFLOP/s (3 × forward FLOPs less the first layer's input gradient, per example,
+times the batch, per genome-step). One-at-a-time
 throughput does not depend on P, so ``--reference-genomes`` may time (a) and (b) on the first N
 genomes only. The population is the named baselines plus random genomes from the search space (a
 first generation); members that diverge are retired by (c) and not counted as trained steps.
@@ -22,6 +23,7 @@ Timings are minima over ``--repeats`` interleaved repeats; on a shared machine t
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import sys
@@ -144,12 +146,31 @@ def breakdown(task, data, genomes: list[Genome], order: torch.Tensor, compile_up
     return fb / len(order), up / len(order)
 
 
+def flops_per_genome_step(task, batch_size: int) -> int:
+    """Forward, backward to the inputs and to the weights: 3 × the forward FLOPs, less the first layer's
+    input gradient, which is never computed (the data needs none)."""
+    with torch.random.fork_rng(devices=[]):
+        model = task.build_model()
+    first = next(m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.modules.conv._ConvNd)))
+    seen: list[int] = []
+
+    def hook(m, _inp, out):
+        k = m.in_features if isinstance(m, torch.nn.Linear) else math.prod(m.kernel_size) * m.in_channels // m.groups
+        seen.append(2 * k * out[0].numel())
+
+    handle = first.register_forward_hook(hook)
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, *task.input_shape))
+    handle.remove()
+    return (3 * task.traits.flops_per_example - seen[0]) * batch_size
+
+
 def run_task(name: str, p: int, steps: int, batch_size: int, n_ref: int, repeats: int, compile_update: bool) -> None:
     task = get_task(name)
     data = task_data(task, device=CPU, data_dir=None, subsample=None)
     genomes = population(p)
     order = batch_indices(len(data.train_x), batch_size, steps, data_seed(0, name))
-    flops = 3 * task.traits.flops_per_example * min(batch_size, len(data.train_x))
+    flops = flops_per_genome_step(task, min(batch_size, len(data.train_x)))
     ref = genomes[: max(1, min(n_ref or p, p))]
     print(f"\n## {name}: {task.description}; P = {p}, {steps} steps, batch {batch_size}; "
           f"(a), (b) timed on {len(ref)} of the {p} genomes; ≈ {flops / 1e6:.1f} MFLOP per genome-step")

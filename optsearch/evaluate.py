@@ -24,15 +24,17 @@ from optsearch.errors import ConfigError
 from optsearch.genome import Genome
 from optsearch.population import Population
 from optsearch.tasks import LOSS_TAIL, WORST_FITNESS, Task, TaskData, fitness, get_task, load_data
+from optsearch.tasks import data_dir as resolve_data_dir
 
 SPLITS = ("val", "test")
 PROXY_EXAMPLES = 1000
 """Mid-unit checkpoints estimate accuracy on this many fixed validation examples (cheap, same for all)."""
 _DATA_CACHE_SIZE = 4
-AUTO_COMPILE_GENOME_STEPS = 20_000
-"""``compile_update=None`` compiles the update when a call trains at least this many genome-steps:
-compiling costs seconds once per process, the eager update with every primitive costs several ms
-per step at P = 50 (DESIGN §10: compiled 2.3 s vs eager 3.9 s for 25,000 digits genome-steps)."""
+AUTO_COMPILE_GENOME_STEPS = 10_000
+"""``compile_update=None`` compiles the update when a call trains at least this many genome-steps.
+Compiling costs 4–8 s once per process (less with Inductor's disk cache); the eager update with
+every primitive in use costs 9.8 ms per step at P = 50 on digits against 1.0 ms compiled
+(benchmarks/throughput.py), so it pays from a few thousand steps of a large population on."""
 
 
 @dataclass(frozen=True)
@@ -164,7 +166,8 @@ def batch_indices(n: int, batch_size: int, steps: int, seed: int) -> torch.Tenso
     b = min(batch_size, n)
     per_epoch = n // b
     gen = torch.Generator().manual_seed(seed)
-    epochs = [torch.randperm(n, generator=gen)[: per_epoch * b].view(per_epoch, b) for _ in range(-(-steps // per_epoch))]
+    epochs = [torch.randperm(n, generator=gen)[: per_epoch * b].view(per_epoch, b)
+              for _ in range(-(-steps // per_epoch))]
     return torch.cat(epochs)[:steps]
 
 
@@ -178,7 +181,7 @@ _DATA: OrderedDict[tuple, TaskData] = OrderedDict()
 
 def task_data(task: Task, *, device: torch.device, data_dir: str | None, subsample: int | None) -> TaskData:
     """A task's splits on ``device``, cached per process (the last few tasks) so generations reuse them."""
-    key = (task, str(device), data_dir, subsample)
+    key = (task, str(device), str(resolve_data_dir(data_dir)), subsample)
     if key in _DATA:
         _DATA.move_to_end(key)
         return _DATA[key]
@@ -449,6 +452,6 @@ class _Unit:
 
 
 __all__ = [
-    "AUTO_COMPILE_GENOME_STEPS", "Checkpoint", "EvalResult", "MemberResult", "UnitResult", "batch_indices", "build_model", "data_seed",
-    "derive_seed", "evaluate", "init_seed", "task_data",
+    "AUTO_COMPILE_GENOME_STEPS", "Checkpoint", "EvalResult", "MemberResult", "UnitResult", "batch_indices",
+    "build_model", "data_seed", "default_device", "derive_seed", "evaluate", "init_seed", "task_data",
 ]
