@@ -204,6 +204,6 @@ def _check_sampler(cfg: StudyConfig, where: str) -> None:
     from optsearch.sampler import GAConfig
 
     try:
-        GAConfig.from_dict(cfg.sampler)
+        GAConfig.from_dict(cfg.sampler).check_population(cfg.population)
     except ConfigError as e:
         raise ConfigError(f"{where}: [sampler] {e}") from None

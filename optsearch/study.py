@@ -153,6 +153,7 @@ def run(
         raise ConfigError(f"--generations must be ≥ 1, got {generations}")
     study, cfg = open_study(name, storage)
     dev = _device(device or cfg.device)
+    _check_data(cfg, data_dir)
     start = completed_generations(study, cfg.population)
     stop = cfg.generations if generations is None else min(cfg.generations, start + generations)
     children = [_spawn_worker(name, storage, stop - start, dev, data_dir) for _ in range(workers - 1)]
@@ -167,6 +168,14 @@ def run(
     if bad:
         raise StudyError(f"{len(bad)} worker process(es) failed (exit codes {bad}); run `study run {name}` again to resume")
     return summary_text(study, cfg)
+
+
+def _check_data(cfg: StudyConfig, data_dir: str | None) -> None:
+    """Read every task's data before any trial is asked, so a missing dataset changes nothing in the study."""
+    from optsearch.tasks import data_dir as resolve_data_dir, get_task
+
+    for name in cfg.tasks:
+        get_task(name).read(resolve_data_dir(data_dir))
 
 
 def _spawn_worker(name: str, storage: str | None, generations: int, device: str, data_dir: str | None) -> subprocess.Popen:
@@ -258,7 +267,9 @@ class Worker:
         mark_worker(self.study, trial._trial_id)
         genome = define_search_space(trial)
         trial.set_user_attr("formula", genome.formula())
-        trial.set_user_attr("generation", int(trial.system_attrs.get(generation_key(), target)))
+        from optsearch.sampler import generation_and_member
+
+        trial.set_user_attr("generation", int(generation_and_member(self.study, trial)[0]))
         trial.set_user_attr("seeds", len(self.cfg.seeds))
         return trial, genome
 
