@@ -140,5 +140,6 @@ def test_kill_mid_generation_then_resume(tmp_path):
     assert sorted(gens) == [0, 1, 2]
     for g, ts in gens.items():
         assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in ts) == 6
-    failed = [t for t in trials if t.state == TrialState.FAIL]
-    assert failed and all(t.user_attrs["generation"] == 1 for t in failed)  # only the killed generation
+    failed = [t.number for t in trials if t.state == TrialState.FAIL]
+    # only the killed generation (a trial killed before its user attrs were written still has its generation)
+    assert failed and set(failed) <= {t.number for t in gens[1]}
