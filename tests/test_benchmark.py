@@ -44,7 +44,7 @@ def bench(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     url = f"sqlite:///{root / 'db.sqlite'}"
     cfg = root / "study.toml"
-    cfg.write_text('[search]\ntasks = ["digits"]\npopulation = 2\ngenerations = 1\n', encoding="utf-8")
+    cfg.write_text('[search]\ntasks = ["digits"]\npopulation = 3\ngenerations = 1\n', encoding="utf-8")
     studies.create("demo", config_path=str(cfg), storage=url)
     st, _ = studies.open_study("demo", url)
     st.add_trial(optuna.trial.create_trial(params=EVOLVED.to_params(), distributions=search_space(), value=0.9))
