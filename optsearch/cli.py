@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Callable, Sequence
 
 from optsearch.errors import OptsearchError
@@ -213,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Optuna flags the heartbeat/metric-name APIs we rely on as experimental; users need not see that on every run.
+    warnings.filterwarnings("ignore", message=r".*(experimental|Heartbeat of storage).*")
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
