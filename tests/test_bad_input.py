@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import shutil
 from pathlib import Path
 
 import optuna
@@ -62,12 +61,13 @@ def world(tmp_path_factory):
     files["empty_data"] = str(empty)
     trunc = tmp / "trunc_data" / "mnist"
     trunc.mkdir(parents=True)
-    src = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-    for f in ("train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
-        if (src / f).exists():
-            shutil.copy(src / f, trunc / f)
-    raw = gzip.compress(b"\x00\x00\x08\x03" + b"\x00\x00\xea\x60\x00\x00\x00\x1c\x00\x00\x00\x1c" + bytes(5000))
-    (trunc / "train-images-idx3-ubyte.gz").write_bytes(raw[: len(raw) // 2])  # a cut-off gzip
+    n = 10  # small but well-formed IDX files, so only the cut-off one is at fault
+    labels = gzip.compress(b"\x00\x00\x08\x01" + n.to_bytes(4, "big") + bytes(n))
+    images = gzip.compress(b"\x00\x00\x08\x03" + n.to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + bytes(n * 784))
+    for f, data in (("train-labels-idx1-ubyte.gz", labels), ("t10k-images-idx3-ubyte.gz", images),
+                    ("t10k-labels-idx1-ubyte.gz", labels)):
+        (trunc / f).write_bytes(data)
+    (trunc / "train-images-idx3-ubyte.gz").write_bytes(images[: len(images) // 2])  # a cut-off gzip
     files["trunc_data"] = str(trunc.parent)
     return files
 
