@@ -82,9 +82,7 @@ class StudyData:
 
 def open_existing_study(name: str, storage: str | None = None) -> optuna.Study:
     """Load a study; a missing storage file, storage or study is a one-line StudyError (nothing is created)."""
-    from optsearch.dashboard import _open_existing_storage
-
-    return load_study(name, _open_existing_storage(storage), storage)
+    return load_study(name, open_storage(storage, create=False), storage)
 
 
 def _generation(t: FrozenTrial) -> int | None:

@@ -17,7 +17,6 @@ import socket
 import sys
 import threading
 import warnings
-from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any, Mapping, TextIO
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -25,8 +24,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import optuna
 from optuna.storages import BaseStorage
 
-from optsearch.errors import ConfigError, StudyError
-from optsearch.storage import load_study, open_storage, resolve_url
+from optsearch.errors import ConfigError
+from optsearch.storage import load_study, open_storage
 
 LOOPBACK = "127.0.0.1"
 
@@ -65,19 +64,9 @@ def resolve_host(host: str | None) -> tuple[str, str | None]:
 # ----------------------------------------------------------------------------- storage
 def _open_existing_storage(storage: str | None) -> BaseStorage:
     """Open the study's storage without creating it: a dashboard on a missing SQLite/journal file is a typo."""
-    url = resolve_url(storage)
-    path: str | None = None
-    if url.startswith("sqlite:///"):
-        path = url.removeprefix("sqlite:///")
-        path = None if path in ("", ":memory:") else path
-    elif url.startswith("journal://") or url.endswith((".log", ".journal")):
-        path = url.removeprefix("journal://")
-    if path is not None and not Path(path).is_file():
-        raise StudyError(f"no storage at {path} (from {url}); create a study first "
-                         "(`python -m optsearch study create NAME --preset quick`) or pass --storage")
     with warnings.catch_warnings():  # heartbeat options are 'experimental' in Optuna; not the dashboard user's concern
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return open_storage(url)
+        return open_storage(storage, create=False)
 
 
 def study_url(host: str, port: int, study_id: int) -> str:

@@ -35,21 +35,36 @@ def resolve_url(url: str | None) -> str:
     return url or os.environ.get("OPTSEARCH_STORAGE") or DEFAULT_STORAGE
 
 
-def open_storage(url: str | None = None) -> BaseStorage:
-    """Open (and for SQLite, create) the storage; a URL that cannot be used is a one-line StudyError."""
+def _file_of(url: str) -> Path | None:
+    """The local file behind a SQLite or journal URL (None for in-memory SQLite and server databases)."""
+    if url.startswith("journal://") or url.endswith((".log", ".journal")):
+        return Path(url.removeprefix("journal://"))  # journal:///abs/x.log or journal://rel/x.log
+    if url.startswith("sqlite:///"):
+        db = url.removeprefix("sqlite:///")
+        return None if db in ("", ":memory:") else Path(db)
+    return None
+
+
+def open_storage(url: str | None = None, *, create: bool = True) -> BaseStorage:
+    """Open the storage; a URL that cannot be used is a one-line StudyError.
+
+    Args:
+        create: make a missing SQLite/journal file (and its folder). Readers that only make sense on
+            an existing study (dashboard, analysis) pass False, so a typo is an error, not an empty file.
+    """
     url = resolve_url(url)
+    path = _file_of(url)
+    if path is not None and not create and not path.is_file():
+        raise StudyError(f"no storage at {path} (from {url}); create a study first "
+                         "(`python -m optsearch study create NAME --preset quick`) or pass --storage")
     try:
-        if url.startswith("journal://") or url.endswith((".log", ".journal")):
-            path = Path(url.removeprefix("journal://"))  # journal:///abs/x.log or journal://rel/x.log
+        if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
+        if url.startswith("journal://") or url.endswith((".log", ".journal")):
             return JournalStorage(JournalFileBackend(str(path)))
         if "://" not in url:
             raise StudyError(f"storage {url!r} is not a URL (expected e.g. sqlite:///studies/optsearch.db, "
                              "postgresql+psycopg://user@host/db or journal:///path.log)")
-        if url.startswith("sqlite:///"):
-            db = Path(url.removeprefix("sqlite:///"))
-            if str(db) not in ("", ":memory:"):
-                db.parent.mkdir(parents=True, exist_ok=True)
         return RDBStorage(
             url,
             heartbeat_interval=HEARTBEAT_INTERVAL,

@@ -21,7 +21,7 @@ from torch import nn
 
 from optsearch import datasets
 from optsearch.datasets import DATA_DIR_ENV
-from optsearch.errors import ConfigError, DataError
+from optsearch.errors import ConfigError
 DIVERGENCE_LOSS = 50.0
 """A training loss above this (or NaN/inf) marks a member as diverged."""
 LOSS_TAIL = 50
