@@ -6,6 +6,10 @@
 * ``journal:///abs/path.log``, ``journal://relative.log`` or a path ending in ``.log``/``.journal`` → the journal file storage.
   It has no heartbeat, so every worker also records its host and pid on its trials and a RUNNING
   trial whose process is gone from this host is failed at once.
+
+A worker can die between Optuna creating a trial and the worker marking it (host, pid, first
+heartbeat); such an *orphan* has no owner to check, so it is failed once it is older than the grace
+period — otherwise the generation would wait for it for ever.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from datetime import datetime
 from pathlib import Path
 from typing import Iterable
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
@@ -103,17 +109,23 @@ def mark_worker(study: optuna.Study, trial_id: int) -> None:
     study._storage.set_trial_system_attr(trial_id, PID_ATTR, os.getpid())
 
 
-def fail_dead_trials(study: optuna.Study) -> list[int]:
-    """Fail RUNNING trials whose worker is gone: stale heartbeat (RDB) or a dead pid on this host.
+def fail_dead_trials(study: optuna.Study, *, orphan_after: float = GRACE_PERIOD) -> list[int]:
+    """Fail RUNNING trials whose worker is gone: stale heartbeat (RDB), a dead pid on this host, or
+    no owner mark at all after ``orphan_after`` seconds (the worker died inside ``ask``).
 
     Returns the numbers of the trials failed here. Safe to call from several workers at once.
     """
     before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     optuna.storages.fail_stale_trials(study)
     host = socket.gethostname()
+    now = datetime.now()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid = t.system_attrs.get(PID_ATTR)
-        if t.system_attrs.get(HOST_ATTR) == host and isinstance(pid, int) and pid != os.getpid() and not _alive(pid):
+        if pid is None:
+            dead = t.datetime_start is not None and (now - t.datetime_start).total_seconds() > orphan_after
+        else:
+            dead = t.system_attrs.get(HOST_ATTR) == host and isinstance(pid, int) and pid != os.getpid() and not _alive(pid)
+        if dead:
             try:
                 study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
             except Exception:  # another worker failed it first
@@ -140,28 +152,44 @@ def _alive(pid: int) -> bool:
 class Heartbeat:
     """Records heartbeats for this worker's running trials from one background thread (RDB storages).
 
-    Optuna only beats inside ``study.optimize``; our ask/tell loop needs its own.
+    Optuna only beats inside ``study.optimize``; our ask/tell loop needs its own. Trials join with
+    :meth:`add` the moment they are asked (first beat at once), so a worker that dies while still
+    asking the rest of its share leaves trials that go stale, not trials that look alive for ever.
     """
 
-    def __init__(self, storage: BaseStorage, trial_ids: Iterable[int]):
+    def __init__(self, storage: BaseStorage, trial_ids: Iterable[int] = ()):
         self._storage = storage
-        self._ids = list(trial_ids)
+        self._ids: list[int] = []
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._enabled = is_heartbeat_enabled(storage)  # RDBStorage, also behind a study's _CachedStorage
+        for tid in trial_ids:
+            self.add(tid)
+
+    def add(self, trial_id: int) -> None:
+        with self._lock:
+            self._ids.append(trial_id)
+        if self._enabled:
+            self._beat_one(trial_id)
 
     def __enter__(self) -> "Heartbeat":
-        if isinstance(self._storage, RDBStorage) and self._storage.get_heartbeat_interval():
-            self._beat()
+        if self._enabled:
             self._thread = threading.Thread(target=self._run, daemon=True)
             self._thread.start()
         return self
 
+    def _beat_one(self, tid: int) -> None:
+        try:
+            self._storage.record_heartbeat(tid)
+        except Exception:  # a finished trial, or a transient storage error: next beat retries
+            pass
+
     def _beat(self) -> None:
-        for tid in self._ids:
-            try:
-                self._storage.record_heartbeat(tid)
-            except Exception:  # a finished trial, or a transient storage error: next beat retries
-                pass
+        with self._lock:
+            ids = list(self._ids)
+        for tid in ids:
+            self._beat_one(tid)
 
     def _run(self) -> None:
         while not self._stop.wait(HEARTBEAT_INTERVAL):

@@ -245,11 +245,12 @@ class Worker:
                         desc="evolving", dynamic_ncols=True)
 
     def _generation(self, target: int, n: int) -> None:
-        trials = [self._ask(target) for _ in range(n)]
-        genomes = [g for _, g in trials]
-        with Heartbeat(self.study._storage, [t._trial_id for t, _ in trials]):
+        trials: list[tuple[optuna.Trial, Genome]] = []
+        with Heartbeat(self.study._storage) as heartbeat:
             try:
-                result = self._evaluate([t for t, _ in trials], genomes)
+                for _ in range(n):
+                    trials.append(self._ask(target, heartbeat))
+                result = self._evaluate([t for t, _ in trials], [g for _, g in trials])
             except BaseException:
                 for t, _ in trials:  # Ctrl-C or a crash: free the slots for the resume
                     _tell_quietly(self.study, t.number, TrialState.FAIL)
@@ -261,10 +262,11 @@ class Worker:
             best = _best_value(self.study)
             self.bar.set_postfix_str(f"gen {target}, best {best:.4f}" if best is not None else f"gen {target}")
 
-    def _ask(self, target: int) -> tuple[optuna.Trial, Genome]:
+    def _ask(self, target: int, heartbeat: Heartbeat) -> tuple[optuna.Trial, Genome]:
         self.sampler.target_generation = target
         trial = self.study.ask()
         mark_worker(self.study, trial._trial_id)
+        heartbeat.add(trial._trial_id)
         genome = define_search_space(trial)
         trial.set_user_attr("formula", genome.formula())
         from optsearch.sampler import generation_and_member
