@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = leaf(sub, "dashboard", _cmd_dashboard, "optuna-dashboard on a study's storage")
     sp.add_argument("name")
-    sp.add_argument("--host", default="127.0.0.1", help="bind address (non-loopback only when given explicitly)")
+    sp.add_argument("--host", default=None, help="bind address (default 127.0.0.1; a non-loopback address only when given here explicitly)")
     sp.add_argument("--port", type=int, default=8080)
     storage(sp)
     return p
