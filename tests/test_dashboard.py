@@ -10,21 +10,19 @@ import subprocess
 import sys
 import time
 import urllib.request
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 import pytest
-from optuna.trial import TrialState
 from optuna_dashboard import get_note
 
+from optsearch import dashboard
 from optsearch.cli import main
 from optsearch.config import StudyConfig
 from optsearch.dashboard import DashboardServer, config_markdown, resolve_host, serve, write_study_note
 from optsearch.errors import ConfigError, StudyError
-from optsearch.genome import NAMED, search_space
-from optsearch.tasks import WORST_FITNESS
+from tests.test_study import write_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -39,45 +37,27 @@ class DemoStudy:
 
 
 def make_study(tmp_path: Path, name: str = "tiny") -> DemoStudy:
-    """A finished one-generation study in a fresh SQLite file, stored the way the study layer stores it.
+    """A real study in a fresh SQLite file: `study create` from a tiny config, then one generation of `study run`.
 
-    Trials carry the shared user attrs (formula from the real Genome.formula(), generation, seeds,
-    per-task fitness/accuracy/loss, diverged, pruned) and a fitness curve as intermediate values; one
-    member diverged (PRUNED, fitness −1). The study has the config/objectives/tasks attrs and the note.
+    Whatever the dashboard shows is what the study layer wrote (formula, generation, per-task attrs, the
+    config note). The config keeps the median pruner of the presets (write_config turns pruning off) because
+    only a pruner-enabled study reports the fitness curve as intermediate values. ~3 s on CPU.
     """
     url = f"sqlite:///{tmp_path}/dash.db"
-    cfg = StudyConfig(tasks=("digits",), population=len(NAMED) + 1, generations=1, steps=60,
-                      checkpoint_every=20).to_dict()
-    study = optuna.create_study(study_name=name, storage=url, directions=["maximize"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(["fitness"])
-    study.set_user_attr("config", cfg)
-    study.set_user_attr("objectives", ["fitness"])
-    study.set_user_attr("tasks", ["digits"])
-    write_study_note(study, cfg)
-    dist = search_space()
-    members = list(NAMED.values())
-    for i, g in enumerate(members):
-        acc = round(0.55 + 0.05 * i, 4)
-        fit = round(acc + 0.05 * max(0.0, 1 - 0.6), 4)
-        study.add_trial(optuna.trial.create_trial(
-            params=g.to_params(), distributions=dist, value=fit,
-            intermediate_values={20: round(fit - 0.3, 4), 40: round(fit - 0.1, 4), 60: fit},
-            user_attrs={"formula": g.formula(), "generation": 0, "seeds": 1, "diverged": False, "pruned": False,
-                        "digits_fitness": fit, "digits_accuracy": acc, "digits_loss": 0.6}))
-    diverged = NAMED["sgd_momentum"].to_params() | {"lr_log10": -0.5}
-    study.add_trial(optuna.trial.create_trial(
-        params=diverged, distributions=dist, state=TrialState.PRUNED, intermediate_values={20: WORST_FITNESS},
-        user_attrs={"formula": NAMED["sgd_momentum"].formula(), "generation": 0, "seeds": 1, "diverged": True,
-                    "pruned": False, "digits_fitness": WORST_FITNESS, "digits_accuracy": 0.1, "digits_loss": None}))
-    best = max((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    cfg = write_config(tmp_path, steps=30, population=4, generations=1)
+    text = cfg.read_text()
+    assert 'pruner = "none"' in text
+    cfg.write_text(text.replace('pruner = "none"', 'pruner = "median"'))
+    assert main(["study", "create", name, "--config", str(cfg), "--storage", url]) == 0
+    assert main(["study", "run", name, "--storage", url, "--generations", "1", "--quiet"]) == 0
+    study = optuna.load_study(study_name=name, storage=url)
+    best = study.best_trial
     return DemoStudy(url, name, len(study.trials), best.number, best.user_attrs["formula"])
 
 
-@pytest.fixture
-def demo(tmp_path) -> DemoStudy:
-    return make_study(tmp_path)
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> DemoStudy:
+    return make_study(tmp_path_factory.mktemp("dash"))
 
 
 # ----------------------------------------------------------------------------- errors
@@ -133,8 +113,12 @@ def test_default_binds_loopback_only_and_serves_the_study(demo):
     assert detail["name"] == demo.name and len(detail["trials"]) == demo.n_trials
     best = next(t for t in detail["trials"] if t["number"] == demo.best_number)
     attrs = {a["key"]: a["value"] for a in best["user_attrs"]}
-    assert attrs["formula"] == demo.best_formula and attrs["generation"] == "0"
-    assert len(best["intermediate_values"]) == 3
+    assert attrs["formula"] == demo.best_formula and attrs["generation"] == "0" and attrs["diverged"] == "False"
+    assert 0 < float(attrs["digits_accuracy"]) <= 1
+    # the fitness curve the study layer reported is what the dashboard plots
+    stored = optuna.load_study(study_name=demo.name, storage=demo.url).trials[demo.best_number].intermediate_values
+    served = {v["step"]: v["value"] for v in best["intermediate_values"]}
+    assert len(stored) >= 2 and served == pytest.approx(stored)
 
 
 def test_explicit_all_interfaces_binds_there_with_warning(demo):
@@ -187,8 +171,9 @@ def test_study_note_round_trips_through_the_dashboard_api(demo):
     cfg = study.user_attrs["config"]
     assert note == config_markdown(demo.name, cfg)
     assert note.startswith(f"# optsearch study `{demo.name}`")
-    assert "**digits**" in note and f"population {cfg['population']} × 1 generations" in note
-    for row in ("| population | 8 |", "| tasks | digits |", "| pruning.pruner | median |", "| batch_size | default |"):
+    assert "**digits**" in note and "population 4 × 1 generations" in note and "1 seed(s)" in note
+    for row in ("| population | 4 |", "| steps | 30 |", "| tasks | digits |", "| pruning.pruner | median |",
+                "| batch_size | default |"):
         assert row in note.splitlines()
 
 
@@ -204,6 +189,22 @@ def test_study_note_for_per_task_config_and_rewrite(tmp_path):
     long_cfg = cfg | {"sampler": {f"knob_{i}": "x" * 40 for i in range(60)}}
     write_study_note(study, long_cfg)
     assert get_note(study) == config_markdown("mo", long_cfg) and len(get_note(study)) > 3000
+
+
+def test_cli_host_is_none_unless_given_and_an_explicit_one_is_passed_through(monkeypatch):
+    """No --host reaches serve() as None (so resolve_host binds loopback); a given one arrives unchanged."""
+    calls = []
+
+    def fake_serve(name, storage=None, host=None, port=8080, **kw):  # binds nothing
+        calls.append((name, storage, host, port))
+        return 0
+
+    monkeypatch.setattr(dashboard, "serve", fake_serve)
+    assert main(["dashboard", "s", "--storage", "sqlite:///x.db"]) == 0
+    assert main(["dashboard", "s", "--host", "0.0.0.0", "--port", "9000"]) == 0
+    assert calls == [("s", "sqlite:///x.db", None, 8080), ("s", None, "0.0.0.0", 9000)]
+    assert resolve_host(calls[0][2]) == ("127.0.0.1", None)
+    assert "reachable from the network" in resolve_host(calls[1][2])[1]
 
 
 def test_serve_output_goes_to_given_streams(demo, monkeypatch):

@@ -1,8 +1,10 @@
 """The dashboard in a real browser: Debian's Chromium driven by Playwright (never `playwright install`).
 
 `python -m optsearch dashboard` runs as a user would start it (its own process, loopback, a free port);
+The study is a real one (`study create` + one generation of `study run`, see test_dashboard.make_study).
 Chromium opens the printed study page and we use the dashboard's own navigation to reach the trials.
-Set OPTSEARCH_SCREENSHOT=docs/dashboard.png to also write the README's screenshot from this run.
+Set OPTSEARCH_SCREENSHOT=docs/dashboard.png to also write the README's screenshot from this run (the best
+trial's page: its formula, per-task attrs and fitness curve).
 """
 
 from __future__ import annotations
