@@ -31,14 +31,19 @@ NSGA-II's crowded tournament, and the elites are the first fronts. Why not ``NSG
 Determinism: with a seed, the genome of member i of generation g is a function of the seed, g, i and
 generation g−1's results; nothing depends on how many processes ask or in which order.
 
-Concurrency caveat: two processes asking at the same instant may both see the same free member
-slot (Optuna storages offer no atomic "claim a slot"); the run loop sizes each worker's share so
-that this does not happen in normal operation.
+Concurrency: Optuna storages offer no atomic "claim a slot", but trial numbers are unique and
+ordered. A new trial picks its member slot only after every older trial has picked its own (older
+trials still unclaimed are waited for, up to ``CLAIM_WAIT`` seconds — a worker killed inside ``ask``
+leaves one that never claims), so claims form a queue in trial-number order and two processes
+never take the same slot. A trial that finds its generation already full gets a member index
+≥ ``population_size``: the run loop fails it at once (a *surplus* trial) instead of training it.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from datetime import datetime
 from dataclasses import asdict, dataclass, fields
 from functools import partial
 from itertools import count
@@ -71,6 +76,8 @@ GENERATION_KEY = "GeneticSampler:generation"
 MEMBER_KEY = "GeneticSampler:member"
 ORIGIN_KEY = "GeneticSampler:origin"
 PARENTS_KEY = "GeneticSampler:parents"
+CLAIM_WAIT = 10.0  # seconds a new trial waits for older trials to claim their slots
+CLAIM_POLL = 0.02
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -419,7 +426,8 @@ class GeneticSampler(BaseGASampler):
         Unlike ``BaseGASampler``'s rule (which counts only COMPLETE trials and so never fills a
         generation with PRUNED members), a generation is full when ``population_size`` of its trials
         are not FAIL; a FAIL trial frees its slot, and the refill takes the lowest free member index,
-        so it is asked the same genome again.
+        so it is asked the same genome again. With ``target_generation`` set and that generation
+        full, the index is ≥ ``population_size``: a surplus trial, which the run loop fails unevaluated.
         """
         slot = self._slots.get((id(study._storage), trial._trial_id))
         if slot is not None:
@@ -429,10 +437,8 @@ class GeneticSampler(BaseGASampler):
             stored = study._storage.get_trial_system_attrs(trial._trial_id).get(GENERATION_KEY)
         if stored is not None:
             return int(stored)
-        alive = [
-            t for t in study._get_trials(deepcopy=False, use_cache=False)
-            if t._trial_id != trial._trial_id and t.state != TrialState.FAIL and _generation(t) is not None
-        ]
+        others = self._after_older_claims(study, trial)
+        alive = [t for t in others if t.state != TrialState.FAIL and _generation(t) is not None]
         if self.target_generation is not None:
             generation = int(self.target_generation)
         elif not alive:
@@ -443,10 +449,31 @@ class GeneticSampler(BaseGASampler):
             generation = latest + 1 if full else latest
         used = {t.system_attrs.get(MEMBER_KEY) for t in alive if _generation(t) == generation}
         member = next(i for i in count() if i not in used)
-        study._storage.set_trial_system_attr(trial._trial_id, GENERATION_KEY, generation)
+        # Member first: the generation is the "claimed" mark newer trials wait for, so it must come last.
         study._storage.set_trial_system_attr(trial._trial_id, MEMBER_KEY, member)
+        study._storage.set_trial_system_attr(trial._trial_id, GENERATION_KEY, generation)
         self._slots[(id(study._storage), trial._trial_id)] = (generation, member)
         return generation
+
+    @staticmethod
+    def _after_older_claims(study: Study, trial: FrozenTrial) -> list[FrozenTrial]:
+        """The study's other trials, read once every older RUNNING trial has claimed its slot.
+
+        An older trial still without a generation is mid-``ask`` in some process; claiming before it
+        would let both read the same free slot. One older than ``CLAIM_WAIT`` seconds is an orphan.
+        """
+        deadline = time.monotonic() + CLAIM_WAIT
+        while True:
+            others = [t for t in study._get_trials(deepcopy=False, use_cache=False) if t._trial_id != trial._trial_id]
+            now = datetime.now()
+            pending = [
+                t for t in others
+                if t.number < trial.number and t.state == TrialState.RUNNING and _generation(t) is None
+                and t.datetime_start is not None and (now - t.datetime_start).total_seconds() < CLAIM_WAIT
+            ]
+            if not pending or time.monotonic() > deadline:
+                return others
+            time.sleep(CLAIM_POLL)
 
     def member_index(self, study: Study, trial: FrozenTrial) -> int:
         """The trial's slot in its generation (0 .. population_size − 1)."""

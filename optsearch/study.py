@@ -29,6 +29,7 @@ from optsearch.storage import Heartbeat, fail_dead_trials, load_study, mark_work
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 POLL_SECONDS = 1.0
 CONFIG_ATTR = "config"
+SURPLUS_ATTR = "optsearch:surplus"  # system attr of a trial failed unevaluated: its generation was full
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -123,6 +124,18 @@ def latest_state(study: optuna.Study) -> GenerationState | None:
     )
 
 
+def free_slots(study: optuna.Study, generation: int, population: int) -> int:
+    """Member slots of ``generation`` not yet held by a trial that is not FAIL."""
+    held = sum(t.state != TrialState.FAIL for t in generations(study).get(generation, []))
+    return max(0, population - held)
+
+
+def unclaimed_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """RUNNING trials without a generation: mid-``ask`` in some worker, or orphans of a dead one."""
+    key = generation_key()
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if key not in t.system_attrs]
+
+
 def completed_generations(study: optuna.Study, population: int) -> int:
     s = latest_state(study)
     if s is None:
@@ -156,17 +169,21 @@ def run(
     _check_data(cfg, data_dir)
     start = completed_generations(study, cfg.population)
     stop = cfg.generations if generations is None else min(cfg.generations, start + generations)
-    children = [_spawn_worker(name, storage, stop - start, dev, data_dir) for _ in range(workers - 1)]
+    devices = worker_devices(dev, workers, _cuda_count())
+    children = [_spawn_worker(name, storage, stop - start, d, data_dir) for d in devices[1:]]
     try:
-        worker = Worker(study, cfg, device=dev, data_dir=data_dir, stop_generation=stop,
+        worker = Worker(study, cfg, device=devices[0], data_dir=data_dir, stop_generation=stop,
                         chunk=math.ceil(cfg.population / workers), progress=progress)
         worker.loop()
     finally:
         for c in children:
             c.wait()
     bad = [c.returncode for c in children if c.returncode != 0]
-    if bad:
+    if bad and completed_generations(study, cfg.population) < stop:
         raise StudyError(f"{len(bad)} worker process(es) failed (exit codes {bad}); run `study run {name}` again to resume")
+    if bad:  # the surviving workers failed the dead one's trials and evaluated them again
+        print(f"optsearch: warning: {len(bad)} worker process(es) died (exit codes {bad}); "
+              "their trials were evaluated again by the others", file=sys.stderr)
     return summary_text(study, cfg)
 
 
@@ -186,6 +203,20 @@ def _spawn_worker(name: str, storage: str | None, generations: int, device: str,
     return subprocess.Popen(cmd, env={**os.environ, "OPTSEARCH_WORKER": "1"})
 
 
+def worker_devices(device: str, workers: int, cuda_count: int) -> list[str]:
+    """One device per worker process: plain ``cuda`` spreads the workers over the visible GPUs
+    round-robin (worker i on ``cuda:i mod count``); an explicit ``cuda:K`` or ``cpu`` is used by all."""
+    if device == "cuda" and cuda_count > 1:
+        return [f"cuda:{i % cuda_count}" for i in range(workers)]
+    return [device] * workers
+
+
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def _device(spec: str) -> str:
     import torch
 
@@ -193,6 +224,9 @@ def _device(spec: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if spec.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {spec!r} requested but CUDA is not available on this machine")
+    index = spec.partition(":")[2]
+    if spec.startswith("cuda:") and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+        raise ConfigError(f"device {spec!r}: this machine has {torch.cuda.device_count()} GPU(s) (cuda:0 …)")
     return spec
 
 
@@ -222,7 +256,10 @@ class Worker:
                 if state is None or state.done(self.cfg.population):
                     target = 0 if state is None else state.generation + 1
                     if target >= self.stop_generation:
-                        return
+                        if not unclaimed_trials(self.study):
+                            return
+                        time.sleep(POLL_SECONDS)  # a dead worker's orphan: failed once its grace is over
+                        continue
                     n = min(self.chunk, self.cfg.population)
                 else:
                     target = state.generation
@@ -249,7 +286,13 @@ class Worker:
         with Heartbeat(self.study._storage) as heartbeat:
             try:
                 for _ in range(n):
-                    trials.append(self._ask(target, heartbeat))
+                    if trials and free_slots(self.study, target, self.cfg.population) == 0:
+                        break  # other workers took the rest meanwhile
+                    asked = self._ask(target, heartbeat)
+                    if asked is not None:
+                        trials.append(asked)
+                if not trials:
+                    return
                 result = self._evaluate([t for t, _ in trials], [g for _, g in trials])
             except BaseException:
                 for t, _ in trials:  # Ctrl-C or a crash: free the slots for the resume
@@ -258,20 +301,26 @@ class Worker:
         for (trial, genome), member in zip(trials, result.members):
             self._tell(trial, member)
         if self.bar is not None:
-            self.bar.update(n)
+            self.bar.update(len(trials))
             best = _best_value(self.study)
             self.bar.set_postfix_str(f"gen {target}, best {best:.4f}" if best is not None else f"gen {target}")
 
-    def _ask(self, target: int, heartbeat: Heartbeat) -> tuple[optuna.Trial, Genome]:
+    def _ask(self, target: int, heartbeat: Heartbeat) -> tuple[optuna.Trial, Genome] | None:
+        """Ask one member of generation ``target``; None when the generation filled up meanwhile."""
+        from optsearch.sampler import generation_and_member
+
         self.sampler.target_generation = target
         trial = self.study.ask()
         mark_worker(self.study, trial._trial_id)
         heartbeat.add(trial._trial_id)
+        generation, member = generation_and_member(self.study, trial)
+        if member >= self.cfg.population:  # surplus: another worker claimed the last slot first
+            self.study._storage.set_trial_system_attr(trial._trial_id, SURPLUS_ATTR, True)
+            self.study.tell(trial, state=TrialState.FAIL)
+            return None
         genome = define_search_space(trial)
         trial.set_user_attr("formula", genome.formula())
-        from optsearch.sampler import generation_and_member
-
-        trial.set_user_attr("generation", int(generation_and_member(self.study, trial)[0]))
+        trial.set_user_attr("generation", int(generation))
         trial.set_user_attr("seeds", len(self.cfg.seeds))
         return trial, genome
 
@@ -323,9 +372,7 @@ class Pruning:
 
     def __call__(self, cp: Any) -> list[int]:
         self.count += 1
-        prune: list[int] = []
-        if self.cfg.pruning.pruner == "none" and not self.cfg.per_task:
-            return prune
+        prune: list[int] = []  # with pruner "none" values are still reported: the dashboard draws them
         for i in cp.active:
             value = float(cp.proxy_fitness[i])
             if not self.cfg.per_task:

@@ -29,7 +29,7 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory):
+def postgres_url():
     """A throw-away PostgreSQL cluster on loopback (Debian's server binaries), for real multi-worker tests."""
     import glob
     import shutil
@@ -39,7 +39,10 @@ def postgres_url(tmp_path_factory):
     if not bins:
         pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql; .ci/run does)")
     bindir = Path(bins[-1]).parent
-    root = tmp_path_factory.mktemp("pg")
+    import tempfile
+
+    # Not under pytest's tmp dir: that is private to root (0700) and the server runs as `postgres`.
+    root = Path(tempfile.mkdtemp(prefix="optsearch-pg-"))
     as_user: list[str] = []
     if os.geteuid() == 0:  # initdb refuses to run as root
         shutil.chown(root, "postgres")
@@ -55,3 +58,4 @@ def postgres_url(tmp_path_factory):
     finally:
         subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
                        capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)

@@ -99,6 +99,7 @@ TABLE = [
     ("genome unknown primitive", lambda w: ["genome", "show", w["genome_primitive"]], "unknown primitive 'adagrad'"),
     ("unknown named genome", lambda w: ["genome", "show", "adagrad"], "unknown genome 'adagrad'"),
     ("workers = 0", lambda w: ["study", "run", "base", "--workers", "0", "--storage", w["url"]], "--workers must be ≥ 1"),
+    ("GPU device on a CPU machine", lambda w: ["study", "run", "base", "--device", "cuda:1", "--storage", w["url"]], "cuda:1"),
     ("generations = 0", lambda w: ["study", "run", "base", "--generations", "0", "--storage", w["url"]], "--generations must be ≥ 1"),
     ("empty dataset dir", lambda w: ["study", "run", "mn", "--storage", w["url"], "--data-dir", w["empty_data"]], "mnist"),
     ("truncated dataset gzip", lambda w: ["study", "run", "mn", "--storage", w["url"], "--data-dir", w["trunc_data"]], "train-images-idx3-ubyte.gz"),

@@ -423,3 +423,37 @@ def test_nsga_elites_are_the_first_fronts_and_beat_random_search():
     hv_first, hv_last = hv(gens[0]), hv(gens[n_gen - 1])
     assert hv_ga > hv_random, (hv_ga, hv_random)
     assert hv_last > hv_first, (hv_first, hv_last)
+
+
+ASKER = """
+import sys, time, optuna
+from optsearch.sampler import GeneticSampler
+from optsearch.genome import define_search_space
+url, start, n = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+study = optuna.load_study(study_name="race", storage=optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}))
+study.sampler = GeneticSampler(population_size=12, seed=0)
+study.sampler.target_generation = 0
+while time.time() < start:
+    pass
+for _ in range(n):
+    define_search_space(study.ask())
+"""
+
+
+def test_concurrent_asks_never_share_a_member_slot(tmp_path):
+    """Three processes ask 5 members each of a 12-member generation at the same instant."""
+    import subprocess
+    import sys
+    import time
+
+    url = f"sqlite:///{tmp_path}/race.db"
+    optuna.create_study(study_name="race", storage=url, direction="maximize")
+    start = time.time() + 3.0  # all three are imported and spinning by then
+    procs = [subprocess.Popen([sys.executable, "-c", ASKER, url, str(start), "5"]) for _ in range(3)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    trials = optuna.load_study(study_name="race", storage=url).get_trials()
+    members = sorted(t.system_attrs[MEMBER_KEY] for t in trials)
+    assert members == list(range(15))  # 12 slots + 3 surplus, no index twice
+    by_member = {t.system_attrs[MEMBER_KEY]: t.params for t in trials}
+    seeds = [g.to_params() for _, g in GeneticSampler(population_size=12, seed=0).config.seed_genomes()]
+    assert [by_member[i] for i in range(len(seeds))] == seeds  # the baselines, each once

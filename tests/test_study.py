@@ -65,6 +65,8 @@ def test_create_run_show_export(tmp_path, capsys):
             assert t.user_attrs["generation"] == g and "Δθ" in t.user_attrs["formula"]
             if t.state == TrialState.COMPLETE:
                 assert 0 <= t.user_attrs["digits_accuracy"] <= 1 and isinstance(t.user_attrs["diverged"], bool)
+                # a fitness curve even with pruner "none": one point per checkpoint (60 steps / every 20)
+                assert sorted(t.intermediate_values) == [0, 1, 2]
         best_so_far.append(max(t.value for t in trials if t.state == TrialState.COMPLETE))
     # elitism: the best genome is carried over and re-evaluated on the same seed/data, so the best never drops
     assert all(b >= a - 1e-6 for a, b in zip(best_so_far, best_so_far[1:])), best_so_far

@@ -1,0 +1,108 @@
+"""Many workers on one study, on every storage kind, with one worker killed by SIGKILL mid-generation.
+
+`study run --workers 3` starts two more worker processes; the test kills one of those while it holds
+members of generation 1 and checks what a user relies on: the study completes, trial numbers are
+unique, every member slot of every generation is told exactly once as COMPLETE/PRUNED (a killed
+member is failed and evaluated again with the same genome), nothing stays RUNNING, and the best
+trial is the best of the told ones.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from optsearch import study
+from optsearch.cli import main
+from optsearch.sampler import MEMBER_KEY
+from optsearch.storage import PID_ATTR, open_storage
+from optsearch.study import SURPLUS_ATTR
+from tests.test_study import write_config
+
+POPULATION, GENERATIONS = 6, 3
+TOLD = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@pytest.fixture(params=["sqlite", "journal", "postgresql"])
+def storage_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/s.db"
+    if request.param == "journal":
+        return f"journal:///{tmp_path}/s.log"
+    return request.getfixturevalue("postgres_url")
+
+
+def _wait_for_child_holding_generation_1(st: optuna.Study, parent: subprocess.Popen, timeout: float = 300) -> int:
+    """The pid of a spawned worker (not the parent) that holds a RUNNING member of generation 1."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert parent.poll() is None, parent.communicate()
+        running = [t for t in study.generations(st).get(1, []) if t.state == TrialState.RUNNING]
+        pids = {t.system_attrs.get(PID_ATTR) for t in running} - {None, parent.pid}
+        if pids:
+            return min(pids)
+        time.sleep(0.1)
+    pytest.fail("no spawned worker ever held a member of generation 1")
+
+
+def test_three_workers_survive_a_sigkill(storage_url, tmp_path):
+    name = f"w{os.getpid()}_{time.monotonic_ns()}"  # the PostgreSQL cluster is shared by the session
+    cfg = write_config(tmp_path, steps=300, population=POPULATION, generations=GENERATIONS)
+    assert main(["study", "create", name, "--config", str(cfg), "--storage", storage_url]) == 0
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "optsearch", "study", "run", name, "--storage", storage_url, "--workers", "3", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    st = optuna.load_study(study_name=name, storage=open_storage(storage_url))
+    victim = _wait_for_child_holding_generation_1(st, parent)
+    victims_trials = {t.number for t in st.get_trials() if t.system_attrs.get(PID_ATTR) == victim
+                      and t.state == TrialState.RUNNING}
+    os.kill(victim, signal.SIGKILL)
+    out, err = parent.communicate(timeout=600)
+    assert parent.returncode == 0, err
+    assert "worker process(es) died" in err  # the user is told, but the study is complete
+
+    st = optuna.load_study(study_name=name, storage=open_storage(storage_url))
+    trials = st.get_trials()
+    assert len({t.number for t in trials}) == len(trials)
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert study.completed_generations(st, POPULATION) == GENERATIONS
+    gens = study.generations(st)
+    assert sorted(gens) == list(range(GENERATIONS))
+    workers = {t.system_attrs.get(PID_ATTR) for t in trials}
+    assert len(workers) == 3 and victim in workers  # three processes really shared the work
+
+    for g, ts in gens.items():
+        told = [t for t in ts if t.state in TOLD]
+        assert sorted(t.system_attrs[MEMBER_KEY] for t in told) == list(range(POPULATION)), f"generation {g}"
+        for t in ts:
+            if t.state != TrialState.FAIL:
+                continue
+            if t.system_attrs.get(SURPLUS_ATTR):  # asked into a full generation: never trained, no genome
+                assert t.params == {}
+                continue
+            # a retry: the killed worker's member, asked again into the same slot with the same genome
+            assert g == 1 and t.number in victims_trials | {u.number for u in ts if u.system_attrs.get(PID_ATTR) == victim}
+            retry = [u for u in told if u.system_attrs[MEMBER_KEY] == t.system_attrs[MEMBER_KEY]]
+            assert len(retry) == 1 and retry[0].number > t.number
+            # the same genome: every gene the killed trial had suggested before it died
+            assert {k: retry[0].params[k] for k in t.params} == t.params
+    assert victims_trials and all(st.trials[n].state == TrialState.FAIL for n in victims_trials)
+
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert st.best_value == max(t.value for t in complete)
+    assert study.best_trials(st)[0].number == st.best_trial.number
+
+
+def test_plain_cuda_spreads_workers_over_the_gpus():
+    assert study.worker_devices("cuda", 5, 2) == ["cuda:0", "cuda:1", "cuda:0", "cuda:1", "cuda:0"]
+    assert study.worker_devices("cuda", 3, 1) == ["cuda"] * 3
+    assert study.worker_devices("cuda:1", 2, 4) == ["cuda:1", "cuda:1"]  # an explicit GPU is kept
+    assert study.worker_devices("cpu", 2, 4) == ["cpu", "cpu"]
