@@ -31,7 +31,7 @@ from optsearch.errors import GenomeError, OptsearchError, StudyError
 from optsearch.genome import Genome, search_space
 from optsearch.importance import PRIMS, SWITCHES, Features, Importance, compute_importance, genome_features, unit_label
 from optsearch.principles import N_BOOT, TOP_QUANTILE, Principle, compute_principles, pct
-from optsearch.storage import load_study, open_storage
+from optsearch.storage import open_existing_study, open_storage
 from optsearch.tasks import WORST_FITNESS
 
 MIN_TRIALS = 10
@@ -78,11 +78,6 @@ class StudyData:
     @property
     def per_task(self) -> bool:
         return len(self.objective_names) > 1
-
-
-def open_existing_study(name: str, storage: str | None = None) -> optuna.Study:
-    """Load a study; a missing storage file, storage or study is a one-line StudyError (nothing is created)."""
-    return load_study(name, open_storage(storage, create=False), storage)
 
 
 def _generation(t: FrozenTrial) -> int | None:

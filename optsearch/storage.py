@@ -103,6 +103,12 @@ def load_study(name: str, storage: BaseStorage, url: str | None = None) -> optun
         raise StudyError(f"no study named {name!r} in {_redact(resolve_url(url))}{hint}") from None
 
 
+def open_existing_study(name: str, url: str | None = None) -> optuna.Study:
+    """Load a study for reading or running; a missing storage file, storage or study is a one-line
+    StudyError, and nothing is created (only ``study create`` makes storages)."""
+    return load_study(name, open_storage(url, create=False), url)
+
+
 def mark_worker(study: optuna.Study, trial_id: int) -> None:
     """Record which process holds a trial, so a dead local worker's trials can be failed at once."""
     study._storage.set_trial_system_attr(trial_id, HOST_ATTR, socket.gethostname())

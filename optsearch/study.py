@@ -24,7 +24,7 @@ from optsearch import config as configs
 from optsearch.config import StudyConfig
 from optsearch.errors import ConfigError, StudyError
 from optsearch.genome import Genome, define_search_space
-from optsearch.storage import Heartbeat, fail_dead_trials, load_study, mark_worker, open_storage, resolve_url
+from optsearch.storage import Heartbeat, fail_dead_trials, mark_worker, open_existing_study, open_storage, resolve_url
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 POLL_SECONDS = 1.0
@@ -65,7 +65,7 @@ def _write_dashboard_note(study: optuna.Study, cfg: StudyConfig) -> None:
 
 
 def open_study(name: str, storage: str | None = None) -> tuple[optuna.Study, StudyConfig]:
-    study = load_study(name, open_storage(storage), storage)
+    study = open_existing_study(name, storage)
     raw = study.user_attrs.get(CONFIG_ATTR)
     if not isinstance(raw, dict):
         raise StudyError(f"study {name!r} was not created by optsearch (it has no stored config)")
@@ -478,7 +478,7 @@ def show_text(name: str, *, storage: str | None = None, top: int = 5) -> str:
 
 
 def list_text(*, storage: str | None = None) -> str:
-    st = open_storage(storage)
+    st = open_storage(storage, create=False)
     summaries = optuna.get_all_study_summaries(st, include_best_trial=False)
     if not summaries:
         return f"no studies in {resolve_url(storage)}"
@@ -491,8 +491,7 @@ def list_text(*, storage: str | None = None) -> str:
 
 
 def delete(name: str, *, storage: str | None = None) -> None:
-    st = open_storage(storage)
-    load_study(name, st, storage)  # a clear error when it does not exist
+    st = open_existing_study(name, storage)._storage  # a clear error when it does not exist
     optuna.delete_study(study_name=name, storage=st)
 
 

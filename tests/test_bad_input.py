@@ -99,6 +99,8 @@ TABLE = [
     ("genome unknown primitive", lambda w: ["genome", "show", w["genome_primitive"]], "unknown primitive 'adagrad'"),
     ("unknown named genome", lambda w: ["genome", "show", "adagrad"], "unknown genome 'adagrad'"),
     ("workers = 0", lambda w: ["study", "run", "base", "--workers", "0", "--storage", w["url"]], "--workers must be ≥ 1"),
+    ("storage file mistyped (run)", lambda w: ["study", "run", "base", "--storage", w["url"] + ".typo"], "no storage at"),
+    ("storage file mistyped (list)", lambda w: ["study", "list", "--storage", w["url"] + ".typo"], "no storage at"),
     ("GPU device on a CPU machine", lambda w: ["study", "run", "base", "--device", "cuda:1", "--storage", w["url"]], "cuda:1"),
     ("generations = 0", lambda w: ["study", "run", "base", "--generations", "0", "--storage", w["url"]], "--generations must be ≥ 1"),
     ("empty dataset dir", lambda w: ["study", "run", "mn", "--storage", w["url"], "--data-dir", w["empty_data"]], "mnist"),
@@ -122,3 +124,11 @@ def test_bad_input_exits_2_with_one_line(world, capsys, case, argv, needle):
 
 def test_table_is_big_enough():
     assert len(TABLE) >= 15
+
+
+def test_a_mistyped_storage_file_is_not_created(world):
+    typo = world["url"].removeprefix("sqlite:///") + ".typo"
+    for argv in (["study", "show", "base"], ["study", "run", "base"], ["export", "base", "-o", typo + ".json"],
+                 ["study", "delete", "base"], ["study", "list"]):
+        assert main([*argv, "--storage", "sqlite:///" + typo]) == 2
+    assert not Path(typo).exists()
