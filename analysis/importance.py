@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from optsearch.analysis import importance_figure, importance_table, load_study_data, output_dir, script_main, write_json
+from optsearch.analysis import importance_table, load_study_data, output_dir, script_main, write_json
+from optsearch.figures import importance_figure
 from optsearch.importance import compute_importance
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import argparse
 
-from optsearch.analysis import analyze, load_study_data, output_dir, principles_figure, script_main, write_json
+from optsearch.analysis import analyze, load_study_data, output_dir, script_main, write_json
+from optsearch.figures import principles_figure
 
 
 def run(a: argparse.Namespace) -> str:

@@ -21,13 +21,13 @@ from optsearch.analysis import (
     analyze_study,
     graph_id,
     load_study_data,
-    pareto_mask,
     replace_section,
     save_to_dashboard,
     synthetic_study,
     write_outputs,
 )
 from optsearch.cli import main
+from optsearch.figures import pareto_mask
 from optsearch.errors import StudyError
 from optsearch.principles import bootstrap_diff
 

@@ -1,0 +1,258 @@
+"""Figures of an analysis: matplotlib PNGs for the report and compact plotly ones for optuna-dashboard.
+
+Kept apart from :mod:`optsearch.analysis` (which computes and writes) so a researcher can restyle a
+figure without reading the statistics; every function takes the :class:`~optsearch.analysis.StudyData`
+or :class:`~optsearch.analysis.Analysis` it draws.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from optsearch.importance import PRIMS, SWITCHES, Importance
+from optsearch.principles import TOP_QUANTILE, Principle, pct
+
+if TYPE_CHECKING:
+    from optsearch.analysis import Analysis, StudyData
+
+
+def per_generation(d: StudyData) -> dict[str, np.ndarray]:
+    """Best, median and best-so-far of the analysed trials per generation."""
+    gens = np.unique(d.generation)
+    best = np.array([d.y[d.generation == g].max() for g in gens])
+    med = np.array([np.median(d.y[d.generation == g]) for g in gens])
+    return {"generation": gens, "best": best, "median": med, "best_so_far": np.maximum.accumulate(best),
+            "n": np.array([(d.generation == g).sum() for g in gens])}
+
+
+def term_frequencies(d: StudyData) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Per generation, the fraction of members (every trial with a genome) that has each primitive or
+    departs from Adam's setting of each switch."""
+    from optsearch.principles import departs
+
+    gens = np.array(sorted({g for g, _ in d.population}))
+    by_gen = {g: [x for gg, x in d.population if gg == g] for g in gens}
+    freq = {k: np.array([departs(by_gen[g], k).mean() for g in gens]) for k in (*PRIMS, *SWITCHES)}
+    return gens, freq
+
+
+def pareto_mask(values: np.ndarray) -> np.ndarray:
+    """Non-dominated rows of ``values`` (every column maximized)."""
+    n = len(values)
+    mask = np.ones(n, dtype=bool)
+    for i in range(n):
+        if mask[i]:
+            dominated = np.all(values <= values[i], axis=1) & np.any(values < values[i], axis=1)
+            mask[dominated] = False
+    return mask
+
+
+def _switch_text(key: str) -> str:
+    from optsearch.principles import _label
+
+    return key if key in PRIMS else _label(key)
+
+
+def _figure(w: float, h: float, rows: int = 1, cols: int = 1, sharey: bool = False):
+    # The object-oriented API renders with Agg and never touches pyplot's global backend.
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h), layout="constrained")
+    return fig, fig.subplots(rows, cols, squeeze=False, sharey=sharey)
+
+
+def _integer_x(a: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    a.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def importance_figure(imp: Importance, title: str):
+    """Three panels over the same units, ordered by PED-ANOVA: PED-ANOVA, fANOVA ± sd, forest permutation ± sd."""
+    units = imp.ranking()[::-1]
+    fig, ax = _figure(13, 6.5, 1, 3)
+    fa, sp = imp.fanova, imp.surrogate.importance
+    panels = (("PED-ANOVA", [imp.ped_anova[u] for u in units], None),
+              ("fANOVA (mean ± sd, 3 seeds)", [fa.get(u, (0, 0))[0] for u in units], [fa.get(u, (0, 0))[1] for u in units]),
+              (f"forest: R² lost when permuted (CV R² {imp.surrogate.r2:.2f})", [sp.get(u, (0, 0))[0] for u in units],
+               [sp.get(u, (0, 0))[1] for u in units]))
+    for a, (name, vals, err) in zip(ax[0], panels):
+        a.barh(range(len(units)), vals, xerr=err, color="C0")
+        a.set_yticks(range(len(units)), [u if u not in PRIMS else f"{u} term" for u in units], fontsize=8)
+        a.set_title(name, fontsize=10)
+    fig.suptitle(title)
+    return fig
+
+
+def history_figure(d: StudyData):
+    """Best, median and best-so-far per generation over the analysed trials (diverged ones left out)."""
+    h = per_generation(d)
+    fig, ax = _figure(8, 4.5)
+    a = ax[0][0]
+    jitter = np.random.default_rng(0).uniform(-0.2, 0.2, len(d.y))
+    a.scatter(d.generation + jitter, d.y, s=4, color="0.6", alpha=0.5, label="trials")
+    a.plot(h["generation"], h["best"], "o-", label="best of generation")
+    a.plot(h["generation"], h["median"], "s-", label="median of generation")
+    a.plot(h["generation"], h["best_so_far"], "k--", label="best so far")
+    a.set_xlabel("generation")
+    a.set_ylabel(d.label)
+    _integer_x(a)
+    a.legend(fontsize=8)
+    a.set_title(f"Evolution of {d.name} (not shown: {d.counts['diverged']:,} diverged, {d.counts['pruned']:,} pruned "
+                "trials)", fontsize=10)
+    return fig
+
+
+def terms_figure(d: StudyData):
+    """Per generation: members holding each primitive, and members departing from Adam's switches."""
+    gens, freq = term_frequencies(d)
+    fig, ax = _figure(12, 4.5, 1, 2)
+    for k in PRIMS:
+        if freq[k].any():
+            ax[0][0].plot(gens, freq[k], marker=".", label=k)
+    for k in SWITCHES:
+        ax[0][1].plot(gens, freq[k], marker=".", label=_switch_text(k))
+    ax[0][0].set_title("members with each primitive", fontsize=10)
+    ax[0][1].set_title("members departing from Adam's switch setting", fontsize=10)
+    for a in ax[0]:
+        a.set_xlabel("generation")
+        a.set_ylim(-0.02, 1.02)
+        _integer_x(a)
+        a.legend(fontsize=7)
+    return fig
+
+
+def principles_figure(principles: Sequence[Principle], label: str):
+    """Forest plot of the fitness effects (circles: all trials; triangles: top 25 % or held-out half)."""
+    rows = [p for p in principles if p.kind in ("switch", "primitive", "continuous") and p.effect is not None]
+    fig, ax = _figure(9, 0.28 * len(rows) + 1.5)
+    a = ax[0][0]
+    for i, p in enumerate(rows[::-1]):
+        color = ("C3" if p.effect > 0 else "C0") if p.established else "0.6"
+        a.errorbar(p.effect, i, xerr=[[p.effect - p.ci[0]], [p.ci[1] - p.effect]], fmt="o" if p.scope == "all" else "^",
+                   color=color, capsize=2)
+    a.set_yticks(range(len(rows)), [f"{p.label} [{p.scope}]" for p in rows[::-1]], fontsize=7)
+    a.axvline(0, color="k", lw=0.8)
+    a.set_xlabel(f"difference in {label} (95 % bootstrap CI; grey: not established)")
+    a.set_title("Design principles", fontsize=10)
+    return fig
+
+
+def partial_dependence_figure(principles: Sequence[Principle], label: str):
+    """The surrogate's partial dependence of each continuous gene, with the top-10 % range shaded."""
+    cont = [p for p in principles if p.kind == "continuous" and "partial_dependence" in p.details]
+    if not cont:
+        return None
+    fig, ax = _figure(13, 6, 2, 4, sharey=True)  # one scale: a flat curve means an irrelevant gene
+    for a, p in zip(ax.flat, cont):
+        pd = p.details["partial_dependence"]
+        a.plot(pd["grid"], pd["mean_prediction"], color="C0")
+        a.axvspan(*p.details["top_range"], color="C1", alpha=0.25, label="top 10 %")
+        if p.key == "clip_threshold":
+            a.set_xscale("log")
+        a.set_title(p.label + ("" if p.established else " (n.e.)"), fontsize=8)
+    for a in ax.flat[len(cont):]:
+        a.set_axis_off()
+    ax[0][0].legend(fontsize=7)
+    fig.suptitle(f"Surrogate partial dependence of {label}; shaded: where the top 10 % lie")
+    return fig
+
+
+def pareto_figure(d: StudyData):
+    """Per-task studies: each pair of objectives, the non-dominated trials joined."""
+    if not d.per_task or not len(d.values):
+        return None
+    m = d.values.shape[1]
+    pairs = [(i, j) for i in range(m) for j in range(i + 1, m)][:6]
+    front = pareto_mask(d.values)
+    fig, ax = _figure(5 * len(pairs), 4.5, 1, len(pairs))
+    for a, (i, j) in zip(ax[0], pairs):
+        a.scatter(d.values[:, i], d.values[:, j], s=5, color="0.6", label="trials")
+        f = d.values[front][np.argsort(d.values[front][:, i])]
+        a.plot(f[:, i], f[:, j], "o-", color="C3", ms=4, label=f"Pareto front ({front.sum()})")
+        a.set_xlabel(d.objective_names[i])
+        a.set_ylabel(d.objective_names[j])
+        a.legend(fontsize=8)
+    fig.suptitle(f"Per-task objectives of {d.name}")
+    return fig
+
+
+def matplotlib_figures(result: Analysis) -> dict[str, Any]:
+    """Every figure of the analysis by file stem (Pareto only for per-task studies)."""
+    d = result.data
+    figs = {
+        "importance": importance_figure(result.importance, f"Importance of genome units for {d.label} ({d.name})"),
+        "history": history_figure(d),
+        "terms": terms_figure(d),
+        "principles": principles_figure(result.principles, d.label),
+        "partial_dependence": partial_dependence_figure(result.principles, d.label),
+        "pareto": pareto_figure(d),
+    }
+    return {k: f for k, f in figs.items() if f is not None}
+
+
+def write_figures(result: Analysis, out: Path) -> list[Path]:
+    """Save :func:`matplotlib_figures` as PNGs in ``out``; returns the paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, fig in matplotlib_figures(result).items():
+        fig.savefig(out / f"{name}.png", dpi=100)
+        paths.append(out / f"{name}.png")
+    return paths
+
+
+def _short(p: Principle) -> str:
+    """A principle's name for a dashboard card, where long labels would crowd out the plot."""
+    if p.kind == "primitive":
+        return f"+ {p.key}"
+    if p.kind == "continuous":
+        return f"{p.key} in top range"
+    return {"bias_correction": "no bias correction", "clip": "clipping"}.get(p.key, p.key)
+
+
+def plotly_figures(result: Analysis) -> dict[str, Any]:
+    """Interactive versions for optuna-dashboard (key: figure name).
+
+    The dashboard draws each figure in a fixed-size card, so these are compact: the 12 most important
+    units, and the all-trials principles (hover for the full sentence); the PNGs have everything.
+    """
+    import plotly.graph_objects as go
+
+    d, imp = result.data, result.importance
+    units = imp.ranking()[:12][::-1]
+    sp = imp.surrogate.importance
+    pos = sum(max(0.0, v[0]) for v in sp.values()) or 1.0
+    fig_imp = go.Figure([
+        go.Bar(y=units, x=[imp.ped_anova[u] for u in units], orientation="h", name="PED-ANOVA"),
+        go.Bar(y=units, x=[imp.fanova.get(u, (0, 0))[0] for u in units], orientation="h", name="fANOVA (3 seeds)",
+               error_x={"array": [imp.fanova.get(u, (0, 0))[1] for u in units]}),
+        go.Bar(y=units, x=[sp.get(u, (0, 0))[0] / pos for u in units], orientation="h",
+               name=f"forest (CV R² {imp.surrogate.r2:.2f})", error_x={"array": [sp.get(u, (0, 0))[1] / pos for u in units]}),
+    ])
+    fig_imp.update_layout(title=f"Importance of genome units for {d.label} (shares)", barmode="group",
+                          legend={"orientation": "h", "y": -0.15}, margin={"l": 10, "r": 10})
+    h = per_generation(d)
+    g = h["generation"].tolist()
+    fig_hist = go.Figure([go.Scatter(x=g, y=h[k].tolist(), name=k.replace("_", " ")) for k in ("best", "median", "best_so_far")])
+    fig_hist.update_layout(title=f"Evolution of {d.label} per generation", xaxis_title="generation", yaxis_title=d.label)
+    gens, freq = term_frequencies(d)
+    fig_terms = go.Figure([go.Scatter(x=gens.tolist(), y=freq[k].tolist(), name=k if k in PRIMS else _switch_text(k))
+                           for k in (*PRIMS, *SWITCHES) if freq[k].any()])
+    fig_terms.update_layout(title="Members with each primitive / departing from Adam's switches",
+                            xaxis_title="generation", yaxis_range=[0, 1])
+    rows = [p for p in result.principles
+            if p.kind in ("switch", "primitive", "continuous") and p.scope != f"top {pct(TOP_QUANTILE)}"
+            and p.effect is not None]
+    fig_pr = go.Figure([go.Scatter(
+        x=[p.effect for p in rows], y=[_short(p) for p in rows], mode="markers",
+        marker={"color": ["crimson" if p.established else "grey" for p in rows]},
+        error_x={"type": "data", "symmetric": False, "array": [p.ci[1] - p.effect for p in rows],
+                 "arrayminus": [p.effect - p.ci[0] for p in rows]},
+        text=[p.sentence for p in rows], hoverinfo="text")])
+    fig_pr.add_vline(x=0, line_width=1)
+    fig_pr.update_layout(title=f"Principles: Δ {d.label}, 95 % CI (red: established)", yaxis={"autorange": "reversed",
+                         "tickfont": {"size": 9}}, margin={"l": 10, "r": 10})
+    return {"importance": fig_imp, "history": fig_hist, "terms": fig_terms, "principles": fig_pr}
