@@ -20,6 +20,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,10 +51,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=300, help="training steps per run (default 300)")
     p.add_argument("--subsample", type=int, default=5000, help="training examples per task (default 5000)")
     p.add_argument("--batch-size", type=int, help="default: each task's (128)")
+    p.add_argument("--baseline-schedule", choices=("cosine", "constant"), default="cosine",
+                   help="baselines' lr schedule (default cosine decay, as the benchmark command's default)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--data-dir", help="datasets folder (default $OPTSEARCH_DATA_DIR)")
     p.add_argument("-o", "--output", default="reports/quality", help="report folder (default reports/quality)")
     a = p.parse_args(argv)
+    # As the CLI does: Optuna flags the heartbeat/metric-name APIs we rely on as experimental; that is noise here.
+    warnings.filterwarnings("ignore", message=r".*(experimental|Heartbeat of storage).*")
+    known = (*benchmark.BASELINE_NAMES, benchmark.PAPER, benchmark.MUON)
+    wanted = [c.strip() for c in (a.contenders or "").split(",") if c.strip()]
+    if set(wanted) - set(known):  # before the study runs, not after minutes of it
+        p.error(f"unknown contender(s) {', '.join(sorted(set(wanted) - set(known)))}; choose from {', '.join(known)}")
 
     t0 = time.perf_counter()
 
@@ -76,19 +85,20 @@ def main(argv: list[str] | None = None) -> int:
 
     held_out = [t for t in a.tasks.split(",") if t and t not in cfg.tasks]
     tasks = tuple(held_out + (list(cfg.tasks) if a.with_searched else []))
-    bcfg = benchmark.BenchmarkConfig(tasks=tasks, searched=frozenset(cfg.tasks) & frozenset(tasks), seeds=a.seeds,
+    bcfg = benchmark.BenchmarkConfig(tasks=tasks, searched=frozenset(cfg.tasks), seeds=a.seeds,
                                      trials=a.trials, steps=a.steps, batch_size=a.batch_size, subsample=a.subsample,
                                      device=a.device, data_dir=_data_dir(a.data_dir))
-    contenders = benchmark.default_contenders([(label, evolved)])
+    contenders = benchmark.default_contenders([(label, evolved)], baseline_schedule=a.baseline_schedule)
     if a.contenders:
-        keep = {c.strip() for c in a.contenders.split(",")} | {label}
+        keep = set(wanted) | {label}
         contenders = [c for c in contenders if c.name in keep]
     result = benchmark.run_benchmark(label, [(label, evolved)], bcfg, storage=storage, out_dir=a.output,
                                      contenders=contenders, log=log)
 
     print(f"\nevolved genome {label} (searched on {', '.join(cfg.tasks)}): {evolved.formula()}")
     print(f"budget: {a.trials} tuning trials per contender and task (validation split), then {a.seeds} paired seeds "
-          f"on the test split; {a.steps} steps, {a.subsample} training examples\n")
+          f"on the test split; {a.steps} steps, {a.subsample} training examples; baselines: {result.baseline_schedule} lr "
+          f"schedule\n")
     groups = result.groups()
     rows = []
     for t in groups.get(benchmark.HELD_OUT, []) + groups.get(benchmark.SEARCHED, []):

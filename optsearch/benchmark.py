@@ -90,6 +90,18 @@ class Contender:
         return self.genome is not None
 
     @property
+    def cosine_decay(self) -> bool:
+        """Whether this contender's learning rate follows a cosine decay (its genome's, or Muon's flag)."""
+        return self.genome.cosine_decay if self.genome is not None else self.cosine
+
+    def formula(self) -> str:
+        """The update rule as text; for Muon, what it is and its schedule."""
+        if self.genome is not None:
+            return self.genome.formula()
+        return ("torch.optim.Muon (2-D weights, adjust_lr_fn=match_rms_adamw) + AdamW (other parameters), "
+                + ("cosine decay" if self.cosine else "constant lr"))
+
+    @property
     def lr_range(self) -> tuple[float, float]:
         """A window of :data:`LR_WINDOW` decades centred on the default, shifted to stay in the genome's range."""
         lo_all, hi_all, _ = FLOAT_RANGES["lr_log10"]
@@ -173,6 +185,8 @@ class BenchmarkConfig:
 
     tasks: tuple[str, ...]
     searched: frozenset[str] = frozenset()
+    """Every task the evolved genome was searched on, benchmarked here or not (the report names them all,
+    so a held-out-only benchmark does not read as if the genome had been selected on nothing)."""
     seeds: int = 5
     trials: int = 8
     steps: int | None = None
@@ -527,7 +541,13 @@ class BenchmarkResult:
     config: BenchmarkConfig
     contenders: list[Contender]
     tasks: dict[str, TaskResult]
-    baseline_schedule: str = "cosine"
+
+    @property
+    def baseline_schedule(self) -> str:
+        """``cosine``, ``constant`` or ``mixed``: read from the baselines themselves, so a report cannot
+        name a schedule other than the one they ran with (e.g. when a caller passes its own contenders)."""
+        flags = {c.cosine_decay for c in self.contenders if c.role == "baseline"}
+        return {frozenset({True}): "cosine", frozenset({False}): "constant"}.get(frozenset(flags), "mixed")
 
     @property
     def reference(self) -> str:
@@ -595,7 +615,7 @@ class BenchmarkResult:
                        "wd_range_log10": list(WD_RANGE), "sampler": f"TPESampler(seed={cfg.sampler_seed})",
                        "confidence": stats.LEVEL, "baseline_schedule": self.baseline_schedule},
             "contenders": [{"name": c.name, "role": c.role, "kind": "genome" if c.is_genome else MUON,
-                            "formula": c.genome.formula() if c.genome else _MUON_TEXT,
+                            "formula": c.formula(),
                             "genome": c.genome.to_params() if c.genome else None,
                             "lr_range_log10": list(c.lr_range), "tunes_wd": c.wd_log10 is not None}
                            for c in self.contenders],
@@ -604,10 +624,11 @@ class BenchmarkResult:
         }
 
 
-_MUON_TEXT = "torch.optim.Muon (2-D weights, adjust_lr_fn=match_rms_adamw) + AdamW (other parameters), cosine decay"
-
-
 # ----------------------------------------------------------------------------- report
+_SCHEDULE_TEXT = {"cosine": "cosine decay", "constant": "a constant lr",
+                  "mixed": "their own schedules (some with cosine decay, some constant)"}
+
+
 def _verdict(diff: stats.Interval | None, ref: str) -> str:
     if diff is None:
         return "(reference)"
@@ -624,10 +645,12 @@ def _fmt_params(tuned: Tuned) -> tuple[str, str]:
 
 def markdown(result: BenchmarkResult) -> str:
     """The report: protocol, one table per task, one aggregate table per group (held-out first)."""
+    from optsearch.tasks import WORST_FITNESS
+
     cfg, ref = result.config, result.reference
     ref_c = next(c for c in result.contenders if c.name == ref)
     lines = [f"# Benchmark: {result.name}", ""]
-    lines.append(f"Reference (evolved): **{ref}** — `{ref_c.genome.formula() if ref_c.genome else _MUON_TEXT}`")
+    lines.append(f"Reference (evolved): **{ref}** — `{ref_c.formula()}`")
     lines.append("")
     lines.append(
         f"Protocol: every contender's learning rate (and weight decay, where it has one) was tuned with "
@@ -637,8 +660,8 @@ def markdown(result: BenchmarkResult) -> str:
         f"({cfg.final_seeds[0]}…{cfg.final_seeds[-1]}), scored on the **test** split. Steps: "
         f"{cfg.steps or 'task default'}; batch: {cfg.batch_size or 'task default'}; training examples: "
         f"{cfg.subsample or 'task default'}. Every contender sees the same initial weights and batches per seed. "
-        f"Baselines (genomes and Muon) run with {'cosine decay' if result.baseline_schedule == 'cosine' else 'a constant lr'}"
-        f"; evolved genomes keep their own schedule. A diverged seed scores chance-level accuracy.")
+        f"Baselines (genomes and Muon) run with {_SCHEDULE_TEXT[result.baseline_schedule]}; evolved genomes keep their "
+        f"own schedule. A diverged seed scores chance-level accuracy.")
     lines.append("")
     lines.append(f"Test accuracy in %, mean ± half-width of the 95 % t interval over seeds. "
                  f"Δ = {ref} − contender in accuracy points, paired per seed, with its 95 % paired t interval; "
@@ -646,9 +669,9 @@ def markdown(result: BenchmarkResult) -> str:
     if cfg.seeds < 5:
         lines += ["", f"**Warning:** only {cfg.seeds} seeds; intervals are wide and fragile (use ≥ 5)."]
     lines.append("")
-    searched = sorted(cfg.searched)
-    lines.append(f"Searched tasks (the genome was selected on them): {', '.join(searched) if searched else 'none'}. "
-                 f"Held-out tasks: {', '.join(t for t in cfg.tasks if t not in cfg.searched) or 'none'}.")
+    lines.append(f"{ref} was searched on: {', '.join(sorted(cfg.searched)) or 'unknown (no study given, so every task counts as held-out)'}. Here, searched tasks: "
+                 f"{', '.join(t for t in cfg.tasks if t in cfg.searched) or 'none'}; held-out tasks: "
+                 f"{', '.join(t for t in cfg.tasks if t not in cfg.searched) or 'none'}.")
     if any(c.name == PAPER for c in result.contenders):
         lines.append(f"`{PAPER}` was selected by its authors on mnist, fashion_mnist and cifar10 (their test splits).")
     for group, ts in result.groups().items():
@@ -661,11 +684,16 @@ def markdown(result: BenchmarkResult) -> str:
         lines += [f"### Aggregate over {group} tasks ({', '.join(ts)})", "",
                   "Per seed, the mean test accuracy over these tasks; then the interval over seeds.", ""]
         lines += _table(result, result.summary(lambda c, ts=ts: result.aggregate(ts, c)), None)
+    if any(tu.value <= WORST_FITNESS for r in result.tasks.values() for tu in r.tuned.values()):
+        lines += ["", f"val fitness *all diverged*: every tuning trial of that contender diverged on that task, so "
+                      f"no setting was better than another and the one shown is its first trial (its default)."]
     lines.append("")
     return "\n".join(lines)
 
 
 def _table(result: BenchmarkResult, summ: dict[str, dict[str, Any]], r: TaskResult | None) -> list[str]:
+    from optsearch.tasks import WORST_FITNESS
+
     ref = result.reference
     head = "| contender | " + ("tuned lr | tuned wd | val fitness | " if r else "") + \
            f"test acc % | Δ vs {ref} (pp) | verdict |" + (" diverged |" if r else "")
@@ -676,7 +704,8 @@ def _table(result: BenchmarkResult, summ: dict[str, dict[str, Any]], r: TaskResu
         cells = [f"{c.name}{' *' if c.role == 'evolved' else ''}"]
         if r:
             lr, wd = _fmt_params(r.tuned[c.name])
-            cells += [lr, wd, f"{r.tuned[c.name].value:.4f}"]
+            v = r.tuned[c.name].value
+            cells += [lr, wd, "*all diverged*" if v <= WORST_FITNESS else f"{v:.4f}"]
         cells += [s["interval"].fmt(100), "—" if diff is None else diff.fmt(100, signed=True), _verdict(diff, ref)]
         if r:
             cells.append(str(sum(u.diverged for u in r.scores[c.name])))
@@ -699,30 +728,40 @@ def plot_bars(result: BenchmarkResult, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels: list[tuple[str, Callable[[str], list[float]]]] = []
+    panels: list[tuple[str, Callable[[str], list[float]], Sequence[str]]] = []
     for group, ts in result.groups().items():
-        panels += [(f"{t} ({group})", result.tasks[t].accuracy) for t in ts]
+        panels += [(f"{t} ({group})", result.tasks[t].accuracy, [t]) for t in ts]
         if len(ts) > 1:
-            panels.append((f"{group}: mean of {len(ts)} tasks", lambda c, ts=ts: result.aggregate(ts, c)))
+            panels.append((f"{group}: mean of {len(ts)} tasks", lambda c, ts=ts: result.aggregate(ts, c), ts))
     names = [c.name for c in result.contenders]
     colors = _colors(result)
     fig, axes = plt.subplots(1, len(panels), figsize=(max(4.5, 3.2 * len(panels)), 4.2), squeeze=False)
-    for ax, (title, values_of) in zip(axes[0], panels):
+    for ax, (title, values_of, ts) in zip(axes[0], panels):
         ivs = [stats.t_interval(values_of(n)) for n in names]
         means = [100 * iv.mean for iv in ivs]
         errs = [100 * iv.half_width if math.isfinite(iv.half_width) else 0.0 for iv in ivs]
-        ax.bar(range(len(names)), means, yerr=errs, capsize=3, color=[colors[n] for n in names],
-               edgecolor=["black" if c.role == "evolved" else "none" for c in result.contenders], linewidth=1.5)
+        bars = ax.bar(range(len(names)), means, yerr=errs, capsize=3, color=[colors[n] for n in names],
+                      edgecolor=["black" if c.role == "evolved" else "none" for c in result.contenders],
+                      linewidth=1.5)
         lows = [m - e for m, e in zip(means, errs) if math.isfinite(m)]
         highs = [m + e for m, e in zip(means, errs) if math.isfinite(m)]
         if lows:
             span = max(highs) - min(lows) or 1.0
             ax.set_ylim(max(0.0, min(lows) - 0.5 * span), min(100.0, max(highs) + 0.2 * span))
+        # A diverged seed is scored at chance: say so on its bar, or it reads as a trained accuracy.
+        runs = len(ts) * result.config.seeds
+        for i, n in enumerate(names):
+            k = sum(u.diverged for t in ts for u in result.tasks[t].scores[n])
+            if k:
+                bars[i].set_hatch("//")
+                ax.annotate(f"{k}/{runs} diverged", (i, means[i] + errs[i]), xytext=(0, 3),
+                            textcoords="offset points", rotation=90, ha="center", va="bottom", fontsize=7)
         ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
         ax.set_title(title, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("test accuracy % (mean, 95 % t CI)")
-    fig.suptitle(f"{result.name}: tuned contenders, {result.config.seeds} seeds (y axis zoomed)", fontsize=10)
+    fig.suptitle(f"{result.name}: tuned contenders, {result.config.seeds} seeds (y axis zoomed; "
+                 f"hatched: diverged runs, scored at chance)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -736,24 +775,42 @@ def plot_curves(result: BenchmarkResult, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     colors = _colors(result)
+    # Contenders with the same curve (e.g. AdamW with a tiny tuned wd over Adam) must both stay visible:
+    # each is drawn thinner than the ones before it, with its own dash pattern; the evolved genome on top.
+    styles = {c.name: "-" if c.role == "evolved" else ("--", "-.", ":")[i % 3]
+              for i, c in enumerate(result.contenders)}
+    widths = {c.name: 2.2 if c.role == "evolved" else max(0.6, 2.4 - 0.25 * i) for i, c in enumerate(result.contenders)}
     tasks = [t for ts in result.groups().values() for t in ts]
     fig, axes = plt.subplots(1, len(tasks), figsize=(max(4.5, 4.2 * len(tasks)), 3.8), squeeze=False)
     for ax, t in zip(axes[0], tasks):
         r = result.tasks[t]
+        gone = []
         for c in result.contenders:
+            k = sum(s.diverged for s in r.scores[c.name])
+            if k:
+                gone.append(f"{c.name} {k}/{len(r.scores[c.name])}")
             curves = [s.curve for s in r.scores[c.name] if s.curve and not s.diverged]
             if not curves:
                 continue
             n = min(len(cv) for cv in curves)
             steps = [cv[0] for cv in curves[0][:n]]
             mean = [sum(cv[k][1] for cv in curves) / len(curves) for k in range(n)]
-            ax.plot(steps, mean, label=c.name, color=colors[c.name], lw=2.2 if c.role == "evolved" else 1.2)
+            ax.plot(steps, mean, label=c.name, color=colors[c.name], ls=styles[c.name], lw=widths[c.name],
+                    zorder=3 if c.role == "evolved" else 2)
         ax.set_yscale("log")
         ax.set_title(f"{t} ({r.group})", fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("training loss (mean over seeds)")
-    handles, labels = axes[0][0].get_legend_handles_labels()
+        if gone:  # their curves are missing or averaged over fewer seeds
+            ax.text(0.98, 0.98, "diverged seeds (not plotted):\n" + "\n".join(gone), transform=ax.transAxes,
+                    ha="right", va="top", fontsize=7, bbox={"facecolor": "white", "alpha": 0.8, "lw": 0})
+    axes[0][0].set_ylabel("training loss (mean over non-diverged seeds)")
+    # The legend lists every contender, also one with no curve in the first panel (all its seeds diverged there).
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=colors[c.name], ls=styles[c.name], lw=widths[c.name])
+               for c in result.contenders]
+    labels = [c.name for c in result.contenders]
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8), fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=120)
@@ -807,7 +864,8 @@ def run_benchmark(name: str, evolved: Sequence[tuple[str, Genome]], cfg: Benchma
         cfg: tasks, which of them were searched, seeds, trials, budget.
         storage: where the tuning studies live (default: the project's default storage).
         contenders: the full list (default: :func:`default_contenders`).
-        muon, baseline_schedule: passed to :func:`default_contenders`.
+        muon, baseline_schedule: passed to :func:`default_contenders` (unused when ``contenders`` is
+            given: the report reads the baselines' schedule from the contenders themselves).
         log: progress lines.
     """
     from optsearch.storage import open_storage
@@ -831,7 +889,7 @@ def run_benchmark(name: str, evolved: Sequence[tuple[str, Genome]], cfg: Benchma
         tasks[task] = TaskResult(task=task, group=SEARCHED if task in cfg.searched else HELD_OUT,
                                  seeds=cfg.final_seeds, tuned=tuned,
                                  scores={c.name: _scored(s, task) for c, s in zip(cs, scores)})
-    result = BenchmarkResult(name=name, config=cfg, contenders=cs, tasks=tasks, baseline_schedule=baseline_schedule)
+    result = BenchmarkResult(name=name, config=cfg, contenders=cs, tasks=tasks)
     if out_dir is not None:
         write_outputs(result, out_dir)
     return result
@@ -846,7 +904,7 @@ def _genome_label(spec: str) -> str:
 def run_cli(study_name: str | None = None, genome_files: Sequence[str] = (), tasks: str | None = None,
             seeds: int = 5, steps: int | None = None, trials: int = 8, subsample: int | None = None,
             out_dir: str | None = None, storage: str | None = None, device: str | None = None,
-            data_dir: str | None = None) -> str:
+            data_dir: str | None = None, baseline_schedule: str = "cosine") -> str:
     """``python -m optsearch benchmark``: returns the report text (the files are in the output folder)."""
     import sys
     import time
@@ -877,7 +935,7 @@ def run_cli(study_name: str | None = None, genome_files: Sequence[str] = (), tas
 
         if not torch.cuda.is_available():
             raise ConfigError(f"device {device!r} requested but CUDA is not available on this machine")
-    cfg = BenchmarkConfig(tasks=task_list, searched=searched & frozenset(task_list), seeds=seeds, trials=trials,
+    cfg = BenchmarkConfig(tasks=task_list, searched=searched, seeds=seeds, trials=trials,
                           steps=steps, subsample=subsample, device=device, data_dir=data_dir)
     name = study_name or evolved[0][0]
     out = Path(out_dir) if out_dir else Path("reports") / f"benchmark-{name.replace('/', '_').replace('#', '-')}"
@@ -886,7 +944,8 @@ def run_cli(study_name: str | None = None, genome_files: Sequence[str] = (), tas
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - t0:7.1f} s] {msg}", file=sys.stderr, flush=True)
 
-    result = run_benchmark(name, evolved, cfg, storage=storage, out_dir=out, log=log)
+    result = run_benchmark(name, evolved, cfg, storage=storage, out_dir=out, baseline_schedule=baseline_schedule,
+                           log=log)
     text = markdown(result)
     return f"{text}\nwrote {out}/report.md, results.json, bars.png, curves.png ({time.perf_counter() - t0:.0f} s)"
 

@@ -252,3 +252,104 @@ def test_contender_windows_have_equal_width_and_names_are_unique():
     assert next(c for c in constant if c.name == "adam").genome == Genome.named("adam")
     with pytest.raises(ConfigError):
         benchmark.default_contenders([("x", EVOLVED), ("x", EVOLVED)])
+
+
+# ----------------------------------------------------------------------------- baseline schedule
+class _Stop(Exception):
+    """Raised by a stand-in for tune(): the contenders are what the test needs, not a training run."""
+
+
+@pytest.mark.parametrize("flag, cosine", [([], True), (["--baseline-schedule", "cosine"], True),
+                                          (["--baseline-schedule", "constant"], False)])
+def test_baseline_schedule_flag_reaches_the_baseline_genomes(flag, cosine, monkeypatch, tmp_path):
+    seen = []
+
+    def fake_tune(contenders, *a, **k):
+        seen.append(list(contenders))
+        raise _Stop
+
+    monkeypatch.setattr(benchmark, "tune", fake_tune)
+    evo = tmp_path / "evo.json"
+    EVOLVED.save(evo)
+    with pytest.raises(_Stop):
+        main(["benchmark", "--genome", str(evo), "--tasks", "digits", *flag,
+              "--storage", f"sqlite:///{tmp_path / 'db.sqlite'}", "-o", str(tmp_path / "out")])
+    cs = {c.name: c for c in seen[0]}
+    baselines = [c for c in seen[0] if c.role == "baseline"]
+    assert {c.name for c in baselines} == {*benchmark.BASELINE_NAMES, benchmark.MUON}
+    for c in baselines:
+        assert c.cosine_decay is cosine, c.name
+        if c.genome is not None:  # the schedule is the only change to the named genome
+            assert c.genome == replace(Genome.named(c.name), cosine_decay=cosine), c.name
+    # The evolved and the paper's genomes keep their own schedules either way.
+    assert cs["evo"].genome == EVOLVED and cs[benchmark.PAPER].genome == Genome.named(benchmark.PAPER)
+
+
+def test_baseline_schedule_flag_rejects_other_schedules(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["benchmark", "--genome", "adam", "--baseline-schedule", "linear"])
+    assert e.value.code == 2 and "invalid choice: 'linear'" in capsys.readouterr().err
+
+
+def _fake_result(contenders, diverged=(), searched=frozenset()):
+    """A finished benchmark without training: two seeds per contender on digits; the contenders named in
+    ``diverged`` diverged in every tuning trial and every seed (scored at chance, as run_benchmark does)."""
+    tuned = {c.name: benchmark.Tuned(params=c.default_params(), value=-1.0 if c.name in diverged else 0.5,
+                                     study_name="s", complete_trials=1, new_trials=0) for c in contenders}
+    curve = [[10, 2.0], [20, 1.0]]
+    scores = {c.name: [benchmark.UnitScore(0.1, math.nan, -1.0, True) if c.name in diverged else
+                       benchmark.UnitScore(0.9 + 0.01 * i + 0.001 * k, 0.1, 0.9, False, curve) for k in range(2)]
+              for i, c in enumerate(contenders)}
+    cfg = benchmark.BenchmarkConfig(tasks=("digits",), searched=frozenset(searched), seeds=2)
+    task = benchmark.TaskResult(task="digits", group=benchmark.SEARCHED if "digits" in searched else benchmark.HELD_OUT,
+                                seeds=cfg.final_seeds, tuned=tuned, scores=scores)
+    return benchmark.BenchmarkResult(name="x", config=cfg, contenders=list(contenders), tasks={"digits": task})
+
+
+def test_report_names_the_schedule_the_baselines_actually_ran_with():
+    """The schedule in the report and JSON is read from the contenders: a caller that builds constant-lr
+    contenders itself (benchmarks/quality.py does) must not get a report that says cosine decay."""
+    for schedule, text in (("cosine", "cosine decay"), ("constant", "a constant lr")):
+        result = _fake_result(benchmark.default_contenders([("evo", EVOLVED)], baseline_schedule=schedule))
+        md, js = benchmark.markdown(result), result.to_json()
+        assert f"Baselines (genomes and Muon) run with {text};" in md
+        assert js["config"]["baseline_schedule"] == schedule
+        muon = next(c for c in js["contenders"] if c["name"] == benchmark.MUON)
+        assert muon["formula"].endswith("cosine decay" if schedule == "cosine" else "constant lr")
+    mixed = benchmark.default_contenders([("evo", EVOLVED)], baseline_schedule="constant")
+    mixed[2] = benchmark.genome_contender("adam", replace(Genome.named("adam"), cosine_decay=True), "baseline")
+    assert _fake_result(mixed).baseline_schedule == "mixed"
+
+
+# ----------------------------------------------------------------------------- what the report shows
+def test_report_names_every_searched_task_even_when_only_held_out_ones_are_benchmarked():
+    md = benchmark.markdown(_fake_result(benchmark.default_contenders([("evo", EVOLVED)]),
+                                         searched={"mnist1d", "cifar10"}))
+    assert "evo was searched on: cifar10, mnist1d. Here, searched tasks: none; held-out tasks: digits." in md
+    md = benchmark.markdown(_fake_result(benchmark.default_contenders([("evo", EVOLVED)]), searched={"digits"}))
+    assert "Here, searched tasks: digits; held-out tasks: none." in md and "### digits (searched)" in md
+
+
+def test_a_contender_whose_tuning_all_diverged_is_marked_in_table_and_figures(tmp_path, monkeypatch):
+    """Its 'tuned' lr is no tuning result, and its bar at chance is no trained accuracy: both must say so; the
+    curve legend lists every contender even when one has no curve in the first panel."""
+    import matplotlib.figure
+
+    figures = []
+    save = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda self, *a, **k: (figures.append(self), save(self, *a, **k))[1])
+    cs = benchmark.default_contenders([("evo", EVOLVED)])
+    result = _fake_result(cs, diverged={"evo", "rmsprop"})
+    paths = benchmark.write_outputs(result, tmp_path)
+    task_table = paths["report"].read_text().split("### digits")[1].split("### Aggregate")[0]
+    rows = {line.split(" | ")[0].strip("| *"): line for line in task_table.splitlines()
+            if line.startswith("| ") and "tuned lr" not in line}
+    assert "| *all diverged* |" in rows["evo"] and "| *all diverged* |" in rows["rmsprop"]
+    assert "| 0.5000 |" in rows["adam"] and "all diverged" not in rows["adam"]
+    assert "every tuning trial of that contender diverged" in paths["report"].read_text()
+    bars, curves = figures
+    bar_notes = [t.get_text() for t in bars.axes[0].texts]
+    assert bar_notes == ["2/2 diverged", "2/2 diverged"]
+    assert [t.get_text() for t in curves.legends[0].texts] == [c.name for c in cs]
+    assert "evo 2/2" in curves.axes[0].texts[0].get_text() and "rmsprop 2/2" in curves.axes[0].texts[0].get_text()
