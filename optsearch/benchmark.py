@@ -4,8 +4,9 @@ The protocol a reviewer would accept, and what the reference paper did not do:
 
 1. **Equal tuning budget.** Every contender — the evolved genome included — gets its learning rate
    (and its weight decay, when it has one) tuned by its own Optuna study with exactly ``trials``
-   trials on the **validation** split, the same sampler and seed, the same width of search window
-   (3 decades of lr centred on the contender's own default). The studies live in the storage
+   trials on the **validation** split, the same sampler and seed, the same search window relative to
+   its own default lr (from 2.5 decades below to 1.5 above) and the same start: the default plus a
+   log-spaced grid across the window, then TPE. The studies live in the storage
    (``bench:<contender>:<task>:<key>``) so a rerun reuses them; only the first ``trials`` complete
    trials ever count, so a study tuned with a larger budget earlier cannot favour one contender.
 2. **Paired seeds on the test split.** Each contender then runs with its tuned setting on N final
@@ -45,8 +46,13 @@ DEFAULT_HELD_OUT: tuple[str, ...] = ("mnist", "fashion_mnist")
 TUNE_SEEDS: tuple[int, ...] = (0,)
 FINAL_SEED_BASE = 1000
 """Final seeds are FINAL_SEED_BASE, FINAL_SEED_BASE + 1, …: disjoint from tuning and search seeds."""
-LR_WINDOW = 3.0
-"""Decades of learning rate each contender's tuning searches (same width for all)."""
+LR_BELOW, LR_ABOVE = 2.5, 1.5
+LR_WINDOW = LR_BELOW + LR_ABOVE
+"""Decades of learning rate each contender's tuning searches (same for all). The window reaches further
+below the default than above: a default sits near the top of its stable range, and a genome whose
+term weights sum to several units, picked on small MLPs, can need a decade or two less on a CNN."""
+TUNING_PROTOCOL = "default + log-spaced lr grid, then TPE; window -2.5..+1.5 decades"
+"""Part of every tuning study's key: studies tuned under an older protocol are not reused."""
 WD_RANGE: tuple[float, float] = FLOAT_RANGES["wd_log10"][:2]
 STUDY_PREFIX = "bench"
 SEARCHED, HELD_OUT = "searched", "held-out"
@@ -103,10 +109,19 @@ class Contender:
 
     @property
     def lr_range(self) -> tuple[float, float]:
-        """A window of :data:`LR_WINDOW` decades centred on the default, shifted to stay in the genome's range."""
+        """:data:`LR_BELOW` decades below the default to :data:`LR_ABOVE` above, shifted to stay in the genome's range."""
         lo_all, hi_all, _ = FLOAT_RANGES["lr_log10"]
-        lo = min(max(lo_all, self.lr_log10 - LR_WINDOW / 2), hi_all - LR_WINDOW)
+        lo = min(max(lo_all, self.lr_log10 - LR_BELOW), hi_all - LR_WINDOW)
         return lo, lo + LR_WINDOW
+
+    def startup_params(self, n: int) -> list[dict[str, float]]:
+        """The first tuning round: the default, then ``n − 1`` learning rates evenly spaced in log across
+        the window (at the default weight decay). Same positions for every contender, and unlike a few
+        random draws it cannot leave a whole decade of the window untried."""
+        lo, hi = self.lr_range
+        default = self.default_params()
+        grid = [lo + (i + 0.5) * (hi - lo) / (n - 1) for i in range(n - 1)]
+        return [default] + [{**default, "lr_log10": x} for x in grid]
 
     def default_params(self) -> dict[str, float]:
         p = {"lr_log10": self.lr_log10}
@@ -229,7 +244,7 @@ class BenchmarkConfig:
     def unit_settings(self, task: str) -> dict[str, Any]:
         """What a tuning result depends on besides the contender (part of the study key)."""
         return {"task": task, "steps": self.steps, "batch_size": self.batch_size, "subsample": self.subsample,
-                "tune_seeds": list(self.tune_seeds), "sampler_seed": self.sampler_seed}
+                "tune_seeds": list(self.tune_seeds), "sampler_seed": self.sampler_seed, "protocol": TUNING_PROTOCOL}
 
 
 # ----------------------------------------------------------------------------- scores of one unit
@@ -280,13 +295,14 @@ def _open_tuning_study(contender: Contender, task: str, cfg: BenchmarkConfig, st
         study.set_user_attr("identity", json.loads(json.dumps(contender.identity(), default=str)))
     fail_dead_trials(study)  # RUNNING trials of a killed run; only COMPLETE ones count anyway
     if not study.get_trials(deepcopy=False):
-        study.enqueue_trial(contender.default_params())  # the contender's own default is one of its trials
+        for params in contender.startup_params(_rounds(cfg.trials)[0]):
+            study.enqueue_trial(params)
     return study
 
 
 def _rounds(trials: int) -> list[int]:
-    """Cumulative trial targets: a random-start half asked as one batch, then the TPE-guided rest."""
-    first = max(1, math.ceil(trials / 2))
+    """Cumulative trial targets: the start grid (about two thirds) as one batch, then the TPE-guided rest."""
+    first = max(1, math.ceil(2 * trials / 3))
     return [first, trials] if trials > first else [first]
 
 
@@ -611,7 +627,7 @@ class BenchmarkResult:
             "reference": self.reference,
             "config": {"tasks": list(cfg.tasks), "searched": sorted(cfg.searched), "seeds": list(cfg.final_seeds),
                        "tune_seeds": list(cfg.tune_seeds), "trials": cfg.trials, "steps": cfg.steps,
-                       "batch_size": cfg.batch_size, "subsample": cfg.subsample, "lr_window_decades": LR_WINDOW,
+                       "batch_size": cfg.batch_size, "subsample": cfg.subsample, "lr_window_decades": [-LR_BELOW, LR_ABOVE], "tuning": TUNING_PROTOCOL,
                        "wd_range_log10": list(WD_RANGE), "sampler": f"TPESampler(seed={cfg.sampler_seed})",
                        "confidence": stats.LEVEL, "baseline_schedule": self.baseline_schedule},
             "contenders": [{"name": c.name, "role": c.role, "kind": "genome" if c.is_genome else MUON,
@@ -655,7 +671,7 @@ def markdown(result: BenchmarkResult) -> str:
     lines.append(
         f"Protocol: every contender's learning rate (and weight decay, where it has one) was tuned with "
         f"**{cfg.trials} trials** each (Optuna TPE, seed {cfg.sampler_seed}; the contender's default is one of them; "
-        f"lr window {LR_WINDOW:g} decades around its default) on the validation split with tuning seed(s) "
+        f"lr from {LR_BELOW:g} decades below its default to {LR_ABOVE:g} above, default + log grid then TPE) on the validation split with tuning seed(s) "
         f"{', '.join(map(str, cfg.tune_seeds))}; then each ran with its tuned setting on **{cfg.seeds} seeds** "
         f"({cfg.final_seeds[0]}…{cfg.final_seeds[-1]}), scored on the **test** split. Steps: "
         f"{cfg.steps or 'task default'}; batch: {cfg.batch_size or 'task default'}; training examples: "

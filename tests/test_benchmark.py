@@ -67,6 +67,15 @@ def test_every_contender_gets_the_same_tuning_budget_in_stored_studies(bench):
         assert set(per_contender) == CONTENDERS
         assert {c["COMPLETE"] for c in per_contender.values()} == {TRIALS}
         assert all(c["RUNNING"] == 0 and c["WAITING"] == 0 for c in per_contender.values())
+    # The same start for everyone: the default, then a log grid across the window (then TPE).
+    for name in counts:
+        contender = next(c for c in benchmark.default_contenders([("demo#0", EVOLVED), ("twin", EVOLVED)])
+                         if c.name == name.split(":")[1])
+        first = optuna.load_study(study_name=name, storage=bench["url"]).trials[: benchmark._rounds(TRIALS)[0]]
+        expected = contender.startup_params(len(first))
+        assert [sorted(t.params) for t in first] == [sorted(p) for p in expected], name
+        for t, p in zip(first, expected):
+            assert [t.params[k] for k in sorted(p)] == pytest.approx([p[k] for k in sorted(p)]), name
     # Weight decay is tuned exactly for the contenders that have it; lr for everyone.
     for name in counts:
         contender = name.split(":")[1]
@@ -247,6 +256,10 @@ def test_contender_windows_have_equal_width_and_names_are_unique():
     assert [c.name for c in cs] == ["evo", "sgd_momentum", "adam", "adamw", "rmsprop", "lion", "paper_evolved", "muon"]
     assert {round(c.lr_range[1] - c.lr_range[0], 9) for c in cs} == {benchmark.LR_WINDOW}
     assert all(c.lr_range[0] <= c.lr_log10 <= c.lr_range[1] for c in cs)
+    # the window reaches 2.5 decades below the default (an MLP-tuned default can be far too high on a CNN)
+    evo, adam = cs[0], next(c for c in cs if c.name == "adam")
+    assert evo.lr_range == pytest.approx((evo.lr_log10 - 2.5, evo.lr_log10 + 1.5))
+    assert adam.lr_range == pytest.approx((-5.0, -1.0))  # 1e-3 − 2.5 decades is below the genome's floor: shifted up
     assert all(c.genome.cosine_decay for c in cs if c.role == "baseline" and c.genome is not None)
     constant = benchmark.default_contenders([("evo", EVOLVED)], baseline_schedule="constant")
     assert next(c for c in constant if c.name == "adam").genome == Genome.named("adam")
@@ -353,3 +366,15 @@ def test_a_contender_whose_tuning_all_diverged_is_marked_in_table_and_figures(tm
     assert bar_notes == ["2/2 diverged", "2/2 diverged"]
     assert [t.get_text() for t in curves.legends[0].texts] == [c.name for c in cs]
     assert "evo 2/2" in curves.axes[0].texts[0].get_text() and "rmsprop 2/2" in curves.axes[0].texts[0].get_text()
+
+
+def test_start_grid_spans_the_window_evenly_after_the_default():
+    c = next(c for c in benchmark.default_contenders([("evo", EVOLVED)]) if c.name == "adamw")
+    lo, hi = c.lr_range
+    start = c.startup_params(6)
+    assert start[0] == c.default_params()
+    lrs = [p["lr_log10"] for p in start[1:]]
+    assert lrs == pytest.approx([lo + 0.4, lo + 1.2, lo + 2.0, lo + 2.8, lo + 3.6])  # (i + ½)·4/5 decades
+    assert all(p["wd_log10"] == c.wd_log10 for p in start)
+    assert c.startup_params(1) == [c.default_params()]
+    assert [benchmark._rounds(n) for n in (1, 2, 4, 8)] == [[1], [2], [3, 4], [6, 8]]
