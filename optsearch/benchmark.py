@@ -45,6 +45,9 @@ MUON = "muon"
 DEFAULT_HELD_OUT: tuple[str, ...] = ("mnist", "fashion_mnist")
 TUNE_SEEDS: tuple[int, ...] = (0,)
 FINAL_SEED_BASE = 1000
+AT_CHANCE = 0.02
+"""A seed that did not diverge but ends within this much test accuracy of chance collapsed (e.g. dead units at
+an edge-of-stability lr); the report counts such seeds, since they, not noise, are what widens an interval."""
 """Final seeds are FINAL_SEED_BASE, FINAL_SEED_BASE + 1, …: disjoint from tuning and search seeds."""
 LR_BELOW, LR_ABOVE = 2.5, 1.5
 LR_WINDOW = LR_BELOW + LR_ABOVE
@@ -238,6 +241,8 @@ class BenchmarkConfig:
             raise ConfigError(f"--steps must be ≥ 1, got {self.steps}")
         if self.subsample is not None and self.subsample < 1:
             raise ConfigError(f"--subsample must be ≥ 1, got {self.subsample}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be ≥ 1, got {self.batch_size}")
         if set(self.final_seeds) & set(self.tune_seeds):
             raise ConfigError("final seeds must differ from the tuning seeds")
 
@@ -609,6 +614,7 @@ class BenchmarkResult:
                         "train_loss": [s.loss for s in r.scores[c.name]],
                         "test_fitness": [s.fitness for s in r.scores[c.name]],
                         "diverged": [s.diverged for s in r.scores[c.name]],
+                        "at_chance": [_at_chance(s, t) for s in r.scores[c.name]],
                         "curves": [s.curve for s in r.scores[c.name]],
                         "accuracy_ci": summ[c.name]["interval"].to_dict(),
                         "diff_vs_reference": None if summ[c.name]["diff"] is None else summ[c.name]["diff"].to_dict(),
@@ -677,7 +683,8 @@ def markdown(result: BenchmarkResult) -> str:
         f"{cfg.steps or 'task default'}; batch: {cfg.batch_size or 'task default'}; training examples: "
         f"{cfg.subsample or 'task default'}. Every contender sees the same initial weights and batches per seed. "
         f"Baselines (genomes and Muon) run with {_SCHEDULE_TEXT[result.baseline_schedule]}; evolved genomes keep their "
-        f"own schedule. A diverged seed scores chance-level accuracy.")
+        f"own schedule. A diverged seed scores chance-level accuracy; a seed that did not diverge but ended within "
+        f"{100 * AT_CHANCE:g} points of chance is counted as *at chance* (a collapsed run).")
     lines.append("")
     lines.append(f"Test accuracy in %, mean ± half-width of the 95 % t interval over seeds. "
                  f"Δ = {ref} − contender in accuracy points, paired per seed, with its 95 % paired t interval; "
@@ -712,7 +719,7 @@ def _table(result: BenchmarkResult, summ: dict[str, dict[str, Any]], r: TaskResu
 
     ref = result.reference
     head = "| contender | " + ("tuned lr | tuned wd | val fitness | " if r else "") + \
-           f"test acc % | Δ vs {ref} (pp) | verdict |" + (" diverged |" if r else "")
+           f"test acc % | Δ vs {ref} (pp) | verdict |" + (" diverged / at chance |" if r else "")
     out = [head, "|" + "---|" * (head.count("|") - 1)]
     for c in result.contenders:
         s = summ[c.name]
@@ -724,7 +731,8 @@ def _table(result: BenchmarkResult, summ: dict[str, dict[str, Any]], r: TaskResu
             cells += [lr, wd, "*all diverged*" if v <= WORST_FITNESS else f"{v:.4f}"]
         cells += [s["interval"].fmt(100), "—" if diff is None else diff.fmt(100, signed=True), _verdict(diff, ref)]
         if r:
-            cells.append(str(sum(u.diverged for u in r.scores[c.name])))
+            units = r.scores[c.name]
+            cells.append(f"{sum(u.diverged for u in units)} / {sum(_at_chance(u, r.task) for u in units)}")
         out.append("| " + " | ".join(cells) + " |")
     return out
 
@@ -867,6 +875,12 @@ def _scored(scores: list[UnitScore], task: str) -> list[UnitScore]:
     return [replace(s, accuracy=chance) if s.diverged or not math.isfinite(s.accuracy) else s for s in scores]
 
 
+def _at_chance(s: UnitScore, task: str) -> bool:
+    from optsearch.tasks import get_task
+
+    return not s.diverged and s.accuracy <= 1.0 / get_task(task).num_classes + AT_CHANCE
+
+
 def run_benchmark(name: str, evolved: Sequence[tuple[str, Genome]], cfg: BenchmarkConfig, *,
                   storage: str | None = None, out_dir: str | Path | None = None,
                   contenders: Sequence[Contender] | None = None, muon: bool = True,
@@ -919,7 +933,7 @@ def _genome_label(spec: str) -> str:
 
 def run_cli(study_name: str | None = None, genome_files: Sequence[str] = (), tasks: str | None = None,
             seeds: int = 5, steps: int | None = None, trials: int = 8, subsample: int | None = None,
-            out_dir: str | None = None, storage: str | None = None, device: str | None = None,
+            batch_size: int | None = None, out_dir: str | None = None, storage: str | None = None, device: str | None = None,
             data_dir: str | None = None, baseline_schedule: str = "cosine") -> str:
     """``python -m optsearch benchmark``: returns the report text (the files are in the output folder)."""
     import sys
@@ -952,7 +966,7 @@ def run_cli(study_name: str | None = None, genome_files: Sequence[str] = (), tas
         if not torch.cuda.is_available():
             raise ConfigError(f"device {device!r} requested but CUDA is not available on this machine")
     cfg = BenchmarkConfig(tasks=task_list, searched=searched, seeds=seeds, trials=trials,
-                          steps=steps, subsample=subsample, device=device, data_dir=data_dir)
+                          steps=steps, batch_size=batch_size, subsample=subsample, device=device, data_dir=data_dir)
     name = study_name or evolved[0][0]
     out = Path(out_dir) if out_dir else Path("reports") / f"benchmark-{name.replace('/', '_').replace('#', '-')}"
     t0 = time.perf_counter()

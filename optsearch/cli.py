@@ -110,6 +110,7 @@ def _cmd_benchmark(a: argparse.Namespace) -> int:
             steps=a.steps,
             trials=a.trials,
             subsample=a.subsample,
+            batch_size=a.batch_size,
             out_dir=a.output,
             storage=a.storage,
             device=a.device,
@@ -201,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--steps", type=int, help="training steps (default: each task's)")
     sp.add_argument("--trials", type=int, default=8, help="tuning trials per contender and task (default 8)")
     sp.add_argument("--subsample", type=int, help="training examples per task (default: the task's)")
+    sp.add_argument("--batch-size", type=int, help="batch size (default: each task's)")
     sp.add_argument("--baseline-schedule", choices=("cosine", "constant"), default="cosine",
                     help="learning-rate schedule of the baselines (default cosine decay; the evolved genome keeps its own)")
     sp.add_argument("-o", "--output", help="output folder (default: reports/benchmark-NAME)")

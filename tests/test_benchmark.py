@@ -21,7 +21,7 @@ from optsearch.cli import main
 from optsearch.errors import ConfigError
 from optsearch.genome import Genome, search_space
 
-STEPS, TRIALS, SEEDS = 20, 2, 5
+STEPS, TRIALS, SEEDS, BATCH = 20, 2, 5, 32
 TASKS = "digits,mnist1d"
 # An "evolved" genome: smooth (Adam + Nesterov terms), with a schedule of its own and no weight decay.
 EVOLVED = replace(Genome.named("adam"), terms=("adam", "nesterov", "none", "none"), alphas=(1.0, 0.5, 0.0, 0.0),
@@ -51,7 +51,7 @@ def bench(tmp_path_factory):
     twin = root / "twin.json"
     EVOLVED.save(twin)
     kw = dict(study_name="demo", genome_files=[str(twin)], tasks=TASKS, seeds=SEEDS, steps=STEPS, trials=TRIALS,
-              storage=url, device="cpu")
+              batch_size=BATCH, storage=url, device="cpu")
     text = benchmark.run_cli(**kw, out_dir=str(root / "out"))
     return {"root": root, "url": url, "kw": kw, "text": text, "out": root / "out",
             "json": json.loads((root / "out" / "results.json").read_text(encoding="utf-8"))}
@@ -103,13 +103,18 @@ def test_seeds_are_paired_and_identical_genomes_differ_by_exactly_zero(bench):
         assert d["mean"] == 0.0 and d["lo"] == 0.0 and d["hi"] == 0.0 and not d["excludes_zero"]
         # Seeds differ from one another (the pairing is not trivially constant)...
         assert len(set(r["contenders"]["adam"]["test_accuracy"])) > 1
-    # ...and entry k is seed k: a lone rerun of tuned Adam on the 4th seed reproduces entry 3.
+    # ...and entry k is seed k: a lone rerun of tuned Adam on the 4th seed at --batch-size reproduces
+    # entry 3, and the task's default batch size does not (the flag reached the training).
     r = res["tasks"]["digits"]
+    assert res["config"]["batch_size"] == BATCH
     tuned = Genome.named("adam")
     tuned = replace(tuned, cosine_decay=True, lr_log10=r["contenders"]["adam"]["tuned"]["params"]["lr_log10"])
-    cfg = benchmark.BenchmarkConfig(tasks=("digits",), steps=STEPS, device="cpu")
-    alone = benchmark.evaluate_genomes([tuned], "digits", [r["seeds"][3]], cfg, split="test")[0][0]
-    assert alone.accuracy == r["contenders"]["adam"]["test_accuracy"][3]
+    runs = {}
+    for bs in (BATCH, None):
+        cfg = benchmark.BenchmarkConfig(tasks=("digits",), steps=STEPS, batch_size=bs, device="cpu")
+        runs[bs] = benchmark.evaluate_genomes([tuned], "digits", [r["seeds"][3]], cfg, split="test")[0][0]
+    assert runs[BATCH].accuracy == r["contenders"]["adam"]["test_accuracy"][3]
+    assert runs[None].loss != runs[BATCH].loss
 
 
 def test_outputs_are_written_and_mark_searched_and_held_out(bench):
@@ -240,6 +245,7 @@ def test_interval_of_one_value_is_undefined_not_zero_width():
         (["benchmark"], "give a study NAME or at least one --genome"),
         (["benchmark", "--genome", "adam", "--seeds", "1", "--tasks", "digits"], "--seeds must be ≥ 2"),
         (["benchmark", "--genome", "adam", "--trials", "0", "--tasks", "digits"], "--trials must be ≥ 1"),
+        (["benchmark", "--genome", "adam", "--batch-size", "0", "--tasks", "digits"], "--batch-size must be ≥ 1"),
         (["benchmark", "--genome", "adam", "--tasks", "digits,nope"], "unknown task 'nope'"),
         (["benchmark", "--genome", "no_such_genome", "--tasks", "digits"], "unknown genome 'no_such_genome'"),
     ],
@@ -304,14 +310,16 @@ def test_baseline_schedule_flag_rejects_other_schedules(capsys):
     assert e.value.code == 2 and "invalid choice: 'linear'" in capsys.readouterr().err
 
 
-def _fake_result(contenders, diverged=(), searched=frozenset()):
+def _fake_result(contenders, diverged=(), searched=frozenset(), collapsed=()):
     """A finished benchmark without training: two seeds per contender on digits; the contenders named in
-    ``diverged`` diverged in every tuning trial and every seed (scored at chance, as run_benchmark does)."""
+    ``diverged`` diverged in every tuning trial and every seed (scored at chance, as run_benchmark does);
+    those in ``collapsed`` did not diverge but ended at chance on their first seed."""
     tuned = {c.name: benchmark.Tuned(params=c.default_params(), value=-1.0 if c.name in diverged else 0.5,
                                      study_name="s", complete_trials=1, new_trials=0) for c in contenders}
     curve = [[10, 2.0], [20, 1.0]]
     scores = {c.name: [benchmark.UnitScore(0.1, math.nan, -1.0, True) if c.name in diverged else
-                       benchmark.UnitScore(0.9 + 0.01 * i + 0.001 * k, 0.1, 0.9, False, curve) for k in range(2)]
+                       benchmark.UnitScore(0.11 if c.name in collapsed and k == 0 else 0.9 + 0.01 * i + 0.001 * k,
+                                           0.1, 0.9, False, curve) for k in range(2)]
               for i, c in enumerate(contenders)}
     cfg = benchmark.BenchmarkConfig(tasks=("digits",), searched=frozenset(searched), seeds=2)
     task = benchmark.TaskResult(task="digits", group=benchmark.SEARCHED if "digits" in searched else benchmark.HELD_OUT,
@@ -366,6 +374,20 @@ def test_a_contender_whose_tuning_all_diverged_is_marked_in_table_and_figures(tm
     assert bar_notes == ["2/2 diverged", "2/2 diverged"]
     assert [t.get_text() for t in curves.legends[0].texts] == [c.name for c in cs]
     assert "evo 2/2" in curves.axes[0].texts[0].get_text() and "rmsprop 2/2" in curves.axes[0].texts[0].get_text()
+
+
+def test_seeds_that_collapsed_to_chance_without_diverging_are_counted():
+    """Tuned on one seed, an lr at the edge of stability can leave a final seed at chance with a finite loss:
+    not diverged, but the reason an interval is wide, so the table and JSON say so."""
+    result = _fake_result(benchmark.default_contenders([("evo", EVOLVED)]), diverged={"rmsprop"}, collapsed={"adam"})
+    md, js = benchmark.markdown(result), result.to_json()
+    rows = {line.split(" | ")[0].strip("| *"): line for line in md.split("### digits")[1].split("### Aggregate")[0]
+            .splitlines() if line.startswith("| ")}
+    assert rows["contender"].endswith("| diverged / at chance |")
+    assert rows["adam"].endswith("| 0 / 1 |") and rows["rmsprop"].endswith("| 2 / 0 |") and rows["evo"].endswith("| 0 / 0 |")
+    adam = js["tasks"]["digits"]["contenders"]["adam"]
+    assert adam["at_chance"] == [True, False] and adam["diverged"] == [False, False]
+    assert js["tasks"]["digits"]["contenders"]["rmsprop"]["at_chance"] == [False, False]
 
 
 def test_start_grid_spans_the_window_evenly_after_the_default():
