@@ -7,6 +7,7 @@ exit status 2. Library modules are imported inside the handlers so ``--help`` st
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from typing import Callable, Sequence
@@ -223,10 +224,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=r".*(experimental|Heartbeat of storage).*")
     args = build_parser().parse_args(argv)
     try:
-        return args.fn(args)
+        rc = args.fn(args)
+        sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not in the interpreter's exit
+        return rc
     except OptsearchError as e:
         print(f"optsearch: error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("optsearch: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`… | head`): not an error of ours. Point stdout at devnull so the interpreter's
+        # final flush does not raise again (the recipe in Python's signal docs).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

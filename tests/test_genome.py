@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 
 import optuna
 import pytest
@@ -91,3 +93,13 @@ def test_cli_genome_show(capsys, tmp_path):
     bad.write_text(json.dumps(d))
     assert main(["genome", "show", str(bad)]) == 2
     assert "beta2" in capsys.readouterr().err
+
+
+def test_output_into_a_closed_pipe_is_not_a_traceback():
+    """`python -m optsearch genome show … | head -1` must not end in a BrokenPipeError traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "optsearch", "genome", "show", "paper_evolved"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first write
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 1
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
