@@ -5,8 +5,9 @@ The protocol a reviewer would accept, and what the reference paper did not do:
 1. **Equal tuning budget.** Every contender — the evolved genome included — gets its learning rate
    (and its weight decay, when it has one) tuned by its own Optuna study with exactly ``trials``
    trials on the **validation** split, the same sampler and seed, the same search window relative to
-   its own default lr (from 2.5 decades below to 1.5 above) and the same start: the default plus a
-   log-spaced grid across the window, then TPE. The studies live in the storage
+   its own default lr (from 2.5 decades below to 1.5 above) and the same start: the window cut into
+   equal log-lr cells, the default standing in for its nearest cell, the others tried at their
+   centres, then TPE. The studies live in the storage
    (``bench:<contender>:<task>:<key>``) so a rerun reuses them; only the first ``trials`` complete
    trials ever count, so a study tuned with a larger budget earlier cannot favour one contender.
 2. **Paired seeds on the test split.** Each contender then runs with its tuned setting on N final
@@ -54,7 +55,7 @@ LR_WINDOW = LR_BELOW + LR_ABOVE
 """Decades of learning rate each contender's tuning searches (same for all). The window reaches further
 below the default than above: a default sits near the top of its stable range, and a genome whose
 term weights sum to several units, picked on small MLPs, can need a decade or two less on a CNN."""
-TUNING_PROTOCOL = "default + log-spaced lr grid, then TPE; window -2.5..+1.5 decades"
+TUNING_PROTOCOL = "default in place of its nearest of n equal log-lr cells, other cell centres, then TPE; window -2.5..+1.5 decades"
 """Part of every tuning study's key: studies tuned under an older protocol are not reused."""
 WD_RANGE: tuple[float, float] = FLOAT_RANGES["wd_log10"][:2]
 STUDY_PREFIX = "bench"
@@ -118,13 +119,15 @@ class Contender:
         return lo, lo + LR_WINDOW
 
     def startup_params(self, n: int) -> list[dict[str, float]]:
-        """The first tuning round: the default, then ``n − 1`` learning rates evenly spaced in log across
-        the window (at the default weight decay). Same positions for every contender, and unlike a few
-        random draws it cannot leave a whole decade of the window untried."""
+        """The first tuning round: the window cut into ``n`` equal cells in log lr; the default stands in for
+        the cell whose centre is nearest to it and the other cells are tried at their centres (at the default
+        weight decay). Unlike a few random draws it cannot leave a whole decade untried, and no start point
+        repeats the default (Lion's default 10^-4 once coincided with a grid point: one trial wasted)."""
         lo, hi = self.lr_range
         default = self.default_params()
-        grid = [lo + (i + 0.5) * (hi - lo) / (n - 1) for i in range(n - 1)]
-        return [default] + [{**default, "lr_log10": x} for x in grid]
+        centres = [lo + (i + 0.5) * (hi - lo) / n for i in range(n)]
+        centres.remove(min(centres, key=lambda x: abs(x - self.lr_log10)))
+        return [default] + [{**default, "lr_log10": x} for x in centres]
 
     def default_params(self) -> dict[str, float]:
         p = {"lr_log10": self.lr_log10}
@@ -677,7 +680,7 @@ def markdown(result: BenchmarkResult) -> str:
     lines.append(
         f"Protocol: every contender's learning rate (and weight decay, where it has one) was tuned with "
         f"**{cfg.trials} trials** each (Optuna TPE, seed {cfg.sampler_seed}; the contender's default is one of them; "
-        f"lr from {LR_BELOW:g} decades below its default to {LR_ABOVE:g} above, default + log grid then TPE) on the validation split with tuning seed(s) "
+        f"lr from {LR_BELOW:g} decades below its default to {LR_ABOVE:g} above, default in place of its nearest of equal log-lr cells, the other cells' centres, then TPE) on the validation split with tuning seed(s) "
         f"{', '.join(map(str, cfg.tune_seeds))}; then each ran with its tuned setting on **{cfg.seeds} seeds** "
         f"({cfg.final_seeds[0]}…{cfg.final_seeds[-1]}), scored on the **test** split. Steps: "
         f"{cfg.steps or 'task default'}; batch: {cfg.batch_size or 'task default'}; training examples: "

@@ -390,13 +390,19 @@ def test_seeds_that_collapsed_to_chance_without_diverging_are_counted():
     assert js["tasks"]["digits"]["contenders"]["rmsprop"]["at_chance"] == [False, False]
 
 
-def test_start_grid_spans_the_window_evenly_after_the_default():
+def test_start_grid_spans_the_window_evenly_and_never_repeats_the_default():
     c = next(c for c in benchmark.default_contenders([("evo", EVOLVED)]) if c.name == "adamw")
     lo, hi = c.lr_range
     start = c.startup_params(6)
     assert start[0] == c.default_params()
     lrs = [p["lr_log10"] for p in start[1:]]
-    assert lrs == pytest.approx([lo + 0.4, lo + 1.2, lo + 2.0, lo + 2.8, lo + 3.6])  # (i + ½)·4/5 decades
+    # Six cells of 2/3 decade; the default (lo + 2) is equally near lo + 5/3 and lo + 7/3: the lower one goes.
+    assert lrs == pytest.approx([lo + 1 / 3, lo + 1, lo + 7 / 3, lo + 3, lo + 11 / 3])
     assert all(p["wd_log10"] == c.wd_log10 for p in start)
     assert c.startup_params(1) == [c.default_params()]
+    # Lion's default (10^-4) sits one decade above its window's floor: no start point may repeat it.
+    for c in benchmark.default_contenders([("evo", EVOLVED)]):
+        for n in (2, 3, 4, 6, 8):
+            xs = [p["lr_log10"] for p in c.startup_params(n)]
+            assert len(xs) == n and min(abs(a - b) for a in xs for b in xs if a is not b) > 0.1, (c.name, n, xs)
     assert [benchmark._rounds(n) for n in (1, 2, 4, 8)] == [[1], [2], [3, 4], [6, 8]]
