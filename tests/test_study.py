@@ -127,6 +127,7 @@ def test_kill_mid_generation_then_resume(tmp_path):
     proc.wait()
     told_before = {t.number: (t.state, t.values) for t in st.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))}
     assert len(told_before) == 6  # generation 0 only
+    unfinished_at_kill = {t.number for t in st.get_trials(states=(TrialState.RUNNING,))}
 
     rerun = _cli("study", "run", "k", "--storage", url, "--quiet")
     out, err = rerun.communicate(timeout=600)
@@ -142,6 +143,9 @@ def test_kill_mid_generation_then_resume(tmp_path):
     assert sorted(gens) == [0, 1, 2]
     for g, ts in gens.items():
         assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in ts) == 6
-    failed = [t.number for t in trials if t.state == TrialState.FAIL]
-    # only the killed generation (a trial killed before its user attrs were written still has its generation)
-    assert failed and set(failed) <= {t.number for t in gens[1]}
+    # Exactly the killed run's unfinished trials end FAIL, and all belong to the killed generation; a trial asked
+    # an instant before the kill may not have been marked with a generation yet (the sampler never saw it).
+    failed = {t.number for t in trials if t.state == TrialState.FAIL}
+    assert failed and failed == unfinished_at_kill
+    unmarked = {t.number for t in trials} - {t.number for ts in gens.values() for t in ts}
+    assert failed <= {t.number for t in gens[1]} | unmarked and unmarked <= failed
