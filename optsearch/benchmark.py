@@ -46,10 +46,10 @@ MUON = "muon"
 DEFAULT_HELD_OUT: tuple[str, ...] = ("mnist", "fashion_mnist")
 TUNE_SEEDS: tuple[int, ...] = (0,)
 FINAL_SEED_BASE = 1000
+"""Final seeds are FINAL_SEED_BASE, FINAL_SEED_BASE + 1, …: disjoint from tuning and search seeds."""
 AT_CHANCE = 0.02
 """A seed that did not diverge but ends within this much test accuracy of chance collapsed (e.g. dead units at
 an edge-of-stability lr); the report counts such seeds, since they, not noise, are what widens an interval."""
-"""Final seeds are FINAL_SEED_BASE, FINAL_SEED_BASE + 1, …: disjoint from tuning and search seeds."""
 LR_BELOW, LR_ABOVE = 2.5, 1.5
 LR_WINDOW = LR_BELOW + LR_ABOVE
 """Decades of learning rate each contender's tuning searches (same for all). The window reaches further
@@ -872,16 +872,18 @@ def _jsonable(x: Any) -> Any:
 # ----------------------------------------------------------------------------- entry points
 def _scored(scores: list[UnitScore], task: str) -> list[UnitScore]:
     """A diverged seed scores chance-level accuracy (it learned nothing usable), so it stays in the pairing."""
-    from optsearch.tasks import get_task
-
-    chance = 1.0 / get_task(task).num_classes
+    chance = _chance(task)
     return [replace(s, accuracy=chance) if s.diverged or not math.isfinite(s.accuracy) else s for s in scores]
 
 
-def _at_chance(s: UnitScore, task: str) -> bool:
+def _chance(task: str) -> float:
     from optsearch.tasks import get_task
 
-    return not s.diverged and s.accuracy <= 1.0 / get_task(task).num_classes + AT_CHANCE
+    return 1.0 / get_task(task).num_classes
+
+
+def _at_chance(s: UnitScore, task: str) -> bool:
+    return not s.diverged and s.accuracy <= _chance(task) + AT_CHANCE
 
 
 def run_benchmark(name: str, evolved: Sequence[tuple[str, Genome]], cfg: BenchmarkConfig, *,

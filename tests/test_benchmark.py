@@ -404,5 +404,5 @@ def test_start_grid_spans_the_window_evenly_and_never_repeats_the_default():
     for c in benchmark.default_contenders([("evo", EVOLVED)]):
         for n in (2, 3, 4, 6, 8):
             xs = [p["lr_log10"] for p in c.startup_params(n)]
-            assert len(xs) == n and min(abs(a - b) for a in xs for b in xs if a is not b) > 0.1, (c.name, n, xs)
+            assert len(xs) == n and min(abs(a - b) for i, a in enumerate(xs) for b in xs[i + 1:]) > 0.1, (c.name, n, xs)
     assert [benchmark._rounds(n) for n in (1, 2, 4, 8)] == [[1], [2], [3, 4], [6, 8]]
