@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import argparse
 
-from optsearch.analysis import analyze, load_study_data, output_dir, script_main
-from optsearch.figures import write_figures
+from optsearch.analysis.report import analyze, load_study_data, output_dir, script_main
+from optsearch.analysis.figures import write_figures
 
 
 def run(a: argparse.Namespace) -> str:

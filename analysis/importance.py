@@ -3,16 +3,16 @@
     python analysis/importance.py NAME [--storage URL] [--objective TASK] [-o DIR]
 
 Prints the table and writes importance.json and importance.png to DIR (default reports/NAME).
-A thin wrapper over optsearch.importance: copy it and change what you need.
+A thin wrapper over optsearch.analysis.importance: copy it and change what you need.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from optsearch.analysis import importance_table, load_study_data, output_dir, script_main, write_json
-from optsearch.figures import importance_figure
-from optsearch.importance import compute_importance
+from optsearch.analysis.report import importance_table, load_study_data, output_dir, script_main, write_json
+from optsearch.analysis.figures import importance_figure
+from optsearch.analysis.importance import compute_importance
 
 
 def run(a: argparse.Namespace) -> str:

@@ -4,15 +4,15 @@ and where the top trials put each continuous gene.
     python analysis/principles.py NAME [--storage URL] [--objective TASK] [-o DIR]
 
 Prints one sentence per principle (established ones first) and writes principles.json and
-principles.png to DIR (default reports/NAME). A thin wrapper over optsearch.principles.
+principles.png to DIR (default reports/NAME). A thin wrapper over optsearch.analysis.principles.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from optsearch.analysis import analyze, load_study_data, output_dir, script_main, write_json
-from optsearch.figures import principles_figure
+from optsearch.analysis.report import analyze, load_study_data, output_dir, script_main, write_json
+from optsearch.analysis.figures import principles_figure
 
 
 def run(a: argparse.Namespace) -> str:

@@ -15,9 +15,9 @@ import time
 import warnings
 from pathlib import Path
 
-from optsearch import analysis
-from optsearch.importance import compute_importance, fanova, genome_features, ped_anova, surrogate, unit_view
-from optsearch.principles import compute_principles
+from optsearch.analysis import report as analysis
+from optsearch.analysis.importance import compute_importance, fanova, genome_features, ped_anova, surrogate, unit_view
+from optsearch.analysis.principles import compute_principles
 
 TARGET_S = 60.0
 

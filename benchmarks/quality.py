@@ -26,7 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from optsearch import benchmark, study  # noqa: E402
+from optsearch.benchmark import runner as benchmark  # noqa: E402
+from optsearch.search import study  # noqa: E402
 from optsearch.genome import Genome  # noqa: E402
 
 

@@ -32,12 +32,12 @@ import optuna
 import torch
 import torch.nn.functional as F
 
-from optsearch.evaluate import batch_indices, build_model, data_seed, task_data
+from optsearch.train.evaluate import batch_indices, build_model, data_seed, task_data
 from optsearch.genome import NAMED, Genome, define_search_space
 from optsearch.optim import GenomeOptimizer
-from optsearch.population import Population
-from optsearch.primitives import schedule_factor
-from optsearch.tasks import get_task
+from optsearch.train.population import Population
+from optsearch.genome.primitives import schedule_factor
+from optsearch.train.tasks import get_task
 
 CPU = torch.device("cpu")
 

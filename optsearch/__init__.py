@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from optsearch.errors import OptsearchError
-from optsearch.genome import Genome
 
 __all__ = ["Genome", "GenomeOptimizer", "OptsearchError"]
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # GenomeOptimizer pulls in torch.optim; import it lazily so `optsearch --help` stays fast.
+    # Genome pulls in torch (through the primitives) and GenomeOptimizer torch.optim: import them on first
+    # use so that `python -m optsearch --help` imports neither.
+    if name == "Genome":
+        from optsearch.genome import Genome
+
+        return Genome
     if name == "GenomeOptimizer":
         from optsearch.optim import GenomeOptimizer
 

@@ -27,7 +27,7 @@ def _cmd_genome_show(a: argparse.Namespace) -> int:
 
 def _cmd_genome_list(a: argparse.Namespace) -> int:
     from optsearch.genome import NAMED
-    from optsearch.primitives import PRIMITIVES
+    from optsearch.genome.primitives import PRIMITIVES
 
     print("primitives:")
     for p in PRIMITIVES.values():
@@ -39,14 +39,14 @@ def _cmd_genome_list(a: argparse.Namespace) -> int:
 
 
 def _cmd_study_create(a: argparse.Namespace) -> int:
-    from optsearch import study
+    from optsearch.search import study
 
     print(study.create(a.name, preset=a.preset, config_path=a.config, storage=a.storage))
     return 0
 
 
 def _cmd_study_run(a: argparse.Namespace) -> int:
-    from optsearch import study
+    from optsearch.search import study
 
     print(
         study.run(
@@ -63,21 +63,21 @@ def _cmd_study_run(a: argparse.Namespace) -> int:
 
 
 def _cmd_study_list(a: argparse.Namespace) -> int:
-    from optsearch import study
+    from optsearch.search import study
 
     print(study.list_text(storage=a.storage))
     return 0
 
 
 def _cmd_study_show(a: argparse.Namespace) -> int:
-    from optsearch import study
+    from optsearch.search import study
 
     print(study.show_text(a.name, storage=a.storage, top=a.top))
     return 0
 
 
 def _cmd_study_delete(a: argparse.Namespace) -> int:
-    from optsearch import study
+    from optsearch.search import study
 
     study.delete(a.name, storage=a.storage)
     print(f"deleted study {a.name!r}")
@@ -85,7 +85,7 @@ def _cmd_study_delete(a: argparse.Namespace) -> int:
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
-    from optsearch import study
+    from optsearch.search import study
 
     g = study.export(a.name, a.output, storage=a.storage, trial=a.trial)
     print(f"wrote {a.output}: {g.formula()}")
@@ -93,14 +93,14 @@ def _cmd_export(a: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(a: argparse.Namespace) -> int:
-    from optsearch import analysis
+    from optsearch.analysis import report as analysis
 
     print(analysis.analyze_study(a.name, storage=a.storage, objective=a.objective, out_dir=a.output))
     return 0
 
 
 def _cmd_benchmark(a: argparse.Namespace) -> int:
-    from optsearch import benchmark
+    from optsearch.benchmark import runner as benchmark
 
     print(
         benchmark.run_cli(

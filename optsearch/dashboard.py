@@ -25,7 +25,7 @@ import optuna
 from optuna.storages import BaseStorage
 
 from optsearch.errors import ConfigError
-from optsearch.storage import load_study, open_storage
+from optsearch.search.storage import load_study, open_storage
 
 LOOPBACK = "127.0.0.1"
 

@@ -1,6 +1,6 @@
 """``GenomeOptimizer``: one genome as a real ``torch.optim.Optimizer``.
 
-The update itself lives in :mod:`optsearch.primitives` (``advance_and_direct`` and
+The update itself lives in :mod:`optsearch.genome.primitives` (``advance_and_direct`` and
 ``bias_corrections``), shared with the batched population; this module only gathers tensors,
 applies clipping, decoupled weight decay and the learning-rate schedule, and keeps torch's
 optimizer contract (param groups, ``state_dict``, LR schedulers, closures).
@@ -15,7 +15,7 @@ import torch
 
 from optsearch.errors import GenomeError
 from optsearch.genome import Genome
-from optsearch.primitives import TensorList, advance_and_direct, bias_corrections, schedule_factor, state_needed
+from optsearch.genome.primitives import TensorList, advance_and_direct, bias_corrections, schedule_factor, state_needed
 
 NORM_CLIP_EPS = 1e-6
 """Added to ‖g‖ before dividing, exactly as ``torch.nn.utils.clip_grad_norm_`` does."""

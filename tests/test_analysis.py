@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from optuna_dashboard import get_note, save_note
 from optuna_dashboard._custom_plot_data import get_plotly_graph_objects
 
-from optsearch.analysis import (
+from optsearch.analysis.report import (
     analyze,
     analyze_study,
     graph_id,
@@ -27,9 +27,9 @@ from optsearch.analysis import (
     write_outputs,
 )
 from optsearch.cli import main
-from optsearch.figures import pareto_mask
+from optsearch.analysis.figures import pareto_mask
 from optsearch.errors import StudyError
-from optsearch.principles import bootstrap_diff
+from optsearch.analysis.principles import bootstrap_diff
 
 PNG = b"\x89PNG\r\n\x1a\n"
 CREATION_NOTE = "## Study config\n\npopulation 50 (written at creation; the analysis must keep it)"

@@ -16,7 +16,9 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from optsearch import benchmark, stats, study as studies
+from optsearch.analysis import stats
+from optsearch.benchmark import runner as benchmark
+from optsearch.search import study as studies
 from optsearch.cli import main
 from optsearch.errors import ConfigError
 from optsearch.genome import Genome, search_space

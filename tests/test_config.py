@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from optsearch import config
+from optsearch.search import config
 from optsearch.errors import ConfigError
 
 

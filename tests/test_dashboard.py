@@ -19,7 +19,7 @@ from optuna_dashboard import get_note
 
 from optsearch import dashboard
 from optsearch.cli import main
-from optsearch.config import StudyConfig
+from optsearch.search.config import StudyConfig
 from optsearch.dashboard import DashboardServer, config_markdown, resolve_host, serve, write_study_note
 from optsearch.errors import ConfigError, StudyError
 from tests.test_study import write_config
@@ -221,7 +221,7 @@ def test_serve_output_goes_to_given_streams(demo, monkeypatch):
 
 
 def test_journal_storage_is_served(tmp_path):
-    from optsearch.storage import open_storage
+    from optsearch.search.storage import open_storage
 
     log = tmp_path / "j.log"
     optuna.create_study(study_name="j", storage=open_storage(str(log))).optimize(lambda t: t.suggest_float("x", 0, 1),

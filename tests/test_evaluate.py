@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from optsearch.errors import ConfigError
-from optsearch.evaluate import (
+from optsearch.train.evaluate import (
     PROXY_EXAMPLES, Checkpoint, batch_indices, build_model, data_seed, evaluate, task_data,
 )
 from optsearch.genome import NAMED, Genome
 from optsearch.optim import GenomeOptimizer
-from optsearch.tasks import DIVERGENCE_LOSS, LOSS_TAIL, WORST_FITNESS, fitness, get_task
+from optsearch.train.tasks import DIVERGENCE_LOSS, LOSS_TAIL, WORST_FITNESS, fitness, get_task
 
 STEPS = 60
 ADAM, RMSPROP, SGD = NAMED["adam"], NAMED["rmsprop"], NAMED["sgd_momentum"]

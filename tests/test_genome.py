@@ -11,7 +11,7 @@ import pytest
 from optsearch import Genome, OptsearchError
 from optsearch.cli import main
 from optsearch.genome import NAMED, define_search_space, search_space
-from optsearch.primitives import PRIMITIVES, TERM_CHOICES
+from optsearch.genome.primitives import PRIMITIVES, TERM_CHOICES
 
 
 def test_catalogue_has_the_required_primitives():

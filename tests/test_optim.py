@@ -16,7 +16,7 @@ from torch import nn
 from optsearch import Genome, GenomeOptimizer
 from optsearch.errors import GenomeError
 from optsearch.genome import NAMED, define_search_space
-from optsearch.primitives import NONE, PRIMITIVES
+from optsearch.genome.primitives import NONE, PRIMITIVES
 
 # fp32: the genome runs the same math as torch in a slightly different operation order (e.g. m̂/(√v̂+ε)
 # vs torch's addcdiv with lr/bc1), so each step may differ by a few ulps. Over these 200 steps the largest

@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from optsearch.evaluate import batch_indices, build_model, data_seed
+from optsearch.train.evaluate import batch_indices, build_model, data_seed
 from optsearch.genome import NAMED, Genome, define_search_space
 from optsearch.optim import GenomeOptimizer
-from optsearch.population import Population, choose_backend
-from optsearch.tasks import DIVERGENCE_LOSS, Task, _read_digits, get_task, load_data
+from optsearch.train.population import Population, choose_backend
+from optsearch.train.tasks import DIVERGENCE_LOSS, Task, _read_digits, get_task, load_data
 
 FP32_ATOL = 1e-5
 """fp32, 100 steps, Adam and SGD: the two paths differ only in matmul summation order, in rounding
@@ -280,7 +280,7 @@ def test_compiled_update_matches_eager(digits):
 
 
 def test_compile_failure_falls_back_to_the_eager_update(digits, monkeypatch):
-    import optsearch.population as population
+    import optsearch.train.population as population
 
     def broken():
         def fail(*args):

@@ -12,7 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from optsearch.errors import ConfigError
 from optsearch.genome import ALPHA_RANGE, BASELINES, FLOAT_RANGES, K, NAMED, Genome, define_search_space
-from optsearch.sampler import (
+from optsearch.search.sampler import (
     GENERATION_KEY,
     MEMBER_KEY,
     ORIGIN_KEY,
@@ -427,7 +427,7 @@ def test_nsga_elites_are_the_first_fronts_and_beat_random_search():
 
 ASKER = """
 import sys, time, optuna
-from optsearch.sampler import GeneticSampler
+from optsearch.search.sampler import GeneticSampler
 from optsearch.genome import define_search_space
 url, start, n = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 study = optuna.load_study(study_name="race", storage=optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}))

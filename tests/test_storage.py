@@ -9,7 +9,7 @@ import time
 import optuna
 from optuna.trial import TrialState
 
-from optsearch.storage import Heartbeat, fail_dead_trials, mark_worker, open_storage
+from optsearch.search.storage import Heartbeat, fail_dead_trials, mark_worker, open_storage
 
 
 def _study(tmp_path, url=None):

@@ -13,7 +13,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from optsearch import Genome, study
+from optsearch import Genome
+from optsearch.search import study
 from optsearch.cli import main
 
 TINY = """

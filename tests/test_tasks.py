@@ -17,9 +17,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from optsearch import datasets, tasks
+from optsearch.train import datasets, tasks
 from optsearch.errors import DataError
-from optsearch.tasks import Arrays, Task, get_task, load_data
+from optsearch.train.tasks import Arrays, Task, get_task, load_data
 
 IDX = datasets.IDX_FILES
 

@@ -19,11 +19,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from optsearch import study
+from optsearch.search import study
 from optsearch.cli import main
-from optsearch.sampler import MEMBER_KEY
-from optsearch.storage import PID_ATTR, open_storage
-from optsearch.study import SURPLUS_ATTR
+from optsearch.search.sampler import MEMBER_KEY
+from optsearch.search.storage import PID_ATTR, open_storage
+from optsearch.search.study import SURPLUS_ATTR
 from tests.test_study import write_config
 
 POPULATION, GENERATIONS = 6, 3

@@ -20,9 +20,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from optsearch.genome import FLOAT_RANGES, Genome
-from optsearch.importance import CONDITIONAL, CONTINUOUS, PRIMS, SWITCHES, Features, Surrogate, genome_features
-from optsearch.importance import partial_dependence, switch_on
-from optsearch.primitives import PRIMITIVES
+from optsearch.analysis.importance import CONDITIONAL, CONTINUOUS, PRIMS, SWITCHES, Features, Surrogate, genome_features
+from optsearch.analysis.importance import partial_dependence, switch_on
+from optsearch.genome.primitives import PRIMITIVES
 
 N_BOOT = 2000
 MIN_GROUP = 5
@@ -229,7 +229,7 @@ def compute_principles(genomes: Sequence[Genome], y: np.ndarray, *, diverged: Se
     Args:
         genomes, y: the analysed (non-diverged) trials and their objective values (higher is better).
         diverged: genomes of trials that diverged; only used for the separate divergence-rate effects.
-        surrogate, features: the fitted forest and features from :mod:`optsearch.importance`
+        surrogate, features: the fitted forest and features from :mod:`optsearch.analysis.importance`
             (partial dependence is skipped without them).
         unit: how the objective is named in sentences.
     """

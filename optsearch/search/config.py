@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from optsearch.errors import ConfigError
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "studies"
+PRESET_DIR = Path(__file__).resolve().parents[2] / "studies"
 OBJECTIVES = ("aggregate", "per_task")
 PRUNERS = ("none", "median", "successive_halving", "wilcoxon")
 
@@ -173,7 +173,7 @@ def _str_list(x: Any, key: str, where: str) -> list[str]:
 
 
 def _check_tasks(tasks: list[str], where: str) -> None:
-    from optsearch.tasks import TASKS
+    from optsearch.train.tasks import TASKS
 
     for t in tasks:
         if t not in TASKS:
@@ -201,7 +201,7 @@ def _pruning(p: Mapping[str, Any], where: str) -> PruningConfig:
 
 
 def _check_sampler(cfg: StudyConfig, where: str) -> None:
-    from optsearch.sampler import GAConfig
+    from optsearch.search.sampler import GAConfig
 
     try:
         GAConfig.from_dict(cfg.sampler).check_population(cfg.population)

@@ -6,8 +6,8 @@ a task's fitness, or the mean of a per-task study's values), and writes ``report
 into the study itself for optuna-dashboard, replacing those of an earlier run.
 
 The pieces are public so the scripts in ``analysis/`` (and a researcher) can run them one by one:
-:func:`load_study_data` → :func:`optsearch.importance.compute_importance` →
-:func:`optsearch.principles.compute_principles` → :func:`optsearch.figures.write_figures` / :func:`report_markdown`.
+:func:`load_study_data` → :func:`optsearch.analysis.importance.compute_importance` →
+:func:`optsearch.analysis.principles.compute_principles` → :func:`optsearch.analysis.figures.write_figures` / :func:`report_markdown`.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from optsearch.errors import GenomeError, OptsearchError, StudyError
 from optsearch.genome import Genome, search_space
-from optsearch.figures import plotly_figures, write_figures
-from optsearch.importance import Features, Importance, compute_importance, genome_features, unit_label
-from optsearch.principles import N_BOOT, Principle, compute_principles
-from optsearch.storage import open_existing_study, open_storage
-from optsearch.tasks import WORST_FITNESS
+from optsearch.analysis.figures import plotly_figures, write_figures
+from optsearch.analysis.importance import Features, Importance, compute_importance, genome_features, unit_label
+from optsearch.analysis.principles import N_BOOT, Principle, compute_principles
+from optsearch.search.storage import open_existing_study, open_storage
+from optsearch.train.tasks import WORST_FITNESS
 
 MIN_TRIALS = 10
 """Fewer analysable trials than this cannot support any of the estimates."""

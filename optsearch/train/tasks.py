@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from optsearch import datasets
-from optsearch.datasets import DATA_DIR_ENV
+from optsearch.train import datasets
+from optsearch.train.datasets import DATA_DIR_ENV
 from optsearch.errors import ConfigError
 DIVERGENCE_LOSS = 50.0
 """A training loss above this (or NaN/inf) marks a member as diverged."""

@@ -18,7 +18,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
 from optsearch.errors import GenomeError
-from optsearch.primitives import NONE, PRIMITIVES, TERM_CHOICES
+from optsearch.genome.primitives import NONE, PRIMITIVES, TERM_CHOICES
 
 K = 4
 """Number of term slots."""

@@ -60,7 +60,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from optsearch.errors import ConfigError
 from optsearch.genome import ALPHA_RANGE, BASELINES, CLIP_CHOICES, FLOAT_RANGES, K, NAMED, Genome, search_space
-from optsearch.primitives import NONE, TERM_CHOICES
+from optsearch.genome.primitives import NONE, TERM_CHOICES
 
 Params = dict[str, Any]
 

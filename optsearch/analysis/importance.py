@@ -26,7 +26,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import create_trial
 
 from optsearch.genome import BOOL_GENES, CLIP_CHOICES, FLOAT_RANGES, Genome, search_space
-from optsearch.primitives import PRIMITIVES
+from optsearch.genome.primitives import PRIMITIVES
 
 CONTINUOUS: tuple[str, ...] = tuple(FLOAT_RANGES)
 """Continuous genes, in genome order."""

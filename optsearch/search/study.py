@@ -20,11 +20,11 @@ from typing import Any, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from optsearch import config as configs
-from optsearch.config import StudyConfig
+from optsearch.search import config as configs
+from optsearch.search.config import StudyConfig
 from optsearch.errors import ConfigError, StudyError
 from optsearch.genome import Genome, define_search_space
-from optsearch.storage import Heartbeat, fail_dead_trials, mark_worker, open_existing_study, open_storage, resolve_url
+from optsearch.search.storage import Heartbeat, fail_dead_trials, mark_worker, open_existing_study, open_storage, resolve_url
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 POLL_SECONDS = 1.0
@@ -73,13 +73,13 @@ def open_study(name: str, storage: str | None = None) -> tuple[optuna.Study, Stu
 
 
 def make_sampler(cfg: StudyConfig):
-    from optsearch.sampler import GAConfig, GeneticSampler
+    from optsearch.search.sampler import GAConfig, GeneticSampler
 
     return GeneticSampler(population_size=cfg.population, seed=cfg.seed, config=GAConfig.from_dict(cfg.sampler))
 
 
 def generation_key() -> str:
-    from optsearch.sampler import GeneticSampler
+    from optsearch.search.sampler import GeneticSampler
 
     return GeneticSampler._get_generation_key()
 
@@ -189,7 +189,7 @@ def run(
 
 def _check_data(cfg: StudyConfig, data_dir: str | None) -> None:
     """Read every task's data before any trial is asked, so a missing dataset changes nothing in the study."""
-    from optsearch.tasks import data_dir as resolve_data_dir, get_task
+    from optsearch.train.tasks import data_dir as resolve_data_dir, get_task
 
     for name in cfg.tasks:
         get_task(name).read(resolve_data_dir(data_dir))
@@ -307,7 +307,7 @@ class Worker:
 
     def _ask(self, target: int, heartbeat: Heartbeat) -> tuple[optuna.Trial, Genome] | None:
         """Ask one member of generation ``target``; None when the generation filled up meanwhile."""
-        from optsearch.sampler import generation_and_member
+        from optsearch.search.sampler import generation_and_member
 
         self.sampler.target_generation = target
         trial = self.study.ask()
@@ -325,7 +325,7 @@ class Worker:
         return trial, genome
 
     def _evaluate(self, trials: Sequence[optuna.Trial], genomes: Sequence[Genome]):
-        from optsearch.evaluate import evaluate
+        from optsearch.train.evaluate import evaluate
 
         pruning = Pruning(self.cfg, trials)
         return evaluate(
@@ -381,7 +381,7 @@ class Pruning:
                 if self.count > self.cfg.pruning.warmup_checkpoints and self.trials[i].should_prune():
                     prune.append(i)
             elif cp.is_unit_end and cp.unit_index == 0:
-                from optsearch.tasks import get_task
+                from optsearch.train.tasks import get_task
 
                 chance = 1.0 / get_task(cp.task).num_classes
                 if float(cp.proxy_accuracy[i]) <= chance + self.cfg.pruning.chance_margin:

@@ -4,7 +4,7 @@ The work is split into *units*, (task, seed) pairs in a fixed order (``for seed 
 tasks``). In a unit every member starts from the same initial weights and sees the same batches in
 the same order (both derived from the seed and the task name): fitness is noisy (DESIGN §10), so a
 comparison inside a generation must at least be fair. All members of a unit are trained at once by
-one :class:`optsearch.population.Population`.
+one :class:`optsearch.train.population.Population`.
 
 A callback receives a :class:`Checkpoint` every ``checkpoint_every`` steps and at the end of each
 unit, and returns the members to prune; pruned members stop being trained for the rest of the call.
@@ -22,9 +22,9 @@ import torch
 
 from optsearch.errors import ConfigError
 from optsearch.genome import Genome
-from optsearch.population import Population
-from optsearch.tasks import LOSS_TAIL, WORST_FITNESS, Task, TaskData, fitness, get_task, load_data
-from optsearch.tasks import data_dir as resolve_data_dir
+from optsearch.train.population import Population
+from optsearch.train.tasks import LOSS_TAIL, WORST_FITNESS, Task, TaskData, fitness, get_task, load_data
+from optsearch.train.tasks import data_dir as resolve_data_dir
 
 SPLITS = ("val", "test")
 PROXY_EXAMPLES = 1000
@@ -45,10 +45,10 @@ class UnitResult:
         member: the member's index in the ``genomes`` passed to :func:`evaluate`.
         unit_index: position of the unit in the call's order.
         accuracy: accuracy on the requested split (NaN if the member diverged).
-        loss: mean training loss over the last :data:`~optsearch.tasks.LOSS_TAIL` steps it trained (a
+        loss: mean training loss over the last :data:`~optsearch.train.tasks.LOSS_TAIL` steps it trained (a
             diverging step's loss is not among them; NaN if it diverged at the first step).
         diverged: its loss became NaN/inf or exploded; it was retired before that step's update.
-        fitness: :func:`optsearch.tasks.fitness` of the above.
+        fitness: :func:`optsearch.train.tasks.fitness` of the above.
         curve: (step, mean training loss since the previous checkpoint) at every checkpoint.
     """
 
@@ -68,7 +68,7 @@ class MemberResult:
     """One genome's aggregate over the units it finished.
 
     Attributes:
-        fitness: mean unit fitness over the finished units; :data:`~optsearch.tasks.WORST_FITNESS` if it
+        fitness: mean unit fitness over the finished units; :data:`~optsearch.train.tasks.WORST_FITNESS` if it
             diverged anywhere; NaN if it finished no unit (pruned in the first).
         per_task: task -> {"fitness", "accuracy", "loss"}, each averaged over the finished seeds (accuracy
             and loss over the non-diverged ones); NaN where none.
@@ -121,7 +121,7 @@ class Checkpoint:
         active: members still being trained in this unit, in member order.
         proxy_accuracy: accuracy now (on the requested split at the unit's end; mid-unit on the first
             :data:`PROXY_EXAMPLES` validation examples).
-        proxy_fitness: :func:`~optsearch.tasks.fitness` of that accuracy and the recent training loss
+        proxy_fitness: :func:`~optsearch.train.tasks.fitness` of that accuracy and the recent training loss
             (WORST_FITNESS for a member that diverged in this unit).
         mean_fitness: mean fitness over the member's finished units so far (this unit included at its end).
         diverged: members that have diverged so far in this call.
@@ -226,16 +226,16 @@ def evaluate(
 
     Args:
         genomes: the population.
-        tasks: task names (or :class:`~optsearch.tasks.Task` objects).
+        tasks: task names (or :class:`~optsearch.train.tasks.Task` objects).
         seeds: each seed is one more run of every task (initial weights and data order differ).
         steps, batch_size: the budget per unit (default: each task's own).
-        subsample: training examples kept (see :func:`~optsearch.tasks.load_data`).
+        subsample: training examples kept (see :func:`~optsearch.train.tasks.load_data`).
         device: default CUDA when available, else CPU.
         data_dir: the real datasets' folder (default ``$OPTSEARCH_DATA_DIR``).
         checkpoint_every: steps between mid-unit checkpoints (0: only at each unit's end).
         callback: called at every checkpoint; returns member indices to prune (or None).
         split: ``val`` for the search; ``test`` only for the final benchmark.
-        backend: passed to :class:`~optsearch.population.Population` (None: chosen per model and device).
+        backend: passed to :class:`~optsearch.train.population.Population` (None: chosen per model and device).
         compile_update: compile the population update; None: when the call trains at least
             :data:`AUTO_COMPILE_GENOME_STEPS` genome-steps (tiny runs would spend longer compiling).
         dtype: parameter precision (float64 for exactness checks).

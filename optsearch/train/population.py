@@ -5,7 +5,7 @@ member i's parameters, in ``named_parameters`` order; :meth:`Population.row_view
 :meth:`Population.member_views` give them their shapes), a ``[P, D]`` gradient buffer
 and the genomes' optimizer state (``m``, ``v``, ``mu``) as ``[P, D]`` buffers. Every step computes
 all members' gradients with one of three engines and then applies all P genomes' updates with one
-call of the shared update core (:func:`optsearch.primitives.advance_and_direct`), its coefficients
+call of the shared update core (:func:`optsearch.genome.primitives.advance_and_direct`), its coefficients
 given as ``[P, 1]`` columns. Why flat buffers: the update is then a dozen in-place elementwise ops
 over one contiguous block instead of a Python loop over parameters and genomes (DESIGN §10).
 
@@ -19,7 +19,7 @@ Engines (chosen by :func:`choose_backend`, all sharing the state and the update)
   (compute-bound CNNs on a CPU, where batched convolutions are slower than one at a time).
 
 Divergence: after the forward pass, a member whose loss is NaN/inf or above
-:data:`optsearch.tasks.DIVERGENCE_LOSS` is retired *before* its update: its row is removed from
+:data:`optsearch.train.tasks.DIVERGENCE_LOSS` is retired *before* its update: its row is removed from
 every buffer, so it never touches the others and stops costing compute. Pruned members likewise.
 """
 
@@ -37,8 +37,8 @@ from torch import nn
 from optsearch.errors import ConfigError
 from optsearch.genome import Genome
 from optsearch.optim import NORM_CLIP_EPS
-from optsearch.primitives import PRIMITIVES, advance_and_direct, bias_corrections, schedule_factor, state_needed
-from optsearch.tasks import DIVERGENCE_LOSS
+from optsearch.genome.primitives import PRIMITIVES, advance_and_direct, bias_corrections, schedule_factor, state_needed
+from optsearch.train.tasks import DIVERGENCE_LOSS
 
 BACKENDS: tuple[str, ...] = ("batched", "vmap", "looped")
 

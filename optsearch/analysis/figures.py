@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from optsearch.importance import PRIMS, SWITCHES, Importance
-from optsearch.principles import TOP_QUANTILE, Principle, pct
+from optsearch.analysis.importance import PRIMS, SWITCHES, Importance
+from optsearch.analysis.principles import TOP_QUANTILE, Principle, pct
 
 if TYPE_CHECKING:
-    from optsearch.analysis import Analysis, StudyData
+    from optsearch.analysis.report import Analysis, StudyData
 
 
 def per_generation(d: StudyData) -> dict[str, np.ndarray]:
@@ -31,7 +31,7 @@ def per_generation(d: StudyData) -> dict[str, np.ndarray]:
 def term_frequencies(d: StudyData) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Per generation, the fraction of members (every trial with a genome) that has each primitive or
     departs from Adam's setting of each switch."""
-    from optsearch.principles import departs
+    from optsearch.analysis.principles import departs
 
     gens = np.array(sorted({g for g, _ in d.population}))
     by_gen = {g: [x for gg, x in d.population if gg == g] for g in gens}
@@ -51,7 +51,7 @@ def pareto_mask(values: np.ndarray) -> np.ndarray:
 
 
 def _switch_text(key: str) -> str:
-    from optsearch.principles import _label
+    from optsearch.analysis.principles import _label
 
     return key if key in PRIMS else _label(key)
 

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import optuna
 from optuna.trial import TrialState
 
-from optsearch import stats
+from optsearch.analysis import stats
 from optsearch.errors import ConfigError, StudyError
 from optsearch.genome import FLOAT_RANGES, Genome, resolve
 
@@ -221,7 +221,7 @@ class BenchmarkConfig:
     """Points per learning curve (the evaluator's checkpoint spacing; no pruning callback is used)."""
 
     def checkpoint_every(self, task: str) -> int:
-        from optsearch.tasks import get_task
+        from optsearch.train.tasks import get_task
 
         return max(1, (self.steps or get_task(task).steps) // self.curve_points)
 
@@ -230,7 +230,7 @@ class BenchmarkConfig:
         return tuple(range(FINAL_SEED_BASE, FINAL_SEED_BASE + self.seeds))
 
     def validate(self) -> None:
-        from optsearch.tasks import get_task
+        from optsearch.train.tasks import get_task
 
         if not self.tasks:
             raise ConfigError("the benchmark needs at least one task")
@@ -289,7 +289,7 @@ def study_name(contender: Contender, task: str, cfg: BenchmarkConfig) -> str:
 
 
 def _open_tuning_study(contender: Contender, task: str, cfg: BenchmarkConfig, storage: Any) -> optuna.Study:
-    from optsearch.storage import fail_dead_trials
+    from optsearch.search.storage import fail_dead_trials
 
     name = study_name(contender, task, cfg)
     sampler = optuna.samplers.TPESampler(seed=cfg.sampler_seed, n_startup_trials=_rounds(cfg.trials)[0],
@@ -320,7 +320,7 @@ def _complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 def _mean(values: Iterable[float]) -> float:
     """Mean that maps non-finite results to the worst fitness (a value Optuna can store)."""
-    from optsearch.tasks import WORST_FITNESS
+    from optsearch.train.tasks import WORST_FITNESS
 
     v = list(values)
     m = sum(v) / len(v)
@@ -341,7 +341,7 @@ def tune(contenders: Sequence[Contender], task: str, cfg: BenchmarkConfig, stora
     Each round asks every contender's missing trials first and trains all genome contenders' trials in
     one batched evaluator call; a study that already holds ``cfg.trials`` complete trials is reused.
     """
-    from optsearch.storage import Heartbeat, mark_worker
+    from optsearch.search.storage import Heartbeat, mark_worker
 
     with _quiet_optuna():
         studies = {c.name: _open_tuning_study(c, task, cfg, storage) for c in contenders}
@@ -405,7 +405,7 @@ def evaluate_genomes(genomes: Sequence[Genome], task: str, seeds: Sequence[int],
     Every seed is trained for every genome (``stop_diverged=False``): a paired comparison needs all of
     them, and a diverged seed is scored, not skipped.
     """
-    from optsearch.evaluate import evaluate
+    from optsearch.train.evaluate import evaluate
 
     res = evaluate(list(genomes), [task], seeds=list(seeds), steps=cfg.steps, batch_size=cfg.batch_size,
                    subsample=cfg.subsample, device=cfg.device, data_dir=cfg.data_dir,
@@ -452,13 +452,13 @@ def train_single(task: str, make_optimizer: OptimizerFactory, *, seed: int, step
     Same data (``evaluate.task_data``), the same initial weights (``evaluate.build_model``), the same
     batches (``evaluate.batch_indices`` with ``evaluate.data_seed``), augmentation and dropout seeds,
     the same divergence rule and the same scoring, so a non-genome optimizer is paired seed by seed
-    with the genomes trained by :func:`optsearch.evaluate.evaluate`.
+    with the genomes trained by :func:`optsearch.train.evaluate.evaluate`.
     """
     import torch
     import torch.nn.functional as F
 
-    from optsearch import evaluate as ev
-    from optsearch.tasks import DIVERGENCE_LOSS, LOSS_TAIL, fitness, get_task
+    from optsearch.train import evaluate as ev
+    from optsearch.train.tasks import DIVERGENCE_LOSS, LOSS_TAIL, fitness, get_task
 
     t = get_task(task)
     steps = steps or t.steps
@@ -516,11 +516,11 @@ def muon_factory(params: dict[str, float], *, cosine: bool = True) -> OptimizerF
 
     Convolution kernels (4-D) and biases go to AdamW: torch's Muon accepts only 2-D parameters and its
     documentation recommends AdamW for the others. ``cosine`` applies the same cosine decay the baseline
-    genomes get (:func:`optsearch.primitives.schedule_factor`).
+    genomes get (:func:`optsearch.genome.primitives.schedule_factor`).
     """
     import torch
 
-    from optsearch.primitives import schedule_factor
+    from optsearch.genome.primitives import schedule_factor
 
     lr = 10 ** float(params["lr_log10"])
     wd = 10 ** float(params["wd_log10"])
@@ -670,7 +670,7 @@ def _fmt_params(tuned: Tuned) -> tuple[str, str]:
 
 def markdown(result: BenchmarkResult) -> str:
     """The report: protocol, one table per task, one aggregate table per group (held-out first)."""
-    from optsearch.tasks import WORST_FITNESS
+    from optsearch.train.tasks import WORST_FITNESS
 
     cfg, ref = result.config, result.reference
     ref_c = next(c for c in result.contenders if c.name == ref)
@@ -718,7 +718,7 @@ def markdown(result: BenchmarkResult) -> str:
 
 
 def _table(result: BenchmarkResult, summ: dict[str, dict[str, Any]], r: TaskResult | None) -> list[str]:
-    from optsearch.tasks import WORST_FITNESS
+    from optsearch.train.tasks import WORST_FITNESS
 
     ref = result.reference
     head = "| contender | " + ("tuned lr | tuned wd | val fitness | " if r else "") + \
@@ -877,7 +877,7 @@ def _scored(scores: list[UnitScore], task: str) -> list[UnitScore]:
 
 
 def _chance(task: str) -> float:
-    from optsearch.tasks import get_task
+    from optsearch.train.tasks import get_task
 
     return 1.0 / get_task(task).num_classes
 
@@ -903,8 +903,8 @@ def run_benchmark(name: str, evolved: Sequence[tuple[str, Genome]], cfg: Benchma
             given: the report reads the baselines' schedule from the contenders themselves).
         log: progress lines.
     """
-    from optsearch.storage import open_storage
-    from optsearch.tasks import data_dir as resolve_data_dir, get_task
+    from optsearch.search.storage import open_storage
+    from optsearch.train.tasks import data_dir as resolve_data_dir, get_task
 
     cfg.validate()
     for t in cfg.tasks:  # a missing dataset fails before any tuning trial is created
@@ -950,7 +950,7 @@ def run_cli(study_name: str | None = None, genome_files: Sequence[str] = (), tas
     searched: frozenset[str] = frozenset()
     study_tasks: tuple[str, ...] = ()
     if study_name:
-        from optsearch.study import best_trials, open_study
+        from optsearch.search.study import best_trials, open_study
 
         study, scfg = open_study(study_name, storage)
         best = best_trials(study, 1)

@@ -1,0 +1,1 @@
+"""What a finished study teaches: importances, design principles with intervals, figures and the report."""

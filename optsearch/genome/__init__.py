@@ -1,0 +1,26 @@
+"""What an optimizer is: primitive update terms, the genome built from them, its search space and JSON form.
+
+The lowest layer: it imports nothing else from optsearch but ``errors``.
+"""
+
+from __future__ import annotations
+
+from optsearch.genome.core import (
+    ALPHA_RANGE,
+    BASELINES,
+    BOOL_GENES,
+    CLIP_CHOICES,
+    FLOAT_RANGES,
+    FORMAT_VERSION,
+    K,
+    NAMED,
+    Genome,
+    define_search_space,
+    resolve,
+    search_space,
+)
+
+__all__ = [
+    "ALPHA_RANGE", "BASELINES", "BOOL_GENES", "CLIP_CHOICES", "FLOAT_RANGES", "FORMAT_VERSION", "K", "NAMED",
+    "Genome", "define_search_space", "resolve", "search_space",
+]
