@@ -3,7 +3,7 @@ generation, importances, principles, partial dependences, and the Pareto front o
 
     python analysis/figures.py NAME [--storage URL] [--objective TASK] [-o DIR]
 
-Writes the PNGs to DIR (default reports/NAME). Each figure is one function in optsearch.analysis
+Writes the PNGs to DIR (default reports/NAME). Each figure is one function in optsearch.analysis.figures
 (history_figure, terms_figure, pareto_figure, …) returning a matplotlib Figure to restyle or extend.
 """
 
@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 
-from optsearch.analysis.report import analyze, load_study_data, output_dir, script_main
+from optsearch.analysis.data import load_study_data
+from optsearch.analysis.report import output_dir, script_main
+from optsearch.analysis.result import analyze
 from optsearch.analysis.figures import write_figures
 
 

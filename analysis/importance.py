@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from optsearch.analysis.report import importance_table, load_study_data, output_dir, script_main, write_json
+from optsearch.analysis.data import load_study_data
+from optsearch.analysis.report import importance_table, output_dir, script_main, write_json
 from optsearch.analysis.figures import importance_figure
 from optsearch.analysis.importance import compute_importance
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 
-from optsearch.analysis.report import analyze, load_study_data, output_dir, script_main, write_json
+from optsearch.analysis.data import load_study_data
+from optsearch.analysis.report import output_dir, script_main, write_json
+from optsearch.analysis.result import analyze
 from optsearch.analysis.figures import principles_figure
 
 

@@ -1,6 +1,6 @@
 """The analysis against known ground truth: synthetic studies whose fitness is a known function of the genome.
 
-Single-objective truth (``optsearch.analysis.synthetic_fitness``): +0.05 without bias correction, a
+Single-objective truth (``tests.synthetic.synthetic_fitness``): +0.05 without bias correction, a
 +0.10 bump at lr_log10 = −2.5, +0.02 with an adam term, nothing from ε; high-lr unclipped genomes
 diverge. Per-task truth: on mnist1d, disabling bias correction costs 0.03 (a trade-off with digits).
 """
@@ -16,20 +16,14 @@ from optuna.trial import TrialState
 from optuna_dashboard import get_note, save_note
 from optuna_dashboard._custom_plot_data import get_plotly_graph_objects
 
-from optsearch.analysis.report import (
-    analyze,
-    analyze_study,
-    graph_id,
-    load_study_data,
-    replace_section,
-    save_to_dashboard,
-    synthetic_study,
-    write_outputs,
-)
+from optsearch.analysis.data import load_study_data
+from optsearch.analysis.report import analyze_study, graph_id, replace_section, save_to_dashboard, write_outputs
+from optsearch.analysis.result import analyze
 from optsearch.cli import main
 from optsearch.analysis.figures import pareto_mask
 from optsearch.errors import StudyError
 from optsearch.analysis.principles import bootstrap_diff
+from tests.synthetic import synthetic_study
 
 PNG = b"\x89PNG\r\n\x1a\n"
 CREATION_NOTE = "## Study config\n\npopulation 50 (written at creation; the analysis must keep it)"

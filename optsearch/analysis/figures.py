@@ -1,22 +1,22 @@
 """Figures of an analysis: matplotlib PNGs for the report and compact plotly ones for optuna-dashboard.
 
-Kept apart from :mod:`optsearch.analysis` (which computes and writes) so a researcher can restyle a
-figure without reading the statistics; every function takes the :class:`~optsearch.analysis.StudyData`
-or :class:`~optsearch.analysis.Analysis` it draws.
+Kept apart from the statistics (:mod:`~optsearch.analysis.result`) and the writing
+(:mod:`~optsearch.analysis.report`) so a researcher can restyle a figure without reading either;
+every function takes the :class:`~optsearch.analysis.data.StudyData` or
+:class:`~optsearch.analysis.result.Analysis` it draws.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from optsearch.analysis.importance import PRIMS, SWITCHES, Importance
-from optsearch.analysis.principles import TOP_QUANTILE, Principle, pct
-
-if TYPE_CHECKING:
-    from optsearch.analysis.report import Analysis, StudyData
+from optsearch.analysis.data import StudyData
+from optsearch.analysis.principles import TOP_QUANTILE, Principle, departs, departure_label, pct
+from optsearch.analysis.result import Analysis
 
 
 def per_generation(d: StudyData) -> dict[str, np.ndarray]:
@@ -31,8 +31,6 @@ def per_generation(d: StudyData) -> dict[str, np.ndarray]:
 def term_frequencies(d: StudyData) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Per generation, the fraction of members (every trial with a genome) that has each primitive or
     departs from Adam's setting of each switch."""
-    from optsearch.analysis.principles import departs
-
     gens = np.array(sorted({g for g, _ in d.population}))
     by_gen = {g: [x for gg, x in d.population if gg == g] for g in gens}
     freq = {k: np.array([departs(by_gen[g], k).mean() for g in gens]) for k in (*PRIMS, *SWITCHES)}
@@ -51,9 +49,7 @@ def pareto_mask(values: np.ndarray) -> np.ndarray:
 
 
 def _switch_text(key: str) -> str:
-    from optsearch.analysis.principles import _label
-
-    return key if key in PRIMS else _label(key)
+    return key if key in PRIMS else departure_label(key)
 
 
 def _figure(w: float, h: float, rows: int = 1, cols: int = 1, sharey: bool = False):

@@ -133,7 +133,8 @@ def departs(genomes: Sequence[Genome], key: str) -> np.ndarray:
     return np.array([switch_on(g, key) != ref for g in genomes], dtype=bool)
 
 
-def _label(key: str) -> str:
+def departure_label(key: str) -> str:
+    """What departing from the hand-crafted choice means, in words ("Disabling bias correction", …)."""
     if key in _SWITCH_LABELS:
         return _SWITCH_LABELS[key]
     return f"Including the {key} term [{PRIMITIVES[key].symbol}]"
@@ -149,15 +150,15 @@ def effect_principles(genomes: Sequence[Genome], y: np.ndarray, *, unit: str = "
     for key in (*SWITCHES, *PRIMS):
         kind = "switch" if key in SWITCHES else "primitive"
         mask = departs(genomes, key)
-        out.append(_compare(kind, key, "all", _label(key), y, mask, unit=unit, seed=seed))
-        out.append(_compare(kind, key, scope_top, _label(key), y[top], mask[top], unit=unit, seed=seed))
+        out.append(_compare(kind, key, "all", departure_label(key), y, mask, unit=unit, seed=seed))
+        out.append(_compare(kind, key, scope_top, departure_label(key), y[top], mask[top], unit=unit, seed=seed))
     return out
 
 
 def divergence_principles(finished: Sequence[Genome], diverged: np.ndarray, *, seed: int = 0) -> list[Principle]:
     """How each departure changes the divergence rate, among all finished (complete or diverged) trials."""
     rate = np.asarray(diverged, dtype=float)
-    return [_compare("divergence", key, "all", f"{_label(key)}, divergence rate", rate, departs(finished, key),
+    return [_compare("divergence", key, "all", f"{departure_label(key)}, divergence rate", rate, departs(finished, key),
                      unit="", seed=seed, percent=True) for key in (*SWITCHES, *PRIMS)]
 
 

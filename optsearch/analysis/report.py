@@ -1,203 +1,35 @@
-"""Analysis of a study: importances, design principles with uncertainty, figures, and a report.
+"""The analysis of a study, written out: report.md, principles.json, PNG figures and the dashboard note.
 
 ``analyze_study`` reads a (finished or running) study, picks one objective (the aggregate fitness,
 a task's fitness, or the mean of a per-task study's values), and writes ``report.md``,
 ``principles.json`` and PNG figures to an output folder. The same note and interactive figures go
 into the study itself for optuna-dashboard, replacing those of an earlier run.
 
-The pieces are public so the scripts in ``analysis/`` (and a researcher) can run them one by one:
-:func:`load_study_data` → :func:`optsearch.analysis.importance.compute_importance` →
-:func:`optsearch.analysis.principles.compute_principles` → :func:`optsearch.analysis.figures.write_figures` / :func:`report_markdown`.
+The stages are public so the scripts in ``analysis/`` (and a researcher) can run them one by one:
+:func:`optsearch.analysis.data.load_study_data` → :func:`optsearch.analysis.result.analyze` (importance,
+then principles) → :func:`optsearch.analysis.figures.write_figures` / :func:`report_markdown`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import sys
-import time
-import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import optuna
-from optuna.trial import FrozenTrial, TrialState
 
-from optsearch.errors import GenomeError, OptsearchError, StudyError
-from optsearch.genome import Genome, search_space
+from optsearch.errors import OptsearchError
+from optsearch.analysis.data import StudyData, load_study_data
 from optsearch.analysis.figures import plotly_figures, write_figures
-from optsearch.analysis.importance import Features, Importance, compute_importance, genome_features, unit_label
-from optsearch.analysis.principles import N_BOOT, Principle, compute_principles
-from optsearch.search.storage import open_existing_study, open_storage
-from optsearch.train.tasks import WORST_FITNESS
-
-MIN_TRIALS = 10
-"""Fewer analysable trials than this cannot support any of the estimates."""
-AGGREGATE = "aggregate"
-DASHBOARD_FIGURES = ("importance", "history", "terms", "principles")
-
-
-# ----------------------------------------------------------------------------- reading a study
-@dataclass
-class StudyData:
-    """The trials of one study, reduced to what the analysis needs.
-
-    Attributes:
-        study: the Optuna study (for saving the dashboard note and figures).
-        objective: ``fitness``, a task name, or ``aggregate`` (mean of a per-task study's values).
-        label: how the objective is named in sentences ("fitness", "digits fitness", …).
-        objective_names: the study's metric names (one per value).
-        genomes, y, numbers, generation: the analysed trials — complete and not diverged.
-        values: (n, m) the analysed trials' raw objective values (for the Pareto front).
-        diverged, diverged_generation: trials that diverged (excluded from fitness effects).
-        population: (generation, genome) of every trial that has a genome, for term frequencies.
-        counts: trial counts by outcome.
-    """
-
-    study: optuna.Study
-    objective: str
-    label: str
-    objective_names: list[str]
-    genomes: list[Genome]
-    y: np.ndarray
-    numbers: np.ndarray
-    generation: np.ndarray
-    values: np.ndarray
-    diverged: list[Genome] = field(default_factory=list)
-    diverged_generation: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
-    population: list[tuple[int, Genome]] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.study.study_name
-
-    @property
-    def per_task(self) -> bool:
-        return len(self.objective_names) > 1
-
-
-def _generation(t: FrozenTrial) -> int | None:
-    g = t.user_attrs.get("generation")
-    if g is None:  # the GA sampler's own record, "<Sampler>:generation"
-        g = next((v for k, v in t.system_attrs.items() if k.endswith(":generation")), None)
-    return int(g) if isinstance(g, (int, float)) else None
-
-
-def _objective(study: optuna.Study, objective: str | None) -> tuple[str, str, Any]:
-    """(key, label, value-of-trial function) for the chosen objective."""
-    names = list(study.user_attrs.get("objectives") or study.metric_names or ["fitness"])
-    if len(names) != len(study.directions):
-        names = [f"objective_{i}" for i in range(len(study.directions))]
-    tasks = list(study.user_attrs.get("tasks") or [])
-    if any(d != optuna.study.StudyDirection.MAXIMIZE for d in study.directions):
-        raise StudyError(f"study {study.study_name!r} minimizes an objective; optsearch analyses maximized fitness")
-    if objective in (None, AGGREGATE, "fitness", "mean"):
-        if len(names) == 1:
-            return names[0], names[0], lambda t: t.values[0]
-        return AGGREGATE, "mean task fitness", lambda t: float(np.mean(t.values))
-    if objective in names:
-        i = names.index(objective)
-        return objective, f"{objective} fitness", lambda t: t.values[i]
-    if objective in tasks:  # single-objective study: the task's fitness is a user attr
-        return objective, f"{objective} fitness", lambda t: t.user_attrs.get(f"{objective}_fitness", math.nan)
-    known = ", ".join(dict.fromkeys([*([AGGREGATE] if len(names) > 1 else []), *names, *tasks]))
-    raise StudyError(f"study {study.study_name!r} has no objective {objective!r}; choose one of: {known}")
-
-
-def load_study_data(name: str, storage: str | None = None, objective: str | None = None) -> StudyData:
-    """Read a study's trials for the chosen objective (see :class:`StudyData`)."""
-    study = open_existing_study(name, storage)
-    key, label, value_of = _objective(study, objective)
-    cfg = study.user_attrs.get("config") or {}
-    pop = cfg.get("population") or (cfg.get("search") or {}).get("population")
-    counts = {"complete": 0, "diverged": 0, "pruned": 0, "failed": 0, "running": 0}
-    genomes, y, numbers, gens, values, div, div_gen, population = [], [], [], [], [], [], [], []
-    names = set(search_space())
-    for i, t in enumerate(study.get_trials(deepcopy=False)):
-        if t.state == TrialState.FAIL:
-            counts["failed"] += 1
-            continue
-        if t.state in (TrialState.RUNNING, TrialState.WAITING):
-            counts["running"] += 1
-            continue
-        if not names <= set(t.params):
-            if t.state == TrialState.COMPLETE:
-                raise StudyError(f"study {name!r}: trial {t.number} has no genome parameters (not an optsearch study?)")
-            continue
-        try:
-            g = Genome.from_params(t.params)
-        except GenomeError as e:
-            raise StudyError(f"study {name!r}: trial {t.number}: {e}") from None
-        gen = _generation(t)
-        gen = gen if gen is not None else (t.number // int(pop) if pop else 0)
-        population.append((gen, g))
-        diverged = bool(t.user_attrs.get("diverged")) or (
-            t.state == TrialState.COMPLETE and any(v <= WORST_FITNESS for v in t.values))
-        if diverged:
-            counts["diverged"] += 1
-            div.append(g)
-            div_gen.append(gen)
-        elif t.state == TrialState.PRUNED:
-            counts["pruned"] += 1
-        else:
-            v = value_of(t)
-            if v is None or not math.isfinite(v):
-                continue
-            counts["complete"] += 1
-            genomes.append(g)
-            y.append(float(v))
-            numbers.append(t.number)
-            gens.append(gen)
-            values.append(list(t.values))
-    if len(genomes) < MIN_TRIALS:
-        raise StudyError(f"study {name!r} has {len(genomes)} completed, non-diverged trials with a {label}; "
-                         f"the analysis needs at least {MIN_TRIALS} (run more generations)")
-    return StudyData(study, key, label, list(study.user_attrs.get("objectives") or study.metric_names or ["fitness"]),
-                     genomes, np.array(y), np.array(numbers), np.array(gens, dtype=int),
-                     np.array(values, dtype=float), div, np.array(div_gen, dtype=int), population, counts)
+from optsearch.analysis.importance import Importance, unit_label
+from optsearch.analysis.principles import N_BOOT
+from optsearch.analysis.result import Analysis, analyze
 
 
 # ----------------------------------------------------------------------------- the whole analysis
-@dataclass
-class Analysis:
-    data: StudyData
-    features: Features
-    importance: Importance
-    principles: list[Principle]
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        d = self.data
-        return {
-            "study": d.name,
-            "objective": d.objective,
-            "objective_label": d.label,
-            "counts": d.counts,
-            "excluded": ("diverged trials carry a sentinel fitness, not a measurement: they are excluded from the "
-                         "fitness effects and reported separately as divergence-rate effects; pruned trials have "
-                         "no final value and are excluded"),
-            "best": {"trial": int(d.numbers[np.argmax(d.y)]), "value": float(d.y.max()),
-                     "formula": d.genomes[int(np.argmax(d.y))].formula()},
-            "importance": self.importance.to_dict(),
-            "principles": [p.to_dict() for p in self.principles],
-        }
-
-
-def analyze(data: StudyData, *, seed: int = 0) -> Analysis:
-    """Importances and principles of the loaded trials (nothing is written)."""
-    t0 = time.perf_counter()
-    features = genome_features(data.genomes)
-    imp = compute_importance(data.genomes, data.y, seed=seed, features=features)
-    principles = compute_principles(data.genomes, data.y, diverged=data.diverged, surrogate=imp.surrogate,
-                                    features=features, unit=data.label, seed=seed)
-    return Analysis(data, features, imp, principles, time.perf_counter() - t0)
-
-
 def analyze_study(name: str, storage: str | None = None, objective: str | None = None,
                   out_dir: str | Path | None = None, *, dashboard: bool = True, seed: int = 0) -> str:
     """Analyse a study, write report.md, principles.json and figures, save them for the dashboard.
@@ -410,66 +242,6 @@ def save_to_dashboard(result: Analysis) -> list[str]:
     return ids
 
 
-# ----------------------------------------------------------------------------- ground truth
-SYNTHETIC_TASKS = ("digits", "mnist1d")
-
-
-def synthetic_fitness(g: Genome, rng: np.random.Generator, *, per_task: bool, noise: float = 0.01) -> dict[str, float] | None:
-    """Known per-task fitness of a genome, or None when it "diverges".
-
-    Both tasks: +0.10 at lr_log10 = −2.5 (Gaussian bump, width 0.6), +0.02 with an adam term, nothing
-    from ε. digits: +0.05 without bias correction. mnist1d: +0.05 without bias correction in the
-    aggregate variant; −0.03 in the per-task variant (a trade-off, so there is a Pareto front), and a
-    bump at β1 = 0.86. Genomes with lr_log10 > −1 and no clipping diverge.
-    """
-    if g.lr_log10 > -1.0 and g.clip == "none":
-        return None
-    common = 0.10 * math.exp(-(((g.lr_log10 + 2.5) / 0.6) ** 2)) + 0.02 * ("adam" in g.merged_terms())
-    off = not g.bias_correction
-    digits = 0.60 + common + 0.05 * off + rng.normal(0, noise)
-    mnist1d = (0.50 + common + 0.05 * math.exp(-(((g.beta1 - 0.86) / 0.1) ** 2)) + (-0.03 if per_task else 0.05) * off
-               + rng.normal(0, noise))
-    return {"digits": digits, "mnist1d": mnist1d}
-
-
-def synthetic_study(name: str, storage: str, *, n_trials: int = 400, seed: int = 0, per_task: bool = False,
-                    population: int = 50) -> optuna.Study:
-    """A study in ``storage`` whose fitness is :func:`synthetic_fitness` of randomly sampled genomes.
-
-    Trials look like the study layer's (params, values, "generation"/"formula"/"diverged"/"seeds" and
-    per-task user attrs; diverged members PRUNED), so the analysis can be checked against known truth.
-    """
-    from optsearch.genome import define_search_space
-
-    rng = np.random.default_rng(seed)
-    sampler_study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    objectives = list(SYNTHETIC_TASKS) if per_task else ["fitness"]
-    trials = []
-    dists = search_space()
-    for i in range(n_trials):
-        g = define_search_space(sampler_study.ask())
-        fit = synthetic_fitness(g, rng, per_task=per_task)
-        attrs: dict[str, Any] = {"formula": g.formula(), "generation": i // population, "diverged": fit is None}
-        for task in SYNTHETIC_TASKS:  # accuracy/loss attrs are left out: the analysis does not read them
-            attrs[f"{task}_fitness"] = WORST_FITNESS if fit is None else fit[task]
-        if fit is None:
-            trials.append(optuna.trial.create_trial(params=g.to_params(), distributions=dists, user_attrs=attrs,
-                                                    state=TrialState.PRUNED))
-        else:
-            vals = [fit[t] for t in SYNTHETIC_TASKS] if per_task else [float(np.mean(list(fit.values())))]
-            trials.append(optuna.trial.create_trial(params=g.to_params(), distributions=dists, user_attrs=attrs,
-                                                    values=vals))
-    study = optuna.create_study(study_name=name, storage=open_storage(storage), directions=["maximize"] * len(objectives))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(objectives)
-    study.set_user_attr("objectives", objectives)
-    study.set_user_attr("tasks", list(SYNTHETIC_TASKS))
-    study.set_user_attr("synthetic", synthetic_fitness.__doc__.split("\n\n")[1].strip())
-    study.add_trials(trials)
-    return study
-
-
 __all__ = [
     "Analysis",
     "StudyData",
@@ -477,6 +249,5 @@ __all__ = [
     "analyze_study",
     "load_study_data",
     "save_to_dashboard",
-    "synthetic_study",
     "write_outputs",
 ]

@@ -1,0 +1,58 @@
+"""One analysis of one objective: the loaded trials with their importances and principles.
+
+:func:`analyze` computes, nothing is written: the figures (:mod:`optsearch.analysis.figures`) draw
+an :class:`Analysis` and the report (:mod:`optsearch.analysis.report`) writes it, so each of them
+can be used (or replaced) on its own.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from optsearch.analysis.data import StudyData
+from optsearch.analysis.importance import Features, Importance, compute_importance, genome_features
+from optsearch.analysis.principles import Principle, compute_principles
+
+
+@dataclass
+class Analysis:
+    """The result of :func:`analyze`: what the figures draw and the report writes."""
+
+    data: StudyData
+    features: Features
+    importance: Importance
+    principles: list[Principle]
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.data
+        return {
+            "study": d.name,
+            "objective": d.objective,
+            "objective_label": d.label,
+            "counts": d.counts,
+            "excluded": ("diverged trials carry a sentinel fitness, not a measurement: they are excluded from the "
+                         "fitness effects and reported separately as divergence-rate effects; pruned trials have "
+                         "no final value and are excluded"),
+            "best": {"trial": int(d.numbers[np.argmax(d.y)]), "value": float(d.y.max()),
+                     "formula": d.genomes[int(np.argmax(d.y))].formula()},
+            "importance": self.importance.to_dict(),
+            "principles": [p.to_dict() for p in self.principles],
+        }
+
+
+def analyze(data: StudyData, *, seed: int = 0) -> Analysis:
+    """Importances and principles of the loaded trials (nothing is written)."""
+    t0 = time.perf_counter()
+    features = genome_features(data.genomes)
+    imp = compute_importance(data.genomes, data.y, seed=seed, features=features)
+    principles = compute_principles(data.genomes, data.y, diverged=data.diverged, surrogate=imp.surrogate,
+                                    features=features, unit=data.label, seed=seed)
+    return Analysis(data, features, imp, principles, time.perf_counter() - t0)
+
+
+__all__ = ["Analysis", "analyze"]
