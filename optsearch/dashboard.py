@@ -8,6 +8,10 @@ stops it cleanly (exit 0, no traceback) and tests can start and stop it in-proce
 
 Binding is loopback unless a host is given explicitly: the dashboard has no authentication and can
 rename/delete studies, so exposing it to the network must be a decision, never a default.
+
+The search figures (lineage, generations, Pareto fronts, the winner) are the study's own custom-plot
+cards: the server rebuilds and saves them whenever the study's finished-trial count changes, so they
+follow a ``study run`` that is still going, generation by generation, without the run loop knowing.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from optsearch.errors import ConfigError
 from optsearch.search.storage import load_study, open_storage
 
 LOOPBACK = "127.0.0.1"
+REFRESH_S = 10.0
+"""Seconds between checks for new finished trials (the search figures are redrawn only when there are)."""
 
 
 # ----------------------------------------------------------------------------- host policy
@@ -89,9 +95,14 @@ class _ThreadedServer(ThreadingMixIn, WSGIServer):
 
 
 class DashboardServer:
-    """A running dashboard for one study: ``url`` to open, ``serve_forever()`` or ``start()``, ``shutdown()``."""
+    """A running dashboard for one study: ``url`` to open, ``serve_forever()`` or ``start()``, ``shutdown()``.
 
-    def __init__(self, name: str, *, storage: str | None = None, host: str | None = None, port: int = 8080):
+    ``refresh_s`` is how often the search figures are checked for new finished trials (0: never
+    drawn by the server; ``optsearch analyze`` still saves them).
+    """
+
+    def __init__(self, name: str, *, storage: str | None = None, host: str | None = None, port: int = 8080,
+                 refresh_s: float = REFRESH_S, err: TextIO | None = None):
         from optuna_dashboard import wsgi
 
         self.host, self.warning = resolve_host(host)
@@ -110,8 +121,49 @@ class DashboardServer:
         self.port = self._httpd.server_address[1]  # the real one when port=0 asked for a free port
         self.url = study_url(self.host, self.port, self.study_id)
         self._thread: threading.Thread | None = None
+        self._study = study
+        self._refresh_s = refresh_s
+        self._stop = threading.Event()
+        self._err = err
+        self._drawn: tuple[int, ...] | None = None
+        self.refreshes = 0
+        self._refresher: threading.Thread | None = None
+
+    def refresh_search_figures(self) -> bool:
+        """Rebuild and save the search figures if the study's finished trials changed; True when it did."""
+        from optuna.trial import TrialState
+
+        from optsearch.analysis.evolution_figures import save_search_figures
+
+        trials = self._study.get_trials(deepcopy=False)
+        signature = tuple(sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED,
+                                                                        TrialState.FAIL))
+        if signature == self._drawn:
+            return False
+        save_search_figures(self._study)
+        self._drawn = signature
+        self.refreshes += 1
+        return True
+
+    def _refresh_loop(self) -> None:
+        warned = False
+        while not self._stop.is_set():
+            try:
+                self.refresh_search_figures()
+            except Exception as e:  # a busy or odd study must never take the dashboard down
+                if not warned:
+                    print(f"optsearch: warning: search figures not updated: {type(e).__name__}: {e}",
+                          file=self._err or sys.stderr, flush=True)
+                    warned = True
+            self._stop.wait(self._refresh_s)
+
+    def _start_refresher(self) -> None:
+        if self._refresh_s > 0 and self._refresher is None:
+            self._refresher = threading.Thread(target=self._refresh_loop, name="optsearch-figures", daemon=True)
+            self._refresher.start()
 
     def serve_forever(self) -> None:
+        self._start_refresher()
         self._httpd.serve_forever(poll_interval=0.2)
 
     def start(self) -> "DashboardServer":
@@ -121,6 +173,10 @@ class DashboardServer:
         return self
 
     def shutdown(self) -> None:
+        self._stop.set()
+        if self._refresher is not None:
+            self._refresher.join(timeout=60)
+            self._refresher = None
         if self._thread is not None:
             self._httpd.shutdown()
             self._thread.join()
@@ -143,7 +199,7 @@ def serve(name: str, storage: str | None = None, host: str | None = None, port: 
     """
     out = out or sys.stdout
     err = err or sys.stderr
-    server = DashboardServer(name, storage=storage, host=host, port=port)
+    server = DashboardServer(name, storage=storage, host=host, port=port, err=err)
     if server.warning:
         print(server.warning, file=err, flush=True)
     print(f"dashboard for study {name!r}: {server.url}", file=out, flush=True)

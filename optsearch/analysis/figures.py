@@ -15,6 +15,7 @@ import numpy as np
 
 from optsearch.analysis.importance import PRIMS, SWITCHES, Importance
 from optsearch.analysis.data import StudyData
+from optsearch.analysis.evolution import pareto_mask
 from optsearch.analysis.principles import TOP_QUANTILE, Principle, departs, departure_label, pct
 from optsearch.analysis.result import Analysis
 
@@ -35,17 +36,6 @@ def term_frequencies(d: StudyData) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     by_gen = {g: [x for gg, x in d.population if gg == g] for g in gens}
     freq = {k: np.array([departs(by_gen[g], k).mean() for g in gens]) for k in (*PRIMS, *SWITCHES)}
     return gens, freq
-
-
-def pareto_mask(values: np.ndarray) -> np.ndarray:
-    """Non-dominated rows of ``values`` (every column maximized)."""
-    n = len(values)
-    mask = np.ones(n, dtype=bool)
-    for i in range(n):
-        if mask[i]:
-            dominated = np.all(values <= values[i], axis=1) & np.any(values < values[i], axis=1)
-            mask[dominated] = False
-    return mask
 
 
 def _switch_text(key: str) -> str:

@@ -23,6 +23,8 @@ import numpy as np
 
 from optsearch.errors import OptsearchError
 from optsearch.analysis.data import StudyData, load_study_data
+from optsearch.analysis.evolution import Member, anatomy, fronts_by_generation, generation_summary_text, lineage, read_members
+from optsearch.analysis.evolution_figures import NO_CURVES, save_search_figures, write_search_figures
 from optsearch.analysis.figures import plotly_figures, write_figures
 from optsearch.analysis.importance import Importance, unit_label
 from optsearch.analysis.principles import N_BOOT
@@ -60,9 +62,13 @@ def analyze_study(name: str, storage: str | None = None, objective: str | None =
 def write_outputs(result: Analysis, out: Path) -> list[Path]:
     """report.md, principles.json and the PNG figures in ``out``; returns the files written."""
     pngs = write_figures(result, out)
+    members = read_members(result.data.study)
+    search_pngs = write_search_figures(result.data.study, out, members)
     js = write_json(result.to_dict(), out / "principles.json")
-    (out / "report.md").write_text(report_markdown(result, [p.name for p in pngs]), encoding="utf-8")
-    return [out / "report.md", js, *pngs]
+    text = report_markdown(result, [p.name for p in pngs]) + search_markdown(result.data.study, members,
+                                                                             [p.name for p in search_pngs])
+    (out / "report.md").write_text(text, encoding="utf-8")
+    return [out / "report.md", js, *pngs, *search_pngs]
 
 
 def write_json(obj: Any, path: Path) -> Path:
@@ -204,6 +210,40 @@ def report_markdown(result: Analysis, images: Sequence[str] = ()) -> str:
             + ("\n## Figures\n\n" + "\n\n".join(figs) + "\n" if figs else ""))
 
 
+def search_markdown(study: Any, members: Sequence[Member], images: Sequence[str] = ()) -> str:
+    """The search as the report tells it: per-generation summary, lineage, last Pareto front, the winner's parts."""
+    if not members:
+        return ""
+    lines = ["", "## The search", "", "```", generation_summary_text(study, members=members), "```", ""]
+    lines += [f"![{Path(i).stem}]({i})" + "\n" for i in images if "generations" in i]
+    lin = lineage(members)
+    if lin.nodes:
+        lines += ["### Lineage of the best genome", "", "| trial | generation | made by | parents | fitness | formula |",
+                  "|---:|---:|---|---|---:|---|"]
+        for m in lin.nodes.values():
+            fit = "—" if m.fitness is None else f"{m.fitness:.4f}"
+            lines.append(f"| {m.number} | {m.generation} | {m.origin or '?'} | {', '.join(map(str, m.parents)) or '–'} "
+                         f"| {fit} | `{m.formula}` |")
+        lines += [""] + [f"![{Path(i).stem}]({i})\n" for i in images if "lineage" in i]
+    fronts = fronts_by_generation(members)
+    if len(study.directions) > 1 and fronts:
+        last = max(fronts)
+        lines += [f"### Pareto front of generation {last}", ""]
+        lines += [f"- trial {m.number} ({', '.join(f'{v:.4f}' for v in m.values)}): `{m.formula}`" for m in fronts[last]]
+        lines += [""] + [f"![{Path(i).stem}]({i})\n" for i in images if "pareto" in i]
+    an = anatomy(study, members)
+    if an is not None:
+        lines += [f"### The winner: trial {an.winner.number}", "", f"`{an.winner.formula}`", "",
+                  "| part | Σα | mean fitness with − without (association in this study) | with / without |",
+                  "|---|---:|---:|---:|"]
+        for part, w, assoc, n_with, n_without in an.parts:
+            lines.append(f"| {part} | {'–' if w is None else f'{w:.3g}'} | {'–' if assoc is None else f'{assoc:+.4f}'} "
+                         f"| {n_with} / {n_without} |")
+        lines += ["", "Training curves: " + (", ".join(an.curves) + " (in the figure)." if an.curves else NO_CURVES + "."),
+                  ""] + [f"![{Path(i).stem}]({i})\n" for i in images if "winner" in i]
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- dashboard
 def _marker(objective: str, end: bool) -> str:
     # A link reference definition: valid Markdown that renders as nothing, so the markers stay invisible.
@@ -226,7 +266,8 @@ def graph_id(objective: str, figure: str) -> str:
 
 
 def save_to_dashboard(result: Analysis) -> list[str]:
-    """Save the note and the interactive figures into the study, replacing an earlier analysis's.
+    """Save the note and the interactive figures (the analysis's and the search's) into the study, replacing
+    an earlier analysis's.
 
     The study note is shared (the creation note holds the config), so only this objective's section
     is replaced; figures have fixed ids per objective, so re-running overwrites them.
@@ -239,7 +280,7 @@ def save_to_dashboard(result: Analysis) -> list[str]:
     ids = []
     for name, fig in plotly_figures(result).items():
         ids.append(save_plotly_graph_object(d.study, fig, graph_object_id=graph_id(d.objective, name)))
-    return ids
+    return ids + save_search_figures(d.study)
 
 
 __all__ = [

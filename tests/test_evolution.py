@@ -1,0 +1,274 @@
+"""The search as pictures, checked on real small studies (`study create` + `study run`, tiny budgets).
+
+Every figure's data is checked against what the study stores, computed here independently: the lineage
+against the sampler's parent records, the generation counts against trial states, the Pareto fronts by
+dominance, the winner's parts against its genome.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+from optuna_dashboard._custom_plot_data import get_plotly_graph_objects
+
+from optsearch import Genome
+from optsearch.analysis.evolution import (
+    SPARK,
+    STATES,
+    anatomy,
+    best_member,
+    fronts_by_generation,
+    generation_summary_text,
+    generations,
+    lineage,
+    read_members,
+    sparkline,
+)
+from optsearch.analysis.evolution_figures import (
+    GRAPH_PREFIX,
+    NO_CURVES,
+    lineage_plotly,
+    save_search_figures,
+    search_figures_plotly,
+    write_search_figures,
+)
+from optsearch.analysis.report import analyze_study
+from optsearch.cli import main
+
+CONFIG = """
+[search]
+tasks = {tasks}
+seeds = [0]
+steps = 20
+population = {population}
+generations = 3
+checkpoint_every = 10
+seed = 5
+device = "cpu"
+objective = "{objective}"
+[pruning]
+pruner = "median"
+[sampler]
+"""
+PNG = b"\x89PNG\r\n\x1a\n"
+URLS: dict[str, str] = {}
+
+
+def run_study(root: Path, name: str, *, tasks: list[str], objective: str, population: int) -> str:
+    root.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{root / 's.db'}"
+    cfg = root / f"{name}.toml"
+    cfg.write_text(CONFIG.format(tasks=json.dumps(tasks), objective=objective, population=population))
+    URLS[name] = url
+    assert main(["study", "create", name, "--config", str(cfg), "--storage", url]) == 0
+    assert main(["study", "run", name, "--storage", url, "--quiet"]) == 0
+    return url
+
+
+@pytest.fixture(scope="module")
+def per_task(tmp_path_factory) -> optuna.Study:
+    """A real 3-generation per-task study on digits and mnist1d (NSGA-II ranking), population 8."""
+    url = run_study(tmp_path_factory.mktemp("evo"), "pt", tasks=["digits", "mnist1d"], objective="per_task",
+                    population=8)
+    return optuna.load_study(study_name="pt", storage=url)
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory) -> optuna.Study:
+    """A real 3-generation single-objective study on digits, population 6 (median pruner: curves stored)."""
+    url = run_study(tmp_path_factory.mktemp("evo1"), "one", tasks=["digits"], objective="aggregate", population=6)
+    return optuna.load_study(study_name="one", storage=url)
+
+
+def stored_parents(study: optuna.Study) -> dict[int, list[int]]:
+    return {t.number: list(t.system_attrs.get("GeneticSampler:parents") or []) for t in study.get_trials()}
+
+
+def ancestors(parents: dict[int, list[int]], root: int) -> set[int]:
+    seen, todo = set(), [root]
+    while todo:
+        n = todo.pop()
+        if n not in seen:
+            seen.add(n)
+            todo += parents[n]
+    return seen
+
+
+# ----------------------------------------------------------------------------- lineage
+@pytest.mark.parametrize("which", ["per_task", "single"])
+def test_lineage_nodes_are_the_ancestors_and_edges_the_stored_parents(which, request):
+    study = request.getfixturevalue(which)
+    members = read_members(study)
+    best = best_member(members)
+    finished = [t for t in study.get_trials() if t.state == TrialState.COMPLETE and not t.user_attrs.get("diverged")]
+    assert best.fitness == pytest.approx(max(np.mean(t.values) for t in finished))
+    parents = stored_parents(study)
+    lin = lineage(members)
+    assert set(lin.nodes) == ancestors(parents, best.number)
+    assert {(p, c) for p, c, _ in lin.edges} == {(p, c) for c in lin.nodes for p in parents[c]}
+    for p, c, origin in lin.edges:
+        assert origin == study.trials[c].system_attrs["GeneticSampler:origin"]
+        assert lin.nodes[p].generation < lin.nodes[c].generation
+    assert not lin.missing
+    # the figure draws exactly those: one marker per node, one segment per edge
+    fig = lineage_plotly(lin)
+    nodes = [t for t in fig.data if t.name == "ancestor"]
+    assert len(nodes) == 1 and len(nodes[0].x) == len(lin.nodes)
+    segments = sum(sum(x is None for x in t.x) for t in fig.data if t.mode == "lines")
+    assert segments == len(lin.edges)
+    assert any(best.formula in s for s in nodes[0].text)
+
+
+def test_lineage_reaches_back_to_generation_zero(single):
+    lin = lineage(read_members(single))
+    best = lin.nodes[lin.roots[0]]
+    if best.generation > 0:  # a child has parents, and they lead back to the first generation
+        assert min(m.generation for m in lin.nodes.values()) == 0 and lin.edges
+
+
+# ----------------------------------------------------------------------------- generations
+@pytest.mark.parametrize("which", ["per_task", "single"])
+def test_generation_counts_match_trial_states(which, request):
+    study = request.getfixturevalue(which)
+    gs = generations(read_members(study))
+    trials = study.get_trials()
+    gen_of = {t.number: t.system_attrs["GeneticSampler:generation"] for t in trials}
+    assert gs.generation.tolist() == sorted(set(gen_of.values())) == [0, 1, 2]
+    for i, g in enumerate(gs.generation):
+        mine = [t for t in trials if gen_of[t.number] == g]
+        diverged = sum(bool(t.user_attrs.get("diverged")) for t in mine)
+        assert gs.counts["diverged"][i] == diverged
+        assert gs.counts["complete"][i] == sum(t.state == TrialState.COMPLETE and not t.user_attrs.get("diverged")
+                                               for t in mine)
+        assert gs.counts["pruned"][i] == sum(t.state == TrialState.PRUNED and not t.user_attrs.get("diverged")
+                                             for t in mine)
+        assert gs.counts["failed"][i] == sum(t.state == TrialState.FAIL for t in mine)
+        assert sum(gs.counts[s][i] for s in STATES) == len(mine)
+        assert len(gs.fitness[i]) == gs.counts["complete"][i]
+        genomes = [Genome.from_params(t.params) for t in mine]
+        assert gs.terms["adam"][i] == pytest.approx(np.mean(["adam" in x.merged_terms() for x in genomes]))
+    assert np.all(np.diff(gs.best_so_far) >= 0)
+    # the dashboard's box plot carries one point per complete member
+    fig = search_figures_plotly(study)["generations"]
+    boxes = [t for t in fig.data if t.type == "box"]
+    assert [len(b.y) for b in boxes] == gs.counts["complete"].tolist()
+
+
+def test_generation_summary_text(per_task):
+    members = read_members(per_task)
+    gs = generations(members)
+    text = generation_summary_text(per_task)
+    lines = text.splitlines()
+    assert lines[0].startswith("generations 0–2")
+    best = next(line for line in lines if line.strip().startswith("best"))
+    spark = best.split()[1]
+    assert len(spark) == 3 and set(spark) <= set(SPARK) and spark == sparkline(gs.best)
+    assert f"{np.nanmax(gs.best):.4f}" in best
+    for state in ("complete", "pruned", "diverged"):
+        row = next(line for line in lines if line.strip().startswith(state))
+        assert [int(x) for x in row.split()[1:]] == gs.counts[state].tolist()
+
+
+def test_sparkline_scales_and_marks_missing():
+    assert sparkline([0, 1, 2]) == "▁▅█" and sparkline([1, 1]) == "▁▁" and sparkline([np.nan, 1.0]) == " ▁"
+
+
+# ----------------------------------------------------------------------------- Pareto and the winner
+def test_fronts_are_non_dominated_within_each_generation(per_task):
+    members = read_members(per_task)
+    fronts = fronts_by_generation(members)
+    assert sorted(fronts) == [0, 1, 2]
+    for g, front in fronts.items():
+        done = [m for m in members if m.generation == g and m.values]
+        for m in front:
+            assert not any(np.all(np.array(o.values) >= m.values) and np.any(np.array(o.values) > m.values) for o in done)
+        for o in done:
+            if o not in front:
+                assert any(np.all(np.array(m.values) >= o.values) for m in front)
+    fig = search_figures_plotly(per_task)["pareto"]
+    last = [t for t in fig.data if t.name.startswith("front of gen 2")]
+    assert len(last) == 1 and len(last[0].x) == len(fronts[2])
+    assert all(m.formula in " ".join(last[0].text) for m in fronts[2])
+
+
+def test_winner_anatomy_and_curves(single, per_task):
+    members = read_members(single)
+    an = anatomy(single, members)
+    win = best_member(members)
+    assert an.winner.number == win.number
+    terms = win.genome.merged_terms()
+    assert [p for p, w, *_ in an.parts if w is not None] == list(terms)
+    assert [w for _, w, *_ in an.parts if w is not None] == pytest.approx(list(terms.values()))
+    done = sum(m.fitness is not None for m in members)
+    assert all(n_with + n_without == done for *_, n_with, n_without in an.parts)
+    stored = single.trials[win.number].intermediate_values
+    assert bool(an.curves) == bool(stored)
+    if stored:
+        assert an.curves[f"winner #{win.number}"][1] == pytest.approx([stored[s] for s in sorted(stored)])
+    # a per-task study stores no intermediate values: the figure says so instead of drawing nothing
+    assert anatomy(per_task, read_members(per_task)).curves == {}
+    fig = search_figures_plotly(per_task)["winner"]
+    assert any("no training curves stored" in a.text for a in fig.layout.annotations)
+
+
+# ----------------------------------------------------------------------------- outputs
+def test_pngs_report_and_dashboard_cards(per_task, tmp_path):
+    paths = write_search_figures(per_task, tmp_path)
+    assert {p.name for p in paths} == {"search_generations.png", "search_lineage.png", "search_pareto.png",
+                                       "search_winner.png"}
+    assert all(p.read_bytes()[:8] == PNG and p.stat().st_size > 10_000 for p in paths)
+    ids = save_search_figures(per_task)
+    assert ids == [GRAPH_PREFIX + n for n in ("generations", "population", "lineage", "pareto", "winner")]
+    stored = get_plotly_graph_objects(per_task._storage.get_study_system_attrs(per_task._study_id))
+    assert set(ids) <= set(stored)
+    assert json.loads(stored[GRAPH_PREFIX + "lineage"])["layout"]["title"]["text"].startswith("Lineage of the best")
+
+
+
+def test_analyze_writes_the_search_section(per_task, tmp_path):
+    out = tmp_path / "report"
+    analyze_study("pt", storage=URLS["pt"], out_dir=out, dashboard=False)
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "## The search" in report and "### Lineage of the best genome" in report
+    assert "(search_lineage.png)" in report and "### Pareto front of generation 2" in report
+    assert NO_CURVES in report
+    assert (out / "search_lineage.png").read_bytes()[:8] == PNG
+
+
+# ----------------------------------------------------------------------------- the live dashboard
+def test_dashboard_redraws_the_search_figures_when_trials_finish(single, tmp_path):
+    """The server draws the cards itself and redraws them when a generation's trials are told."""
+    from optsearch.dashboard import DashboardServer
+
+    url = f"sqlite:///{tmp_path / 'copy.db'}"
+    optuna.copy_study(from_study_name="one", from_storage=URLS["one"], to_storage=url)
+    single = optuna.load_study(study_name="one", storage=url)
+
+    def cards() -> dict[str, str]:
+        return get_plotly_graph_objects(single._storage.get_study_system_attrs(single._study_id))
+
+    with DashboardServer("one", storage=url, port=0, refresh_s=0.3) as server:
+        server.start()
+        deadline = time.monotonic() + 60
+        while server.refreshes < 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert server.refreshes == 1
+        before = json.loads(cards()[GRAPH_PREFIX + "generations"])
+        assert [d["x"][0] for d in before["data"] if d["type"] == "box"] == [0, 1, 2]
+        # a new generation's trial is told: the next refresh adds its box
+        t = single.trials[0]
+        single.add_trial(optuna.trial.create_trial(
+            params=t.params, distributions=t.distributions, values=t.values, user_attrs={**t.user_attrs, "generation": 3},
+            system_attrs={"GeneticSampler:generation": 3, "GeneticSampler:member": 0,
+                          "GeneticSampler:origin": "elite", "GeneticSampler:parents": [t.number]}))
+        while server.refreshes < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert server.refreshes == 2
+    after = json.loads(cards()[GRAPH_PREFIX + "generations"])
+    assert [d["x"][0] for d in after["data"] if d["type"] == "box"] == [0, 1, 2, 3]
