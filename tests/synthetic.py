@@ -73,3 +73,42 @@ def synthetic_study(name: str, storage: str, *, n_trials: int = 400, seed: int =
     study.set_user_attr("synthetic", synthetic_fitness.__doc__.split("\n\n")[1].strip())
     study.add_trials(trials)
     return study
+
+
+def bred_study(name: str, storage: str | None = None, *, population: int = 50, generations: int = 50, seed: int = 0,
+               per_task: bool = False, noise: float = 0.01) -> optuna.Study:
+    """A study bred by the :class:`~optsearch.search.sampler.GeneticSampler` on :func:`synthetic_fitness`.
+
+    Unlike :func:`synthetic_study`'s i.i.d. random genomes, its trials are what the analysis meets in
+    practice: generations of children of earlier winners, with elites re-entered as duplicate genomes,
+    and the stored parent links. Each generation is asked as a batch and told back, as the run loop does;
+    diverged members are told PRUNED with ``diverged`` set.
+    """
+    from optsearch.search.sampler import GeneticSampler
+
+    rng = np.random.default_rng(seed + 10_000)
+    objectives = list(SYNTHETIC_TASKS) if per_task else ["fitness"]
+    study = optuna.create_study(study_name=name, storage=open_storage(storage) if storage else None,
+                                directions=["maximize"] * len(objectives),
+                                sampler=GeneticSampler(population_size=population, seed=seed))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(objectives)
+    study.set_user_attr("objectives", objectives)
+    study.set_user_attr("tasks", list(SYNTHETIC_TASKS))
+    study.set_user_attr("config", {"population": population, "generations": generations})
+    for generation in range(generations):
+        batch = [study.ask() for _ in range(population)]
+        for trial in batch:
+            g = define_search_space(trial)
+            fit = synthetic_fitness(g, rng, per_task=per_task, noise=noise)
+            trial.set_user_attr("formula", g.formula())
+            trial.set_user_attr("generation", generation)
+            trial.set_user_attr("diverged", fit is None)
+            for task in SYNTHETIC_TASKS:
+                trial.set_user_attr(f"{task}_fitness", WORST_FITNESS if fit is None else fit[task])
+            if fit is None:
+                study.tell(trial, state=TrialState.PRUNED)
+            else:
+                study.tell(trial, [fit[t] for t in SYNTHETIC_TASKS] if per_task else float(np.mean(list(fit.values()))))
+    return study

@@ -4,7 +4,9 @@
 The study is a real one (`study create` + one generation of `study run`, see test_dashboard.make_study).
 Chromium opens the printed study page and we use the dashboard's own navigation to reach the trials.
 Set OPTSEARCH_SCREENSHOT=docs/dashboard.png to also write the README's screenshot from this run (the best
-trial's page: its formula, per-task attrs and fitness curve).
+trial's page: its formula, per-task attrs and fitness curve). The search-figures test draws on a fresh tiny
+study, or on an existing one named by OPTSEARCH_STUDY and OPTSEARCH_STORAGE (how the README's
+docs/dashboard_search.png was taken from a real ``--preset quick`` run; OPTSEARCH_STUDY_SCREENSHOT=PATH saves it).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_dashboard import make_study, start_cli_dashboard, stop_with_ctrl_c
+from tests.test_dashboard import DemoStudy, make_study, start_cli_dashboard, stop_with_ctrl_c
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -62,6 +64,51 @@ def test_study_page_shows_name_trial_count_and_formula(tmp_path):
                 assert shot.stat().st_size > 10_000
                 if os.environ.get("OPTSEARCH_SCREENSHOT"):
                     shutil.copyfile(shot, os.environ["OPTSEARCH_SCREENSHOT"])
+            finally:
+                browser.close()
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    stop_with_ctrl_c(proc)
+
+
+SEARCH_CARDS = {"generations": "Generations", "population": "Population per generation",
+                "lineage": "Lineage of the best genome", "winner": "Winner: trial"}
+
+
+def test_study_page_shows_the_search_figures(tmp_path):
+    """The dashboard server draws the search figures itself; the study page shows them as plotly cards."""
+    from playwright.sync_api import expect, sync_playwright
+
+    if os.environ.get("OPTSEARCH_STUDY"):
+        demo = DemoStudy(os.environ["OPTSEARCH_STORAGE"], os.environ["OPTSEARCH_STUDY"], 0, 0, "")
+    else:
+        demo = make_study(tmp_path)
+    proc, url = start_cli_dashboard(demo)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch_persistent_context(
+                str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+                viewport={"width": 1400, "height": 1000})
+            try:
+                page = browser.new_page()
+                page.set_default_timeout(TIMEOUT_MS)
+                page.goto(url)
+                for name, title in SEARCH_CARDS.items():
+                    card = page.locator(f'[id="user-defined-plot:optsearch-search-{name}"]')
+                    expect(card.locator(".main-svg").first).to_be_attached(timeout=TIMEOUT_MS)
+                    expect(card).to_contain_text(title)
+                # the lineage card: one marker per ancestor, each hoverable with its formula
+                points = page.locator('[id="user-defined-plot:optsearch-search-lineage"] .scatterlayer .point')
+                assert points.count() >= 1
+                page.locator('[id="user-defined-plot:optsearch-search-generations"]').scroll_into_view_if_needed()
+                page.wait_for_timeout(800)
+                shot = tmp_path / "study_search.png"
+                page.screenshot(path=str(shot), full_page=True)
+                assert shot.stat().st_size > 10_000
+                if os.environ.get("OPTSEARCH_STUDY_SCREENSHOT"):
+                    shutil.copyfile(shot, os.environ["OPTSEARCH_STUDY_SCREENSHOT"])
             finally:
                 browser.close()
     except BaseException:
