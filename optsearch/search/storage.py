@@ -28,12 +28,14 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from optsearch.errors import StudyError
+from optsearch.search.config import StudyConfig
 
 DEFAULT_STORAGE = "sqlite:///studies/optsearch.db"
 HEARTBEAT_INTERVAL = 5
 GRACE_PERIOD = 20
 HOST_ATTR = "optsearch:host"
 PID_ATTR = "optsearch:pid"
+CONFIG_ATTR = "config"  # study user attr: the validated StudyConfig as a dict
 
 
 def resolve_url(url: str | None) -> str:
@@ -107,6 +109,15 @@ def open_existing_study(name: str, url: str | None = None) -> optuna.Study:
     """Load a study for reading or running; a missing storage file, storage or study is a one-line
     StudyError, and nothing is created (only ``study create`` makes storages)."""
     return load_study(name, open_storage(url, create=False), url)
+
+
+def open_study(name: str, storage: str | None = None) -> tuple[optuna.Study, StudyConfig]:
+    """An optsearch study and its stored config; anything else is a one-line StudyError."""
+    study = open_existing_study(name, storage)
+    raw = study.user_attrs.get(CONFIG_ATTR)
+    if not isinstance(raw, dict):
+        raise StudyError(f"study {name!r} was not created by optsearch (it has no stored config)")
+    return study, StudyConfig.from_dict(raw, where=f"study {name!r}")
 
 
 def mark_worker(study: optuna.Study, trial_id: int) -> None:

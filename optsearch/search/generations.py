@@ -1,0 +1,94 @@
+"""Reading a study's generations: trials by generation, how far a generation is, and the best genomes.
+
+Every reader (run loop, show, export, benchmark) ranks trials with :func:`scalar_fitness`, so "the
+best genome" means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from optsearch.search.sampler.slots import GENERATION_KEY
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@dataclass(frozen=True)
+class GenerationState:
+    """Counts of one generation's trials (FAIL trials free their slot and are not counted)."""
+
+    generation: int
+    finished: int
+    running: int
+
+    def slots_left(self, population: int) -> int:
+        return max(0, population - self.finished - self.running)
+
+    def done(self, population: int) -> bool:
+        return self.finished >= population and self.running == 0
+
+
+def generation_key() -> str:
+    """The trial system attr holding a trial's generation (kept for callers of the old API)."""
+    return GENERATION_KEY
+
+
+def generations(study: optuna.Study) -> dict[int, list[FrozenTrial]]:
+    """Trials by generation (all states)."""
+    out: dict[int, list[FrozenTrial]] = {}
+    for t in study.get_trials(deepcopy=False):
+        g = t.system_attrs.get(GENERATION_KEY)
+        if g is not None:
+            out.setdefault(int(g), []).append(t)
+    return dict(sorted(out.items()))
+
+
+def latest_state(study: optuna.Study) -> GenerationState | None:
+    gens = generations(study)
+    if not gens:
+        return None
+    g = max(gens)
+    ts = gens[g]
+    return GenerationState(
+        generation=g,
+        finished=sum(t.state in FINISHED for t in ts),
+        running=sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in ts),
+    )
+
+
+def free_slots(study: optuna.Study, generation: int, population: int) -> int:
+    """Member slots of ``generation`` not yet held by a trial that is not FAIL."""
+    held = sum(t.state != TrialState.FAIL for t in generations(study).get(generation, []))
+    return max(0, population - held)
+
+
+def unclaimed_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """RUNNING trials without a generation: mid-``ask`` in some worker, or orphans of a dead one."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if GENERATION_KEY not in t.system_attrs]
+
+
+def completed_generations(study: optuna.Study, population: int) -> int:
+    s = latest_state(study)
+    if s is None:
+        return 0
+    return s.generation + 1 if s.done(population) else s.generation
+
+
+def scalar_fitness(t: FrozenTrial) -> float:
+    """A trial's aggregate fitness (the mean of per-task values in per-task studies)."""
+    return sum(t.values) / len(t.values)
+
+
+def best_trials(study: optuna.Study, n: int = 1) -> list[FrozenTrial]:
+    """The ``n`` COMPLETE trials with the highest :func:`scalar_fitness`, best first."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return sorted(done, key=scalar_fitness, reverse=True)[:n]
+
+
+def best_value(study: optuna.Study) -> float | None:
+    best = best_trials(study, 1)
+    return scalar_fitness(best[0]) if best else None

@@ -1,0 +1,70 @@
+"""GeneticSampler: an Optuna sampler that breeds genomes a generation at a time.
+
+Built on Optuna 5's ``BaseGASampler`` (generation numbers in trial system attrs, the parent pool of
+each generation cached in study system attrs) over the static genome space of
+:func:`optsearch.genome.search_space`, and laid out like Optuna's ``samplers/nsgaii``: one module
+per concern — :mod:`.space` (gene groups, uniform draws), :mod:`.config` (the ``[sampler]``
+table), :mod:`.ranking`, :mod:`.selection`, :mod:`.crossover`, :mod:`.mutation`, :mod:`.slots`
+(which trial takes which member slot) and :mod:`.genetic` (the sampler). A generation is
+``population_size`` trials:
+
+* generation 0: the named baselines (:data:`optsearch.genome.BASELINES`, optionally the paper's
+  evolved genome) as the first members, the rest uniform over the space;
+* generation g+1: the ``elites`` best of generation g carried over unchanged as the first members
+  (and trained again there), the rest children: two tournament winners, structure-respecting
+  crossover, annealed mutation.
+
+Only generation g's COMPLETE trials are parents: PRUNED and FAIL trials never breed. The run loop
+tells a diverged or pruned member PRUNED, so it never breeds; a trial told the worst fitness
+(−1) as a value would simply rank last.
+
+**Per-task objectives (NSGA-II) live inside this sampler**, not in ``optuna.samplers.NSGAIISampler``
+with our crossover and mutation. In a multi-objective study the only thing that changes is the
+*ranking* of a generation: non-dominated fronts, each ordered by crowding distance (Optuna's own
+non-dominated sort and crowding distance are reused). Tournament selection on that order is
+NSGA-II's crowded tournament, and the elites are the first fronts. Why not ``NSGAIISampler``:
+
+* its generation bookkeeping counts only COMPLETE trials, so a generation with PRUNED members never
+  fills, and its parent cache returns trials in id order, not rank order;
+* it draws every child from one shared random stream, so the genomes depend on the order in which
+  concurrent workers ask; ours derive each member's stream from (seed, generation, member index);
+* its crossover treats parameters independently (a term would be separated from its α) and its
+  mutation has no annealing. Replacing all of that through its ``child_generation_strategy`` hook
+  would leave little of it but the name.
+
+Determinism: with a seed, the genome of member i of generation g is a function of the seed, g, i and
+generation g−1's results; nothing depends on how many processes ask or in which order.
+"""
+
+from __future__ import annotations
+
+from optsearch.search.sampler.config import GAConfig
+from optsearch.search.sampler.crossover import one_point_crossover
+from optsearch.search.sampler.genetic import GeneticSampler
+from optsearch.search.sampler.mutation import mutate, mutate_gene
+from optsearch.search.sampler.ranking import rank_by_fitness, rank_nsga2
+from optsearch.search.sampler.selection import tournament_select
+from optsearch.search.sampler.slots import (
+    CLAIM_WAIT, GENERATION_KEY, MEMBER_KEY, ORIGIN_KEY, PARENTS_KEY, generation_and_member,
+)
+from optsearch.search.sampler.space import SPACE, expressed_genes, random_params
+
+__all__ = [
+    "CLAIM_WAIT",
+    "GAConfig",
+    "GENERATION_KEY",
+    "GeneticSampler",
+    "MEMBER_KEY",
+    "ORIGIN_KEY",
+    "PARENTS_KEY",
+    "SPACE",
+    "expressed_genes",
+    "generation_and_member",
+    "mutate",
+    "mutate_gene",
+    "one_point_crossover",
+    "random_params",
+    "rank_by_fitness",
+    "rank_nsga2",
+    "tournament_select",
+]

@@ -1,0 +1,24 @@
+"""Crossover that respects the genome's structure: a term slot travels with its weight."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from optsearch.genome import K
+from optsearch.search.sampler.space import SCALAR_GENES, Params
+
+
+def one_point_crossover(a: Params, b: Params, rng: np.random.Generator, *, swap_prob: float = 0.5) -> Params:
+    """Slots ``[0, cut)`` from ``a`` and ``[cut, K)`` from ``b``, each term with its own α; scalars uniform.
+
+    A term's α is only meaningful next to that term, so (term_i, alpha_i) travel together.
+    """
+    cut = int(rng.integers(1, K))
+    child: Params = {}
+    for i in range(K):
+        src = a if i < cut else b
+        child[f"term_{i}"] = src[f"term_{i}"]
+        child[f"alpha_{i}"] = src[f"alpha_{i}"]
+    for name in SCALAR_GENES:
+        child[name] = (b if rng.random() < swap_prob else a)[name]
+    return child

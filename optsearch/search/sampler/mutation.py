@@ -1,0 +1,63 @@
+"""Mutation: each gene changes with an (annealed) probability, always staying inside the search space."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from optsearch.genome import ALPHA_RANGE, CLIP_CHOICES, FLOAT_RANGES, K
+from optsearch.genome.primitives import NONE
+from optsearch.search.sampler.config import GAConfig
+from optsearch.search.sampler.space import BOUNDED_GENES, LOG_GENES, SPACE, SWITCHES, TERMS, Params, clip, other
+
+
+def mutate(params: Params, rng: np.random.Generator, *, rate: float, cfg: GAConfig) -> Params:
+    """Each gene mutates with probability ``rate`` (α only while its slot holds a term)."""
+    p = dict(params)
+    for name in SPACE:
+        if name.startswith("alpha_") and p[f"term_{name[6:]}"] == NONE:
+            continue
+        if rng.random() < rate:
+            mutate_gene(p, name, rng, cfg)
+    return p
+
+
+def mutate_gene(p: Params, name: str, rng: np.random.Generator, cfg: GAConfig) -> None:
+    """Mutate one gene of ``p`` in place, staying inside the search space."""
+    if name.startswith("term_"):
+        _mutate_term(p, int(name[5:]), rng)
+    elif name.startswith("alpha_"):
+        p[name] = clip(p[name] + rng.normal(0.0, cfg.alpha_sigma), *ALPHA_RANGE)
+    elif name in LOG_GENES:
+        lo, hi, _ = FLOAT_RANGES[name]
+        p[name] = clip(p[name] + rng.normal(0.0, cfg.log_sigma), lo, hi)
+    elif name == "clip_threshold":  # log-distributed: the same step in decades
+        lo, hi, _ = FLOAT_RANGES[name]
+        p[name] = clip(10.0 ** (math.log10(p[name]) + rng.normal(0.0, cfg.log_sigma)), lo, hi)
+    elif name in BOUNDED_GENES:
+        lo, hi, _ = FLOAT_RANGES[name]
+        p[name] = clip(p[name] + rng.uniform(-1.0, 1.0) * cfg.beta_step * (hi - lo), lo, hi)
+    elif name in SWITCHES:
+        p[name] = not p[name]
+    elif name == "clip":
+        p[name] = other(CLIP_CHOICES, p[name], rng)
+    else:
+        raise KeyError(f"no mutation for gene {name!r}")
+
+
+def _mutate_term(p: Params, i: int, rng: np.random.Generator) -> None:
+    """Add a term to an empty slot (with a fresh α), or remove or change the slot's term.
+
+    The last term is changed, never removed: an empty genome does not train.
+    """
+    key = f"term_{i}"
+    if p[key] == NONE:
+        p[key] = TERMS[int(rng.integers(len(TERMS)))]
+        p[f"alpha_{i}"] = float(rng.uniform(*ALPHA_RANGE))
+        return
+    others = sum(p[f"term_{j}"] != NONE for j in range(K) if j != i)
+    if others and rng.random() < 0.5:
+        p[key] = NONE
+    else:
+        p[key] = other(TERMS, p[key], rng)

@@ -1,0 +1,165 @@
+"""One worker process's loop: ask its share of a generation, train it as one population, tell it back.
+
+A generation is asked from the study as a batch (ask/tell; Optuna has no batch ask), trained together
+by the batched evaluator and told back. A worker that is killed loses only the trials it holds: they
+are failed (by heartbeat, or at once when their local worker process is gone) and the sampler
+refills their slots.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Sequence
+
+import optuna
+from optuna.trial import TrialState
+
+from optsearch.genome import Genome, define_search_space
+from optsearch.search.config import StudyConfig
+from optsearch.search.generations import best_value, completed_generations, free_slots, latest_state, unclaimed_trials
+from optsearch.search.pruning import Pruning, pruner_for
+from optsearch.search.sampler import GAConfig, GeneticSampler, generation_and_member
+from optsearch.search.storage import Heartbeat, fail_dead_trials, mark_worker
+
+POLL_SECONDS = 1.0
+SURPLUS_ATTR = "optsearch:surplus"  # system attr of a trial failed unevaluated: its generation was full
+
+
+def make_sampler(cfg: StudyConfig) -> GeneticSampler:
+    return GeneticSampler(population_size=cfg.population, seed=cfg.seed, config=GAConfig.from_dict(cfg.sampler))
+
+
+class Worker:
+    """One process's ask → evaluate → tell loop over whole generations (or its share of one)."""
+
+    def __init__(self, study: optuna.Study, cfg: StudyConfig, *, device: str, data_dir: str | None,
+                 stop_generation: int, chunk: int, progress: bool):
+        self.study = study
+        self.cfg = cfg
+        self.device = device
+        self.data_dir = data_dir
+        self.stop_generation = stop_generation
+        self.chunk = max(1, chunk)
+        self.progress = progress
+        self.sampler = make_sampler(cfg)
+        self.study.sampler = self.sampler
+        self.study.pruner = pruner_for(cfg)
+        self.bar = None
+
+    def loop(self) -> None:
+        self._open_bar()
+        try:
+            while True:
+                fail_dead_trials(self.study)
+                state = latest_state(self.study)
+                if state is None or state.done(self.cfg.population):
+                    target = 0 if state is None else state.generation + 1
+                    if target >= self.stop_generation:
+                        if not unclaimed_trials(self.study):
+                            return
+                        time.sleep(POLL_SECONDS)  # a dead worker's orphan: failed once its grace is over
+                        continue
+                    n = min(self.chunk, self.cfg.population)
+                else:
+                    target = state.generation
+                    n = min(self.chunk, state.slots_left(self.cfg.population))
+                    if n == 0:  # other workers hold the rest of this generation
+                        time.sleep(POLL_SECONDS)
+                        continue
+                self._generation(target, n)
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+
+    def _open_bar(self) -> None:
+        if not self.progress:
+            return
+        from tqdm import tqdm
+
+        done = completed_generations(self.study, self.cfg.population)
+        self.bar = tqdm(total=max(0, self.stop_generation - done) * self.cfg.population, unit="genome",
+                        desc="evolving", dynamic_ncols=True)
+
+    def _generation(self, target: int, n: int) -> None:
+        trials: list[tuple[optuna.Trial, Genome]] = []
+        with Heartbeat(self.study._storage) as heartbeat:
+            try:
+                for _ in range(n):
+                    if trials and free_slots(self.study, target, self.cfg.population) == 0:
+                        break  # other workers took the rest meanwhile
+                    asked = self._ask(target, heartbeat)
+                    if asked is not None:
+                        trials.append(asked)
+                if not trials:
+                    return
+                result = self._evaluate([t for t, _ in trials], [g for _, g in trials])
+            except BaseException:
+                for t, _ in trials:  # Ctrl-C or a crash: free the slots for the resume
+                    _tell_quietly(self.study, t.number, TrialState.FAIL)
+                raise
+        for (trial, genome), member in zip(trials, result.members):
+            self._tell(trial, member)
+        if self.bar is not None:
+            self.bar.update(len(trials))
+            best = best_value(self.study)
+            self.bar.set_postfix_str(f"gen {target}, best {best:.4f}" if best is not None else f"gen {target}")
+
+    def _ask(self, target: int, heartbeat: Heartbeat) -> tuple[optuna.Trial, Genome] | None:
+        """Ask one member of generation ``target``; None when the generation filled up meanwhile."""
+        self.sampler.target_generation = target
+        trial = self.study.ask()
+        mark_worker(self.study, trial._trial_id)
+        heartbeat.add(trial._trial_id)
+        generation, member = generation_and_member(self.study, trial)
+        if member >= self.cfg.population:  # surplus: another worker claimed the last slot first
+            self.study._storage.set_trial_system_attr(trial._trial_id, SURPLUS_ATTR, True)
+            self.study.tell(trial, state=TrialState.FAIL)
+            return None
+        genome = define_search_space(trial)
+        trial.set_user_attr("formula", genome.formula())
+        trial.set_user_attr("generation", int(generation))
+        trial.set_user_attr("seeds", len(self.cfg.seeds))
+        return trial, genome
+
+    def _evaluate(self, trials: Sequence[optuna.Trial], genomes: Sequence[Genome]):
+        from optsearch.train.evaluate import evaluate
+
+        pruning = Pruning(self.cfg, trials)
+        return evaluate(
+            genomes,
+            list(self.cfg.tasks),
+            seeds=list(self.cfg.seeds),
+            steps=self.cfg.steps,
+            batch_size=self.cfg.batch_size,
+            subsample=self.cfg.subsample,
+            device=self.device,
+            data_dir=self.data_dir,
+            checkpoint_every=self.cfg.checkpoint_every,
+            callback=pruning,
+        )
+
+    def _tell(self, trial: optuna.Trial, member: Any) -> None:
+        for task, scores in member.per_task.items():
+            trial.set_user_attr(f"{task}_fitness", _finite(scores["fitness"]))
+            trial.set_user_attr(f"{task}_accuracy", _finite(scores["accuracy"]))
+            trial.set_user_attr(f"{task}_loss", _finite(scores["loss"]))
+        trial.set_user_attr("diverged", bool(member.diverged))
+        trial.set_user_attr("pruned", bool(member.pruned))
+        if member.diverged or member.pruned:
+            self.study.tell(trial, state=TrialState.PRUNED)
+        elif self.cfg.per_task:
+            self.study.tell(trial, [member.per_task[t]["fitness"] for t in self.cfg.tasks])
+        else:
+            self.study.tell(trial, member.fitness)
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def _tell_quietly(study: optuna.Study, number: int, state: TrialState) -> None:
+    try:
+        study.tell(number, state=state)
+    except Exception:  # already finished, or the storage is gone: nothing more to do
+        pass
