@@ -15,10 +15,9 @@ import torch
 
 from optsearch.errors import GenomeError
 from optsearch.genome import Genome
-from optsearch.genome.primitives import TensorList, advance_and_direct, bias_corrections, schedule_factor, state_needed
-
-NORM_CLIP_EPS = 1e-6
-"""Added to ‖g‖ before dividing, exactly as ``torch.nn.utils.clip_grad_norm_`` does."""
+from optsearch.genome.primitives import (
+    NORM_CLIP_EPS, TensorList, advance_and_direct, bias_corrections, schedule_factor, state_needed,
+)
 
 
 class GenomeOptimizer(torch.optim.Optimizer):
@@ -168,4 +167,4 @@ def _all_finite(grads: list[torch.Tensor]) -> bool:
     return bool(torch.stack([n.to(grads[0].device) for n in maxabs]).isfinite().all())
 
 
-__all__ = ["GenomeOptimizer"]
+__all__ = ["NORM_CLIP_EPS", "GenomeOptimizer"]

@@ -280,15 +280,15 @@ def test_compiled_update_matches_eager(digits):
 
 
 def test_compile_failure_falls_back_to_the_eager_update(digits, monkeypatch):
-    import optsearch.train.population as population
+    import optsearch.train.update as update
 
     def broken():
         def fail(*args):
             raise RuntimeError("no C++ compiler")
         return fail
 
-    monkeypatch.setattr(population, "_compiled_apply", broken)
-    monkeypatch.setattr(population, "_COMPILE_FAILED", False)
+    monkeypatch.setattr(update, "_compiled_apply", broken)
+    monkeypatch.setattr(update, "_COMPILE_FAILED", False)
     task, data = digits
     model = build_model(task, SEED, device=torch.device("cpu"), dtype=torch.float32)
     eager = Population([NAMED["adam"], NAMED["lion"]], model, 5)

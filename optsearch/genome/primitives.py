@@ -20,6 +20,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+NORM_CLIP_EPS = 1e-6
+"""Added to ‖g‖ before dividing by it in norm clipping, exactly as ``torch.nn.utils.clip_grad_norm_`` does."""
+
 
 @dataclass(frozen=True)
 class Moments:

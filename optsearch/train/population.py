@@ -9,14 +9,9 @@ call of the shared update core (:func:`optsearch.genome.primitives.advance_and_d
 given as ``[P, 1]`` columns. Why flat buffers: the update is then a dozen in-place elementwise ops
 over one contiguous block instead of a Python loop over parameters and genomes (DESIGN §10).
 
-Engines (chosen by :func:`choose_backend`, all sharing the state and the update):
-
-* ``batched``: an ``nn.Sequential`` MLP as ``baddbmm`` over the stacked weights: one matmul per
-  layer for the whole population (small models and GPUs).
-* ``vmap``: any model, ``vmap(grad(functional_call))`` over the members (CNNs on GPUs; per-member
-  BatchNorm buffers batched along).
-* ``looped``: each member's forward/backward in turn, its parameters and gradients views of row i
-  (compute-bound CNNs on a CPU, where batched convolutions are slower than one at a time).
+Engines (:mod:`optsearch.train.engines`, chosen by :func:`choose_backend`) compute the gradients:
+``batched`` matmuls for MLPs, ``vmap`` for any model, ``looped`` for CNNs on a CPU; all share the
+state and the update (:mod:`optsearch.train.update`).
 
 Divergence: after the forward pass, a member whose loss is NaN/inf or above
 :data:`optsearch.train.tasks.DIVERGENCE_LOSS` is retired *before* its update: its row is removed from
@@ -26,202 +21,17 @@ every buffer, so it never touches the others and stops costing compute. Pruned m
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from optsearch.errors import ConfigError
 from optsearch.genome import Genome
-from optsearch.optim import NORM_CLIP_EPS
-from optsearch.genome.primitives import PRIMITIVES, advance_and_direct, bias_corrections, schedule_factor, state_needed
+from optsearch.train.engines import BACKENDS, ENGINES, batched_supported, choose_backend, has_dropout
 from optsearch.train.tasks import DIVERGENCE_LOSS
-
-BACKENDS: tuple[str, ...] = ("batched", "vmap", "looped")
-
-_ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.Softplus, nn.Mish, nn.Identity)
-
-
-# ----------------------------------------------------------------------------- the batched update
-def _apply_rows(
-    theta: torch.Tensor,
-    grad: torch.Tensor,
-    state: dict[str, torch.Tensor],
-    weights: dict[str, torch.Tensor],
-    beta1: torch.Tensor,
-    beta2: torch.Tensor,
-    eps: torch.Tensor,
-    bc1: torch.Tensor,
-    bc2: torch.Tensor,
-    lr_t: torch.Tensor,
-    decay: torch.Tensor,
-    value_clip: torch.Tensor,
-    grad_scale: torch.Tensor,
-    use_value_clip: bool,
-    use_grad_scale: bool,
-    use_decay: bool,
-) -> None:
-    """Clip, advance the moments, decay and step every row in place (the only [P, D] arithmetic).
-
-    Code-path switches are plain Python bools: under ``torch.compile`` anything else splits the
-    graph into fragments that are slower than eager (DESIGN §10). The norm-clipping factor is
-    computed by the caller: a row reduction inside the compiled function crashes Inductor's CPU
-    code generator (torch 2.14: ``KeyError: 'buf1'``), and it is not elementwise anyway.
-    """
-    if use_value_clip:  # per element, as the paper's notebook clips; +inf for members that do not clip
-        grad.clamp_(min=-value_clip, max=value_clip)
-    if use_grad_scale:  # norm clipping: 1 for members that do not clip by norm
-        grad.mul_(grad_scale)
-    direction = advance_and_direct(grad, state, weights, beta1=beta1, beta2=beta2, eps=eps, bc1=bc1, bc2=bc2)
-    if use_decay:  # decoupled: θ ← θ·(1 − η_t·λ); exactly 1 for members without decay
-        theta.mul_(decay)
-    theta.addcmul_(direction, lr_t, value=-1.0)
-
-
-_COMPILED: Callable[..., None] | None = None
-_COMPILE_FAILED = False
-
-
-def _compiled_apply() -> Callable[..., None]:
-    """``torch.compile`` of the elementwise update only, built once per process (seconds on a CPU).
-
-    One graph (``fullgraph``), dynamic in P and D so retiring members does not recompile.
-    """
-    global _COMPILED
-    if _COMPILED is None:
-        _COMPILED = torch.compile(_apply_rows, dynamic=True, fullgraph=True)
-    return _COMPILED
-
-
-def _run_update(compiled: bool, *args: Any) -> None:
-    """The compiled update, falling back to eager once and for all if compiling fails here.
-
-    Compiling needs a working C++ (CPU) or Triton (GPU) toolchain, which a user's machine may lack;
-    a full-graph compile fails before anything runs, so the eager retry applies the step once.
-    """
-    global _COMPILE_FAILED
-    if compiled and not _COMPILE_FAILED:
-        try:
-            return _compiled_apply()(*args)
-        except Exception as e:  # toolchain or compiler bug: the eager path computes the same update
-            _COMPILE_FAILED = True
-            warnings.warn(f"compiling the population update failed ({type(e).__name__}: {str(e)[:200]}); "
-                          "using the eager update", RuntimeWarning, stacklevel=3)
-    _apply_rows(*args)
-
-
-class PopulationUpdate:
-    """P genomes' update rules as ``[P, 1]`` coefficient columns over ``[P, D]`` buffers.
-
-    Only the primitives some member uses are computed (the others would be multiplied by zero
-    anyway); with ``compile_update`` all of them are, so one compiled kernel serves every population
-    (the fused kernel is memory-bound: the extra arithmetic is free, a recompile is not).
-    """
-
-    def __init__(
-        self,
-        genomes: Sequence[Genome],
-        num_params: int,
-        total_steps: int,
-        *,
-        device: torch.device,
-        dtype: torch.dtype,
-        compile_update: bool = False,
-    ):
-        p = len(genomes)
-
-        def col(values: Iterable[Any], dt: torch.dtype = dtype) -> torch.Tensor:
-            return torch.tensor(list(values), dtype=dt, device=device).view(p, 1)
-
-        f64 = torch.float64
-        self.total_steps = int(total_steps)
-        self.dtype = dtype
-        self.step_count = 0
-        self.beta1 = col(g.beta1 for g in genomes)
-        self.beta2 = col(g.beta2 for g in genomes)
-        self.eps = col(g.eps for g in genomes)
-        # Step-dependent factors are computed in float64 and rounded once, as the one-genome
-        # optimizer computes them in Python floats.
-        self.beta1_64 = col((g.beta1 for g in genomes), f64)
-        self.beta2_64 = col((g.beta2 for g in genomes), f64)
-        self.lr = col((g.lr for g in genomes), f64)
-        self.wd = col((g.wd for g in genomes), f64)
-        self.bias_correction = col((g.bias_correction for g in genomes), torch.bool)
-        self.warmup = col((g.warmup for g in genomes), torch.bool)
-        self.warmup_frac = col((g.warmup_frac for g in genomes), f64)
-        self.cosine = col((g.cosine_decay for g in genomes), torch.bool)
-        self.value_clip = col(g.clip_threshold if g.clip == "value" else math.inf for g in genomes)
-        self.norm_clip = col(g.clip_threshold if g.clip == "norm" else math.inf for g in genomes)
-        self.use_value_clip = any(g.clip == "value" for g in genomes)
-        self.use_norm_clip = any(g.clip == "norm" for g in genomes)
-        self.use_decay = any(g.weight_decay for g in genomes)
-        merged = [g.merged_terms() for g in genomes]
-        used = [n for n in PRIMITIVES if compile_update or any(n in m for m in merged)]
-        self.weights = {n: col(m.get(n, 0.0) for m in merged) for n in used}
-        self.state = {k: torch.zeros(p, num_params, dtype=dtype, device=device) for k in sorted(state_needed(used))}
-        self.compiled = compile_update
-
-    _ROW_TENSORS = ("beta1", "beta2", "eps", "beta1_64", "beta2_64", "lr", "wd", "bias_correction", "warmup",
-                    "warmup_frac", "cosine", "value_clip", "norm_clip")
-
-    def keep_rows(self, rows: torch.Tensor) -> None:
-        """Keep only these rows (members) of every coefficient and state buffer."""
-        for name in self._ROW_TENSORS:
-            setattr(self, name, getattr(self, name).index_select(0, rows))
-        self.weights = {n: w.index_select(0, rows) for n, w in self.weights.items()}
-        self.state = {k: s.index_select(0, rows) for k, s in self.state.items()}
-
-    def coefficients(self, step: int) -> dict[str, torch.Tensor]:
-        """The step-dependent columns at (1-based) ``step``: bias corrections, η_t and the decay factor."""
-        bc1, bc2 = bias_corrections(step, self.beta1_64, self.beta2_64, self.bias_correction)
-        factor = schedule_factor(step, self.total_steps, self.warmup, self.warmup_frac, self.cosine)
-        lr_t = self.lr * factor
-        decay = 1.0 - lr_t * self.wd
-        return {k: v.to(self.dtype) for k, v in (("bc1", bc1), ("bc2", bc2), ("lr_t", lr_t), ("decay", decay))}
-
-    def apply(self, theta: torch.Tensor, grad: torch.Tensor) -> None:
-        """One update of every row of ``theta`` from ``grad`` (which is clipped in place)."""
-        self.step_count += 1
-        c = self.coefficients(self.step_count)
-        scale = self.value_clip  # any [P, 1] tensor; unused unless some member clips by norm
-        if self.use_norm_clip:  # per member: its row is all of its parameters (members never mix both clips)
-            norm = torch.linalg.vector_norm(grad, dim=1, keepdim=True)
-            scale = (self.norm_clip / (norm + NORM_CLIP_EPS)).clamp_(max=1.0)
-        _run_update(
-            self.compiled, theta, grad, self.state, self.weights, self.beta1, self.beta2, self.eps, c["bc1"],
-            c["bc2"], c["lr_t"], c["decay"], self.value_clip, scale, self.use_value_clip, self.use_norm_clip,
-            self.use_decay,
-        )
-
-
-# ----------------------------------------------------------------------------- backends
-def batched_supported(model: nn.Module) -> bool:
-    """True for an ``nn.Sequential`` of Linear layers, Flatten, Dropout and elementwise activations."""
-    if not isinstance(model, nn.Sequential) or any(True for _ in model.buffers()):
-        return False
-    if not all(p.requires_grad for p in model.parameters()):
-        return False
-    return all(isinstance(m, (nn.Linear, nn.Flatten, nn.Dropout, *_ELEMENTWISE)) for m in model)
-
-
-def choose_backend(model: nn.Module, device: torch.device | str) -> str:
-    """The fastest engine for this model on this device (DESIGN §10's measurements).
-
-    Small MLPs: ``batched`` matmuls anywhere. Convolutional models: ``looped`` on a CPU, where they
-    are compute-bound and grouped/vmapped convolutions are 1.5–3× slower than one model at a time;
-    ``vmap`` on a GPU, where one small CNN cannot fill the device. Anything else: ``vmap``.
-    """
-    if batched_supported(model):
-        return "batched"
-    has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
-    return "looped" if has_conv and torch.device(device).type == "cpu" else "vmap"
-
-
-def _has_dropout(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
+from optsearch.train.update import PopulationUpdate
 
 
 @dataclass(frozen=True)
@@ -304,11 +114,11 @@ class Population:
                         for n, b in [*model.named_buffers(), *frozen]}
         self.update = PopulationUpdate(genomes, self.num_params, total_steps, device=self.device, dtype=self.dtype,
                                        compile_update=compile_update)
-        self.dropout = _has_dropout(model)
+        self.dropout = has_dropout(model)
         self.diverged: list[int] = []
         self.pruned: list[int] = []
         self._retired_rows: dict[int, torch.Tensor] = {}
-        self._engine = {"batched": _BatchedEngine, "vmap": _VmapEngine, "looped": _LoopedEngine}[self.backend](self)
+        self._engine = ENGINES[self.backend](self)
 
     # ------------------------------------------------------------------ views
     def _view(self, chunk: torch.Tensor, lead: tuple[int, ...], shape: torch.Size, perm: tuple | None) -> torch.Tensor:
@@ -384,174 +194,28 @@ class Population:
         self._engine.rebuild()
 
     # ------------------------------------------------------------------ evaluation
-    @torch.no_grad()
     def accuracy(self, x: torch.Tensor, y: torch.Tensor, *, chunk: int = 1024) -> dict[int, float]:
         """Classification accuracy of every active member on ``(x, y)`` (eval mode: BN stats, no dropout)."""
-        if not self.members or len(x) == 0:
-            return {m: math.nan for m in self.members}
-        self.model.eval()
-        try:
-            correct = torch.zeros(len(self.members), dtype=torch.long, device=self.device)
-            for i in range(0, len(x), chunk):
-                logits = self._engine.logits(x[i:i + chunk])  # [A, n, C]
-                correct += (logits.argmax(-1) == y[i:i + chunk]).sum(-1)
-        finally:
-            self.model.train()
-        acc = (correct.double() / len(x)).tolist()
-        return dict(zip(self.members, acc))
+        return accuracy_by_member(self.model, self._engine.logits, self.members, x, y, chunk=chunk)
 
 
-def _prepare(pop: Population, x: torch.Tensor) -> torch.Tensor:
-    if pop.channels_last and x.dim() == 4:
-        return x.contiguous(memory_format=torch.channels_last)
-    return x
+@torch.no_grad()
+def accuracy_by_member(model: nn.Module, logits: Callable[[torch.Tensor], torch.Tensor], members: Sequence[int],
+                       x: torch.Tensor, y: torch.Tensor, *, chunk: int = 1024) -> dict[int, float]:
+    """Accuracy per member from ``logits(x) -> [A, n, C]``, in chunks, with ``model`` in eval mode meanwhile."""
+    if not members or len(x) == 0:
+        return {m: math.nan for m in members}
+    model.eval()
+    try:
+        correct = torch.zeros(len(members), dtype=torch.long, device=x.device)
+        for i in range(0, len(x), chunk):
+            correct += (logits(x[i:i + chunk]).argmax(-1) == y[i:i + chunk]).sum(-1)
+    finally:
+        model.train()
+    return dict(zip(members, (correct.double() / len(x)).tolist()))
 
 
-class _Engine:
-    """Computes every active member's loss and writes its gradient into its row of ``pop.grad``."""
-
-    def __init__(self, pop: Population):
-        self.pop = pop
-        self.rebuild()
-
-    def rebuild(self) -> None:
-        """Refresh views after the population's buffers were replaced (members retired)."""
-
-    def loss_and_grad(self, x: torch.Tensor, y: torch.Tensor, seed: int | None) -> torch.Tensor:
-        """Per-member training losses ``[A]`` (gradients land in ``pop.grad``)."""
-        raise NotImplementedError
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-member outputs ``[A, N, C]`` in the model's current mode."""
-        raise NotImplementedError
-
-
-class _BatchedEngine(_Engine):
-    """The MLP as one ``baddbmm`` per layer over the stacked ``[A, out, in]`` weights.
-
-    Activations are kept features-first, ``[A, features, batch]``: then ``W @ h`` needs no
-    transposed weights, each weight gradient comes out in the parameter's own layout, and the
-    softmax runs along a strided dimension of size C with the batch contiguous. Measured here at
-    P = 50 on digits: 3.3 ms per forward+backward against 5.0 ms batch-first (where a softmax over
-    10 classes per row alone took 0.5 ms).
-    """
-
-    def rebuild(self) -> None:
-        pop = self.pop
-        views = pop.row_views(pop.theta)
-        self.leaves = {n: v.detach().requires_grad_() for n, v in views.items()}
-        self.leaf_list = list(self.leaves.values())
-        self.grad_views = list(pop.row_views(pop.grad).values())
-
-    def _forward(self, x: torch.Tensor, params: dict[str, torch.Tensor], seed: int | None) -> torch.Tensor:
-        """Logits ``[A, C, B]``."""
-        a = len(self.pop.members)
-        h, batched = x, False  # x: [B, ...] shared by all members; after the first Linear h is [A, F, B]
-        if seed is not None and self.pop.dropout and self.pop.model.training:
-            torch.manual_seed(seed)
-        for k, m in enumerate(self.pop.model):
-            if isinstance(m, nn.Linear):
-                if not batched:
-                    if h.dim() != 2:
-                        raise ConfigError("the batched backend needs flat inputs at the first Linear layer; "
-                                          "add nn.Flatten or use backend='vmap'")
-                    h, batched = h.t().expand(a, *h.t().shape), True
-                w, b = params[f"{k}.weight"], params.get(f"{k}.bias")
-                h = torch.bmm(w, h) if b is None else torch.baddbmm(b.unsqueeze(2), w, h)
-            elif isinstance(m, nn.Flatten) and batched:
-                continue  # features are already flat after a Linear layer
-            elif isinstance(m, nn.Dropout) and m.training and m.p > 0:
-                # One [B, F] mask, drawn exactly as each member's own nn.Dropout would draw it from the same
-                # seed, shared by all members: a member's run does not depend on the population.
-                shape = (h.shape[2], h.shape[1]) if batched else h.shape
-                keep = torch.empty(shape, dtype=h.dtype, device=h.device).bernoulli_(1 - m.p).div_(1 - m.p)
-                h = h * (keep.t() if batched else keep)
-            else:
-                h = m(h)
-        return h
-
-    def loss_and_grad(self, x: torch.Tensor, y: torch.Tensor, seed: int | None) -> torch.Tensor:
-        with torch.enable_grad():
-            logits = self._forward(x, self.leaves, seed)
-            losses = F.cross_entropy(logits, y.expand(logits.shape[0], -1), reduction="none").mean(1)
-            grads = torch.autograd.grad(losses.sum(), self.leaf_list)
-        torch._foreach_copy_(self.grad_views, list(grads))
-        return losses.detach()
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward(x, self.pop.row_views(self.pop.theta), None).transpose(1, 2)
-
-
-class _VmapEngine(_Engine):
-    """Any model: ``vmap`` over ``functional_call`` with per-member parameters and buffers."""
-
-    def __init__(self, pop: Population):
-        from torch.func import functional_call, grad_and_value, vmap
-
-        model = pop.model
-
-        def loss(params: dict, buffers: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return F.cross_entropy(functional_call(model, (params, buffers), (x,)), y)
-
-        def forward(params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
-            return functional_call(model, (params, buffers), (x,))
-
-        # randomness="same": every member draws the same dropout masks (common random numbers).
-        self._grad = vmap(grad_and_value(loss), in_dims=(0, 0, None, None), randomness="same")
-        self._forward = vmap(forward, in_dims=(0, 0, None), randomness="same")
-        super().__init__(pop)
-
-    def rebuild(self) -> None:
-        self.grad_views = self.pop.row_views(self.pop.grad)
-
-    def loss_and_grad(self, x: torch.Tensor, y: torch.Tensor, seed: int | None) -> torch.Tensor:
-        pop = self.pop
-        if seed is not None and pop.dropout:
-            torch.manual_seed(seed)
-        grads, losses = self._grad(pop.row_views(pop.theta), pop.buffers, _prepare(pop, x), y)
-        torch._foreach_copy_(list(self.grad_views.values()), [grads[n] for n in self.grad_views])
-        return losses.detach()
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward(self.pop.row_views(self.pop.theta), self.pop.buffers, _prepare(self.pop, x))
-
-
-class _LoopedEngine(_Engine):
-    """Each member's forward/backward in turn on views of its rows; the update stays batched."""
-
-    def rebuild(self) -> None:
-        pop = self.pop
-        self.leaves = [{n: v.detach().requires_grad_() for n, v in pop.member_views(pop.theta, r).items()}
-                       for r in range(len(pop.members))]
-        self.grad_views = [list(pop.member_views(pop.grad, r).values()) for r in range(len(pop.members))]
-
-    def _buffers(self, row: int) -> dict[str, torch.Tensor]:
-        return {n: b[row] for n, b in self.pop.buffers.items()}
-
-    def loss_and_grad(self, x: torch.Tensor, y: torch.Tensor, seed: int | None) -> torch.Tensor:
-        from torch.func import functional_call
-
-        pop = self.pop
-        x = _prepare(pop, x)
-        losses = []
-        for row, params in enumerate(self.leaves):
-            if seed is not None and pop.dropout:
-                torch.manual_seed(seed)
-            with torch.enable_grad():
-                out = functional_call(pop.model, (params, self._buffers(row)), (x,))
-                loss = F.cross_entropy(out, y)
-                grads = torch.autograd.grad(loss, list(params.values()))
-            torch._foreach_copy_(self.grad_views[row], list(grads))
-            losses.append(loss.detach())
-        return torch.stack(losses)
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        from torch.func import functional_call
-
-        pop = self.pop
-        x = _prepare(pop, x)
-        return torch.stack([functional_call(pop.model, (params, self._buffers(row)), (x,))
-                            for row, params in enumerate(self.leaves)])
-
-
-__all__ = ["BACKENDS", "Population", "PopulationUpdate", "StepReport", "batched_supported", "choose_backend"]
+__all__ = [
+    "BACKENDS", "Population", "PopulationUpdate", "StepReport", "accuracy_by_member", "batched_supported",
+    "choose_backend",
+]

@@ -351,3 +351,40 @@ register(Task(name="cifar10", build_model=cifar_cnn, read=_real("cifar10", _CIFA
               batch_size=128, input_shape=(3, 32, 32),
               augment=crop_flip(4, tuple(-m / s for m, s in zip(_CIFAR_MEAN, _CIFAR_STD))),
               description="CIFAR-10, CNN with BatchNorm and dropout, crop+flip augmentation"))
+
+
+# ----------------------------------------------------------------------------- convolutional proxies
+# The MLP proxies reward rules that suit a two-layer perceptron, and a winner found on them need not help a
+# CNN. These keep the embedded data (no files, seconds per generation on a CPU) but train convolutional models;
+# ``cifar10_small`` is a larger meta-validation task (real images, more data and steps) kept apart from the
+# held-out benchmark tasks ``mnist`` and ``fashion_mnist``.
+def digits_cnn() -> nn.Module:
+    """8×8 digits as 1-channel images: conv16-conv32-pool-fc10 (3×3, padding 1)."""
+    return nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(32 * 4 * 4, 10))
+
+
+def mnist1d_cnn() -> nn.Module:
+    """MNIST-1D as 1-channel sequences of 40: conv1d32(5)-conv1d32(3)-pool-fc10 (a CNN beats an MLP here)."""
+    return nn.Sequential(nn.Unflatten(1, (1, 40)), nn.Conv1d(1, 32, 5, padding=2), nn.ReLU(),
+                         nn.Conv1d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool1d(2),
+                         nn.Flatten(), nn.Linear(32 * 20, 10))
+
+
+def cifar_small_cnn() -> nn.Module:
+    """CIFAR-10 at full resolution with a narrow CNN: conv16-pool-conv32-pool-fc10."""
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(32 * 8 * 8, 10))
+
+
+register(Task(name="digits_cnn", build_model=digits_cnn, read=_read_digits, steps=300, batch_size=128, val_size=287,
+              embedded=True, input_shape=(64,), description="scikit-learn 8×8 digits, CNN conv16-conv32-pool-fc10"))
+register(Task(name="mnist1d_cnn", build_model=mnist1d_cnn, read=_read_mnist1d, steps=300, batch_size=128,
+              val_size=800, embedded=True, input_shape=(40,),
+              description="MNIST-1D (generated offline), 1-D CNN conv32-conv32-pool-fc10"))
+register(Task(name="cifar10_small", build_model=cifar_small_cnn, read=_real("cifar10", _CIFAR_MEAN, _CIFAR_STD),
+              steps=400, batch_size=128, subsample=10_000, input_shape=(3, 32, 32),
+              augment=crop_flip(4, tuple(-m / s for m, s in zip(_CIFAR_MEAN, _CIFAR_STD))),
+              description="CIFAR-10 (10,000 training images), narrow CNN conv16-pool-conv32-pool-fc10"))

@@ -1,0 +1,120 @@
+"""One model trained with any torch optimizer through the same per-unit loop as a population.
+
+:func:`train_optimizer` runs a (task, seed) unit with :class:`~optsearch.train.unit.UnitRun`, the loop
+:func:`~optsearch.train.evaluate.evaluate` uses for genomes, so a non-genome optimizer (Muon, or any
+``torch.optim`` class) gets the same initial weights, data order, augmentation, dropout seeds,
+divergence rule and scoring, and its result pairs seed by seed with a genome's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from optsearch.errors import ConfigError
+from optsearch.train.population import StepReport, accuracy_by_member
+from optsearch.train.results import UnitResult
+from optsearch.train.tasks import DIVERGENCE_LOSS, Task, get_task
+from optsearch.train.unit import UnitRun, default_device
+
+
+class StepOptimizer(Protocol):
+    """What the loop needs from an optimizer: ``torch.optim.Optimizer`` has it."""
+
+    def zero_grad(self) -> Any: ...
+
+    def step(self) -> Any: ...
+
+
+OptimizerFactory = Callable[[nn.Module, int], StepOptimizer]
+"""``(model, total_steps) -> optimizer`` over that model's parameters."""
+
+
+class OptimizerTrainee:
+    """One model and its optimizer behind the population's training interface (a population of one).
+
+    A step with a NaN/inf or exploding loss retires the member before the optimizer sees it, as a
+    population retires a diverging member before its update.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: StepOptimizer, member: int = 0):
+        self.model = model
+        self.optimizer = optimizer
+        self.members: list[int] = [member]
+        self.diverged: list[int] = []
+        self.pruned: list[int] = []
+
+    @property
+    def active(self) -> tuple[int, ...]:
+        return tuple(self.members)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, *, seed: int | None = None) -> StepReport:
+        """One training step; ``seed`` seeds torch's RNG before the forward pass (dropout masks)."""
+        if not self.members:
+            return StepReport((), (), ())
+        self.model.train()
+        if seed is not None:
+            torch.manual_seed(seed)
+        loss = F.cross_entropy(self.model(x), y)
+        value = float(loss.detach())
+        members = tuple(self.members)
+        if not value <= DIVERGENCE_LOSS:  # NaN compares False
+            self.retire(members, diverged=True)
+            return StepReport(members, (value,), members)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return StepReport(members, (value,), ())
+
+    def retire(self, members: Iterable[int], *, diverged: bool = False) -> None:
+        gone = [m for m in members if m in self.members]
+        if gone:
+            (self.diverged if diverged else self.pruned).extend(gone)
+            self.members = []
+
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor, *, chunk: int = 1024) -> dict[int, float]:
+        """Classification accuracy on ``(x, y)`` in eval mode (same chunks as the population's)."""
+        return accuracy_by_member(self.model, lambda xb: self.model(xb).unsqueeze(0), self.members, x, y, chunk=chunk)
+
+
+def train_optimizer(
+    task: str | Task,
+    make_optimizer: OptimizerFactory,
+    *,
+    seed: int,
+    steps: int | None = None,
+    batch_size: int | None = None,
+    subsample: int | None = None,
+    device: str | torch.device | None = None,
+    data_dir: str | None = None,
+    split: str = "val",
+    checkpoint_every: int = 50,
+    dtype: torch.dtype = torch.float32,
+) -> UnitResult:
+    """Train one model with ``make_optimizer(model, steps)`` on one (task, seed) unit and score it.
+
+    The unit is the one :func:`~optsearch.train.evaluate.evaluate` would run for a genome with the
+    same task, seed and budget (unit index 0, member 0).
+    """
+    t = get_task(task) if isinstance(task, str) else task
+    if split not in ("val", "test"):
+        raise ConfigError(f"split must be one of val, test, got {split!r}")
+    n_steps = steps or t.steps
+    dev = torch.device(device) if device is not None else default_device()
+
+    def make(model: nn.Module, ids: list[int]) -> OptimizerTrainee:
+        return OptimizerTrainee(model, make_optimizer(model, n_steps), ids[0])
+
+    run = UnitRun(0, 1, t, int(seed), [0], make, [[]], set(), steps=n_steps, batch_size=batch_size or t.batch_size,
+                  subsample=subsample, device=dev, data_dir=data_dir, split=split, dtype=dtype,
+                  checkpoint_every=checkpoint_every, callback=None)
+    devices = [torch.cuda.current_device() if dev.index is None else dev.index] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # dropout seeding must not disturb the caller's RNG
+        results, _ = run.train()
+    return results[0]
+
+
+__all__ = ["OptimizerFactory", "OptimizerTrainee", "StepOptimizer", "train_optimizer"]
