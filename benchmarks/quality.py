@@ -26,7 +26,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from optsearch.benchmark import runner as benchmark  # noqa: E402
+from optsearch import stats  # noqa: E402
+from optsearch.benchmark.config import BenchmarkConfig  # noqa: E402
+from optsearch.benchmark.contenders import BASELINE_NAMES, MUON, PAPER, default_contenders  # noqa: E402
+from optsearch.benchmark.results import HELD_OUT, SEARCHED  # noqa: E402
+from optsearch.benchmark.runner import run_benchmark  # noqa: E402
 from optsearch.search import study  # noqa: E402
 from optsearch.genome import Genome  # noqa: E402
 
@@ -60,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     # As the CLI does: Optuna flags the heartbeat/metric-name APIs we rely on as experimental; that is noise here.
     warnings.filterwarnings("ignore", message=r".*(experimental|Heartbeat of storage).*")
-    known = (*benchmark.BASELINE_NAMES, benchmark.PAPER, benchmark.MUON)
+    known = (*BASELINE_NAMES, PAPER, MUON)
     wanted = [c.strip() for c in (a.contenders or "").split(",") if c.strip()]
     if set(wanted) - set(known):  # before the study runs, not after minutes of it
         p.error(f"unknown contender(s) {', '.join(sorted(set(wanted) - set(known)))}; choose from {', '.join(known)}")
@@ -86,14 +90,14 @@ def main(argv: list[str] | None = None) -> int:
 
     held_out = [t for t in a.tasks.split(",") if t and t not in cfg.tasks]
     tasks = tuple(held_out + (list(cfg.tasks) if a.with_searched else []))
-    bcfg = benchmark.BenchmarkConfig(tasks=tasks, searched=frozenset(cfg.tasks), seeds=a.seeds,
+    bcfg = BenchmarkConfig(tasks=tasks, searched=frozenset(cfg.tasks), seeds=a.seeds,
                                      trials=a.trials, steps=a.steps, batch_size=a.batch_size, subsample=a.subsample,
                                      device=a.device, data_dir=_data_dir(a.data_dir))
-    contenders = benchmark.default_contenders([(label, evolved)], baseline_schedule=a.baseline_schedule)
+    contenders = default_contenders([(label, evolved)], baseline_schedule=a.baseline_schedule)
     if a.contenders:
         keep = set(wanted) | {label}
         contenders = [c for c in contenders if c.name in keep]
-    result = benchmark.run_benchmark(label, [(label, evolved)], bcfg, storage=storage, out_dir=a.output,
+    result = run_benchmark(label, [(label, evolved)], bcfg, storage=storage, out_dir=a.output,
                                      contenders=contenders, log=log)
 
     print(f"\nevolved genome {label} (searched on {', '.join(cfg.tasks)}): {evolved.formula()}")
@@ -102,18 +106,18 @@ def main(argv: list[str] | None = None) -> int:
           f"schedule\n")
     groups = result.groups()
     rows = []
-    for t in groups.get(benchmark.HELD_OUT, []) + groups.get(benchmark.SEARCHED, []):
+    for t in groups.get(HELD_OUT, []) + groups.get(SEARCHED, []):
         rows.append((f"{t} ({result.tasks[t].group})", result.tasks[t].accuracy))
-    if len(groups.get(benchmark.HELD_OUT, [])) > 1:
-        ts = groups[benchmark.HELD_OUT]
+    if len(groups.get(HELD_OUT, [])) > 1:
+        ts = groups[HELD_OUT]
         rows.append(("held-out mean", lambda c, ts=ts: result.aggregate(ts, c)))
     others = [c.name for c in result.contenders if c.name != label]
     print(f"{'task':28s} {'evolved acc %':>15s}  " + "  ".join(f"{'Δ vs ' + o + ' (pp)':>22s}" for o in others))
     for title, values_of in rows:
-        ref = benchmark.stats.t_interval(values_of(label))
+        ref = stats.t_interval(values_of(label))
         cells = []
         for o in others:
-            d = benchmark.stats.paired_difference(values_of(label), values_of(o))
+            d = stats.paired_difference(values_of(label), values_of(o))
             mark = {1: "+", -1: "-", 0: "~"}[d.sign]
             cells.append(f"{d.fmt(100, signed=True):>20s} {mark}")
         print(f"{title:28s} {ref.fmt(100):>15s}  " + "  ".join(cells))

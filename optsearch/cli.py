@@ -100,10 +100,10 @@ def _cmd_analyze(a: argparse.Namespace) -> int:
 
 
 def _cmd_benchmark(a: argparse.Namespace) -> int:
-    from optsearch.benchmark import runner as benchmark
+    from optsearch.benchmark.runner import run_cli
 
     print(
-        benchmark.run_cli(
+        run_cli(
             study_name=a.name,
             genome_files=a.genome or [],
             tasks=a.tasks,

@@ -16,8 +16,16 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from optsearch.analysis import stats
-from optsearch.benchmark import runner as benchmark
+from optsearch import stats
+from optsearch.benchmark.config import BenchmarkConfig, FINAL_SEED_BASE
+from optsearch.benchmark.contenders import (BASELINE_NAMES, LR_WINDOW, MUON, PAPER, default_contenders,
+                                            genome_contender)
+from optsearch.benchmark.report import markdown
+from optsearch.benchmark.results import BenchmarkResult, HELD_OUT, SEARCHED, TaskResult
+from optsearch.benchmark import runner
+from optsearch.benchmark.runner import run_cli, write_outputs
+from optsearch.benchmark.runs import UnitScore, evaluate_genomes, muon_factory, train_single
+from optsearch.benchmark.tuning import Tuned, rounds, tune
 from optsearch.search import study as studies
 from optsearch.cli import main
 from optsearch.errors import ConfigError
@@ -54,7 +62,7 @@ def bench(tmp_path_factory):
     EVOLVED.save(twin)
     kw = dict(study_name="demo", genome_files=[str(twin)], tasks=TASKS, seeds=SEEDS, steps=STEPS, trials=TRIALS,
               batch_size=BATCH, storage=url, device="cpu")
-    text = benchmark.run_cli(**kw, out_dir=str(root / "out"))
+    text = run_cli(**kw, out_dir=str(root / "out"))
     return {"root": root, "url": url, "kw": kw, "text": text, "out": root / "out",
             "json": json.loads((root / "out" / "results.json").read_text(encoding="utf-8"))}
 
@@ -71,9 +79,9 @@ def test_every_contender_gets_the_same_tuning_budget_in_stored_studies(bench):
         assert all(c["RUNNING"] == 0 and c["WAITING"] == 0 for c in per_contender.values())
     # The same start for everyone: the default, then a log grid across the window (then TPE).
     for name in counts:
-        contender = next(c for c in benchmark.default_contenders([("demo#0", EVOLVED), ("twin", EVOLVED)])
+        contender = next(c for c in default_contenders([("demo#0", EVOLVED), ("twin", EVOLVED)])
                          if c.name == name.split(":")[1])
-        first = optuna.load_study(study_name=name, storage=bench["url"]).trials[: benchmark._rounds(TRIALS)[0]]
+        first = optuna.load_study(study_name=name, storage=bench["url"]).trials[: rounds(TRIALS)[0]]
         expected = contender.startup_params(len(first))
         assert [sorted(t.params) for t in first] == [sorted(p) for p in expected], name
         for t, p in zip(first, expected):
@@ -94,7 +102,7 @@ def test_seeds_are_paired_and_identical_genomes_differ_by_exactly_zero(bench):
     res = bench["json"]
     assert res["reference"] == "demo#0"
     for task, r in res["tasks"].items():
-        assert r["seeds"] == list(range(benchmark.FINAL_SEED_BASE, benchmark.FINAL_SEED_BASE + SEEDS))
+        assert r["seeds"] == list(range(FINAL_SEED_BASE, FINAL_SEED_BASE + SEEDS))
         assert not set(r["seeds"]) & set(res["config"]["tune_seeds"])
         for name, c in r["contenders"].items():
             assert len(c["test_accuracy"]) == len(c["train_loss"]) == len(c["diverged"]) == SEEDS, (task, name)
@@ -113,8 +121,8 @@ def test_seeds_are_paired_and_identical_genomes_differ_by_exactly_zero(bench):
     tuned = replace(tuned, cosine_decay=True, lr_log10=r["contenders"]["adam"]["tuned"]["params"]["lr_log10"])
     runs = {}
     for bs in (BATCH, None):
-        cfg = benchmark.BenchmarkConfig(tasks=("digits",), steps=STEPS, batch_size=bs, device="cpu")
-        runs[bs] = benchmark.evaluate_genomes([tuned], "digits", [r["seeds"][3]], cfg, split="test")[0][0]
+        cfg = BenchmarkConfig(tasks=("digits",), steps=STEPS, batch_size=bs, device="cpu")
+        runs[bs] = evaluate_genomes([tuned], "digits", [r["seeds"][3]], cfg, split="test")[0][0]
     assert runs[BATCH].accuracy == r["contenders"]["adam"]["test_accuracy"][3]
     assert runs[None].loss != runs[BATCH].loss
 
@@ -146,7 +154,7 @@ def test_outputs_are_written_and_mark_searched_and_held_out(bench):
 def test_rerun_reuses_tuning_studies(bench, tmp_path):
     before = _trial_counts(bench["url"])
     # One task and two seeds keep the rerun short; neither is part of a tuning study's key.
-    benchmark.run_cli(**{**bench["kw"], "tasks": "digits", "seeds": 2}, out_dir=str(tmp_path))
+    run_cli(**{**bench["kw"], "tasks": "digits", "seeds": 2}, out_dir=str(tmp_path))
     assert _trial_counts(bench["url"]) == before
     again = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))["tasks"]["digits"]["contenders"]
     for name, c in bench["json"]["tasks"]["digits"]["contenders"].items():
@@ -156,12 +164,12 @@ def test_rerun_reuses_tuning_studies(bench, tmp_path):
 
 def test_only_the_first_trials_of_a_bigger_tuning_study_count(tmp_path):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    adam = [benchmark.genome_contender("adam", Genome.named("adam"), "baseline")]
-    cfg = benchmark.BenchmarkConfig(tasks=("digits",), steps=20, trials=3, device="cpu")
+    adam = [genome_contender("adam", Genome.named("adam"), "baseline")]
+    cfg = BenchmarkConfig(tasks=("digits",), steps=20, trials=3, device="cpu")
     storage = optuna.storages.RDBStorage(url)
-    big = benchmark.tune(adam, "digits", cfg, storage)["adam"]
+    big = tune(adam, "digits", cfg, storage)["adam"]
     assert big.complete_trials == 3 and big.new_trials == 3
-    small = benchmark.tune(adam, "digits", replace(cfg, trials=2), storage)["adam"]
+    small = tune(adam, "digits", replace(cfg, trials=2), storage)["adam"]
     assert small.new_trials == 0 and small.complete_trials == 2
     first_two = optuna.load_study(study_name=small.study_name, storage=url).trials[:2]
     assert small.value == max(t.value for t in first_two)
@@ -171,11 +179,11 @@ def test_only_the_first_trials_of_a_bigger_tuning_study_count(tmp_path):
 
 def test_single_model_trainer_matches_the_batched_evaluator_for_adam():
     """The Muon path (one model, any torch optimizer) uses the evaluator's data, init and batch order."""
-    cfg = benchmark.BenchmarkConfig(tasks=("digits",), steps=60, device="cpu")
+    cfg = BenchmarkConfig(tasks=("digits",), steps=60, device="cpu")
     seeds = [1000, 1001]
-    batched = benchmark.evaluate_genomes([Genome.named("adam")], "digits", seeds, cfg, split="test")[0]
+    batched = evaluate_genomes([Genome.named("adam")], "digits", seeds, cfg, split="test")[0]
     for s, b in zip(seeds, batched):
-        one = benchmark.train_single("digits", lambda m, _: torch.optim.Adam(m.parameters(), lr=1e-3), seed=s,
+        one = train_single("digits", lambda m, _: torch.optim.Adam(m.parameters(), lr=1e-3), seed=s,
                                      steps=60, device="cpu", split="test")
         assert one.accuracy == b.accuracy  # same test accuracy, example for example
         assert one.loss == pytest.approx(b.loss, abs=1e-4)
@@ -185,7 +193,7 @@ def test_single_model_trainer_matches_the_batched_evaluator_for_adam():
 
 def test_muon_puts_2d_weights_on_muon_and_the_rest_on_adamw():
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(8, 3))
-    opt = benchmark.muon_factory({"lr_log10": -3.0, "wd_log10": -2.0})(model, 10)
+    opt = muon_factory({"lr_log10": -3.0, "wd_log10": -2.0})(model, 10)
     muon, adamw = opt.optimizers
     assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
     assert [p.shape for p in muon.param_groups[0]["params"]] == [torch.Size([3, 8])]
@@ -260,19 +268,19 @@ def test_bad_benchmark_input_exits_2_with_one_line(argv, message, capsys, tmp_pa
 
 
 def test_contender_windows_have_equal_width_and_names_are_unique():
-    cs = benchmark.default_contenders([("evo", EVOLVED)])
+    cs = default_contenders([("evo", EVOLVED)])
     assert [c.name for c in cs] == ["evo", "sgd_momentum", "adam", "adamw", "rmsprop", "lion", "paper_evolved", "muon"]
-    assert {round(c.lr_range[1] - c.lr_range[0], 9) for c in cs} == {benchmark.LR_WINDOW}
+    assert {round(c.lr_range[1] - c.lr_range[0], 9) for c in cs} == {LR_WINDOW}
     assert all(c.lr_range[0] <= c.lr_log10 <= c.lr_range[1] for c in cs)
     # the window reaches 2.5 decades below the default (an MLP-tuned default can be far too high on a CNN)
     evo, adam = cs[0], next(c for c in cs if c.name == "adam")
     assert evo.lr_range == pytest.approx((evo.lr_log10 - 2.5, evo.lr_log10 + 1.5))
     assert adam.lr_range == pytest.approx((-5.0, -1.0))  # 1e-3 − 2.5 decades is below the genome's floor: shifted up
     assert all(c.genome.cosine_decay for c in cs if c.role == "baseline" and c.genome is not None)
-    constant = benchmark.default_contenders([("evo", EVOLVED)], baseline_schedule="constant")
+    constant = default_contenders([("evo", EVOLVED)], baseline_schedule="constant")
     assert next(c for c in constant if c.name == "adam").genome == Genome.named("adam")
     with pytest.raises(ConfigError):
-        benchmark.default_contenders([("x", EVOLVED), ("x", EVOLVED)])
+        default_contenders([("x", EVOLVED), ("x", EVOLVED)])
 
 
 # ----------------------------------------------------------------------------- baseline schedule
@@ -289,7 +297,7 @@ def test_baseline_schedule_flag_reaches_the_baseline_genomes(flag, cosine, monke
         seen.append(list(contenders))
         raise _Stop
 
-    monkeypatch.setattr(benchmark, "tune", fake_tune)
+    monkeypatch.setattr(runner, "tune", fake_tune)
     evo = tmp_path / "evo.json"
     EVOLVED.save(evo)
     with pytest.raises(_Stop):
@@ -297,13 +305,13 @@ def test_baseline_schedule_flag_reaches_the_baseline_genomes(flag, cosine, monke
               "--storage", f"sqlite:///{tmp_path / 'db.sqlite'}", "-o", str(tmp_path / "out")])
     cs = {c.name: c for c in seen[0]}
     baselines = [c for c in seen[0] if c.role == "baseline"]
-    assert {c.name for c in baselines} == {*benchmark.BASELINE_NAMES, benchmark.MUON}
+    assert {c.name for c in baselines} == {*BASELINE_NAMES, MUON}
     for c in baselines:
         assert c.cosine_decay is cosine, c.name
         if c.genome is not None:  # the schedule is the only change to the named genome
             assert c.genome == replace(Genome.named(c.name), cosine_decay=cosine), c.name
     # The evolved and the paper's genomes keep their own schedules either way.
-    assert cs["evo"].genome == EVOLVED and cs[benchmark.PAPER].genome == Genome.named(benchmark.PAPER)
+    assert cs["evo"].genome == EVOLVED and cs[PAPER].genome == Genome.named(PAPER)
 
 
 def test_baseline_schedule_flag_rejects_other_schedules(capsys):
@@ -316,40 +324,40 @@ def _fake_result(contenders, diverged=(), searched=frozenset(), collapsed=()):
     """A finished benchmark without training: two seeds per contender on digits; the contenders named in
     ``diverged`` diverged in every tuning trial and every seed (scored at chance, as run_benchmark does);
     those in ``collapsed`` did not diverge but ended at chance on their first seed."""
-    tuned = {c.name: benchmark.Tuned(params=c.default_params(), value=-1.0 if c.name in diverged else 0.5,
+    tuned = {c.name: Tuned(params=c.default_params(), value=-1.0 if c.name in diverged else 0.5,
                                      study_name="s", complete_trials=1, new_trials=0) for c in contenders}
     curve = [[10, 2.0], [20, 1.0]]
-    scores = {c.name: [benchmark.UnitScore(0.1, math.nan, -1.0, True) if c.name in diverged else
-                       benchmark.UnitScore(0.11 if c.name in collapsed and k == 0 else 0.9 + 0.01 * i + 0.001 * k,
+    scores = {c.name: [UnitScore(0.1, math.nan, -1.0, True) if c.name in diverged else
+                       UnitScore(0.11 if c.name in collapsed and k == 0 else 0.9 + 0.01 * i + 0.001 * k,
                                            0.1, 0.9, False, curve) for k in range(2)]
               for i, c in enumerate(contenders)}
-    cfg = benchmark.BenchmarkConfig(tasks=("digits",), searched=frozenset(searched), seeds=2)
-    task = benchmark.TaskResult(task="digits", group=benchmark.SEARCHED if "digits" in searched else benchmark.HELD_OUT,
+    cfg = BenchmarkConfig(tasks=("digits",), searched=frozenset(searched), seeds=2)
+    task = TaskResult(task="digits", group=SEARCHED if "digits" in searched else HELD_OUT,
                                 seeds=cfg.final_seeds, tuned=tuned, scores=scores)
-    return benchmark.BenchmarkResult(name="x", config=cfg, contenders=list(contenders), tasks={"digits": task})
+    return BenchmarkResult(name="x", config=cfg, contenders=list(contenders), tasks={"digits": task})
 
 
 def test_report_names_the_schedule_the_baselines_actually_ran_with():
     """The schedule in the report and JSON is read from the contenders: a caller that builds constant-lr
     contenders itself (benchmarks/quality.py does) must not get a report that says cosine decay."""
     for schedule, text in (("cosine", "cosine decay"), ("constant", "a constant lr")):
-        result = _fake_result(benchmark.default_contenders([("evo", EVOLVED)], baseline_schedule=schedule))
-        md, js = benchmark.markdown(result), result.to_json()
+        result = _fake_result(default_contenders([("evo", EVOLVED)], baseline_schedule=schedule))
+        md, js = markdown(result), result.to_json()
         assert f"Baselines (genomes and Muon) run with {text};" in md
         assert js["config"]["baseline_schedule"] == schedule
-        muon = next(c for c in js["contenders"] if c["name"] == benchmark.MUON)
+        muon = next(c for c in js["contenders"] if c["name"] == MUON)
         assert muon["formula"].endswith("cosine decay" if schedule == "cosine" else "constant lr")
-    mixed = benchmark.default_contenders([("evo", EVOLVED)], baseline_schedule="constant")
-    mixed[2] = benchmark.genome_contender("adam", replace(Genome.named("adam"), cosine_decay=True), "baseline")
+    mixed = default_contenders([("evo", EVOLVED)], baseline_schedule="constant")
+    mixed[2] = genome_contender("adam", replace(Genome.named("adam"), cosine_decay=True), "baseline")
     assert _fake_result(mixed).baseline_schedule == "mixed"
 
 
 # ----------------------------------------------------------------------------- what the report shows
 def test_report_names_every_searched_task_even_when_only_held_out_ones_are_benchmarked():
-    md = benchmark.markdown(_fake_result(benchmark.default_contenders([("evo", EVOLVED)]),
+    md = markdown(_fake_result(default_contenders([("evo", EVOLVED)]),
                                          searched={"mnist1d", "cifar10"}))
     assert "evo was searched on: cifar10, mnist1d. Here, searched tasks: none; held-out tasks: digits." in md
-    md = benchmark.markdown(_fake_result(benchmark.default_contenders([("evo", EVOLVED)]), searched={"digits"}))
+    md = markdown(_fake_result(default_contenders([("evo", EVOLVED)]), searched={"digits"}))
     assert "Here, searched tasks: digits; held-out tasks: none." in md and "### digits (searched)" in md
 
 
@@ -362,9 +370,9 @@ def test_a_contender_whose_tuning_all_diverged_is_marked_in_table_and_figures(tm
     save = matplotlib.figure.Figure.savefig
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
                         lambda self, *a, **k: (figures.append(self), save(self, *a, **k))[1])
-    cs = benchmark.default_contenders([("evo", EVOLVED)])
+    cs = default_contenders([("evo", EVOLVED)])
     result = _fake_result(cs, diverged={"evo", "rmsprop"})
-    paths = benchmark.write_outputs(result, tmp_path)
+    paths = write_outputs(result, tmp_path)
     task_table = paths["report"].read_text().split("### digits")[1].split("### Aggregate")[0]
     rows = {line.split(" | ")[0].strip("| *"): line for line in task_table.splitlines()
             if line.startswith("| ") and "tuned lr" not in line}
@@ -381,8 +389,8 @@ def test_a_contender_whose_tuning_all_diverged_is_marked_in_table_and_figures(tm
 def test_seeds_that_collapsed_to_chance_without_diverging_are_counted():
     """Tuned on one seed, an lr at the edge of stability can leave a final seed at chance with a finite loss:
     not diverged, but the reason an interval is wide, so the table and JSON say so."""
-    result = _fake_result(benchmark.default_contenders([("evo", EVOLVED)]), diverged={"rmsprop"}, collapsed={"adam"})
-    md, js = benchmark.markdown(result), result.to_json()
+    result = _fake_result(default_contenders([("evo", EVOLVED)]), diverged={"rmsprop"}, collapsed={"adam"})
+    md, js = markdown(result), result.to_json()
     rows = {line.split(" | ")[0].strip("| *"): line for line in md.split("### digits")[1].split("### Aggregate")[0]
             .splitlines() if line.startswith("| ")}
     assert rows["contender"].endswith("| diverged / at chance |")
@@ -393,7 +401,7 @@ def test_seeds_that_collapsed_to_chance_without_diverging_are_counted():
 
 
 def test_start_grid_spans_the_window_evenly_and_never_repeats_the_default():
-    c = next(c for c in benchmark.default_contenders([("evo", EVOLVED)]) if c.name == "adamw")
+    c = next(c for c in default_contenders([("evo", EVOLVED)]) if c.name == "adamw")
     lo, hi = c.lr_range
     start = c.startup_params(6)
     assert start[0] == c.default_params()
@@ -403,8 +411,8 @@ def test_start_grid_spans_the_window_evenly_and_never_repeats_the_default():
     assert all(p["wd_log10"] == c.wd_log10 for p in start)
     assert c.startup_params(1) == [c.default_params()]
     # Lion's default (10^-4) sits one decade above its window's floor: no start point may repeat it.
-    for c in benchmark.default_contenders([("evo", EVOLVED)]):
+    for c in default_contenders([("evo", EVOLVED)]):
         for n in (2, 3, 4, 6, 8):
             xs = [p["lr_log10"] for p in c.startup_params(n)]
             assert len(xs) == n and min(abs(a - b) for i, a in enumerate(xs) for b in xs[i + 1:]) > 0.1, (c.name, n, xs)
-    assert [benchmark._rounds(n) for n in (1, 2, 4, 8)] == [[1], [2], [3, 4], [6, 8]]
+    assert [rounds(n) for n in (1, 2, 4, 8)] == [[1], [2], [3, 4], [6, 8]]
