@@ -22,13 +22,14 @@ import sys
 import threading
 import warnings
 from socketserver import ThreadingMixIn
-from typing import Any, Mapping, TextIO
+from typing import Any, TextIO
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import optuna
 from optuna.storages import BaseStorage
 
 from optsearch.errors import ConfigError
+from optsearch.search.note import config_markdown, write_study_note  # noqa: F401 (re-exported)
 from optsearch.search.storage import load_study, open_storage
 
 LOOPBACK = "127.0.0.1"
@@ -211,56 +212,3 @@ def serve(name: str, storage: str | None = None, host: str | None = None, port: 
     finally:
         server.shutdown()
     return 0
-
-
-# ----------------------------------------------------------------------------- notes
-def config_markdown(name: str, config: Mapping[str, Any]) -> str:
-    """The study config as Markdown: a sentence saying what is searched, then every setting in a table."""
-    tasks = list(config.get("tasks") or [])
-    per_task = config.get("objective") == "per_task"
-    lines = [f"# optsearch study `{name}`", ""]
-    if tasks:
-        mode = ("one objective per task (NSGA-II; see the Pareto front)" if per_task
-                else "one objective: fitness, the mean over tasks and seeds")
-        seeds = config.get("seeds")
-        lines += [
-            f"Evolves optimizers on **{', '.join(tasks)}**: population {config.get('population')} × "
-            f"{config.get('generations')} generations, {mode}; "
-            f"{len(seeds) if isinstance(seeds, list) else seeds} seed(s) per member.",
-            "",
-            "Fitness per task = validation accuracy + 0.05·max(0, 1 − mean train loss of the last 50 steps); "
-            "diverged members get −1. Each trial's user attributes hold its formula, generation, "
-            "per-task accuracy/loss/fitness and whether it diverged.",
-            "",
-        ]
-    lines += ["## Config", "", "| setting | value |", "|---|---|"]
-    for key, value in _flatten(config):
-        lines.append(f"| {key} | {_cell(value)} |")
-    return "\n".join(lines) + "\n"
-
-
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    rows: list[tuple[str, Any]] = []
-    for k, v in d.items():
-        if isinstance(v, Mapping) and v:
-            rows += _flatten(v, f"{prefix}{k}.")
-        else:
-            rows.append((f"{prefix}{k}", v))
-    return rows
-
-
-def _cell(v: Any) -> str:
-    if v is None:
-        return "default"
-    if isinstance(v, Mapping):
-        return "defaults" if not v else str(dict(v))
-    if isinstance(v, (list, tuple)):
-        return ", ".join(str(x) for x in v)
-    return str(v).replace("|", "\\|")
-
-
-def write_study_note(study: optuna.Study, config: Mapping[str, Any]) -> None:
-    """Save the study-level dashboard note (Markdown) describing the config, so the dashboard explains itself."""
-    from optuna_dashboard import save_note
-
-    save_note(study, config_markdown(study.study_name, config))

@@ -48,11 +48,12 @@ def create(name: str, *, preset: str | None = None, config_path: str | None = No
 
 
 def _write_dashboard_note(study: optuna.Study, cfg: StudyConfig) -> None:
+    from optsearch.search.note import write_study_note
+
     try:
-        from optsearch.dashboard import write_study_note
-    except ImportError:  # the dashboard module is optional at creation time
+        write_study_note(study, cfg.to_dict())
+    except ImportError:  # optuna-dashboard is optional at creation time
         return
-    write_study_note(study, cfg.to_dict())
 
 
 def list_text(*, storage: str | None = None) -> str:

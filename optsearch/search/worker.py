@@ -18,6 +18,9 @@ from optuna.trial import TrialState
 from optsearch.genome import Genome, define_search_space
 from optsearch.search.config import StudyConfig
 from optsearch.search.generations import best_value, completed_generations, free_slots, latest_state, unclaimed_trials
+from optsearch.search.noise import (
+    EVALUATIONS_ATTR, MEASURED_ATTR, UNIT_SEEDS_ATTR, combine, earlier_measurements, unit_seeds,
+)
 from optsearch.search.pruning import Pruning, pruner_for
 from optsearch.search.sampler import GAConfig, GeneticSampler, generation_and_member
 from optsearch.search.storage import Heartbeat, fail_dead_trials, mark_worker
@@ -93,13 +96,13 @@ class Worker:
                         trials.append(asked)
                 if not trials:
                     return
-                result = self._evaluate([t for t, _ in trials], [g for _, g in trials])
+                result = self._evaluate([t for t, _ in trials], [g for _, g in trials], unit_seeds(self.cfg, target))
             except BaseException:
                 for t, _ in trials:  # Ctrl-C or a crash: free the slots for the resume
                     _tell_quietly(self.study, t.number, TrialState.FAIL)
                 raise
         for (trial, genome), member in zip(trials, result.members):
-            self._tell(trial, member)
+            self._tell(trial, member, target)
         if self.bar is not None:
             self.bar.update(len(trials))
             best = best_value(self.study)
@@ -120,16 +123,17 @@ class Worker:
         trial.set_user_attr("formula", genome.formula())
         trial.set_user_attr("generation", int(generation))
         trial.set_user_attr("seeds", len(self.cfg.seeds))
+        trial.set_user_attr(UNIT_SEEDS_ATTR, unit_seeds(self.cfg, generation))
         return trial, genome
 
-    def _evaluate(self, trials: Sequence[optuna.Trial], genomes: Sequence[Genome]):
+    def _evaluate(self, trials: Sequence[optuna.Trial], genomes: Sequence[Genome], seeds: list[int]):
         from optsearch.train.evaluate import evaluate
 
         pruning = Pruning(self.cfg, trials)
         return evaluate(
             genomes,
             list(self.cfg.tasks),
-            seeds=list(self.cfg.seeds),
+            seeds=seeds,
             steps=self.cfg.steps,
             batch_size=self.cfg.batch_size,
             subsample=self.cfg.subsample,
@@ -139,7 +143,8 @@ class Worker:
             callback=pruning,
         )
 
-    def _tell(self, trial: optuna.Trial, member: Any) -> None:
+    def _tell(self, trial: optuna.Trial, member: Any, generation: int) -> None:
+        """Tell one member: PRUNED if it diverged or was pruned, else the mean over its genome's evaluations."""
         for task, scores in member.per_task.items():
             trial.set_user_attr(f"{task}_fitness", _finite(scores["fitness"]))
             trial.set_user_attr(f"{task}_accuracy", _finite(scores["accuracy"]))
@@ -148,10 +153,12 @@ class Worker:
         trial.set_user_attr("pruned", bool(member.pruned))
         if member.diverged or member.pruned:
             self.study.tell(trial, state=TrialState.PRUNED)
-        elif self.cfg.per_task:
-            self.study.tell(trial, [member.per_task[t]["fitness"] for t in self.cfg.tasks])
         else:
-            self.study.tell(trial, member.fitness)
+            own = [member.per_task[t]["fitness"] for t in self.cfg.tasks] if self.cfg.per_task else [member.fitness]
+            earlier = earlier_measurements(self.study, trial.params, generation)
+            trial.set_user_attr(MEASURED_ATTR, [float(v) for v in own])
+            trial.set_user_attr(EVALUATIONS_ATTR, 1 + len(earlier))
+            self.study.tell(trial, combine(own, earlier))
 
 
 def _finite(x: float) -> float | None:

@@ -1,0 +1,60 @@
+"""The study-level note optuna-dashboard shows: what is searched and every config setting, in Markdown.
+
+It lives in ``search`` because ``study create`` writes it; the dashboard only displays it."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import optuna
+
+def config_markdown(name: str, config: Mapping[str, Any]) -> str:
+    """The study config as Markdown: a sentence saying what is searched, then every setting in a table."""
+    tasks = list(config.get("tasks") or [])
+    per_task = config.get("objective") == "per_task"
+    lines = [f"# optsearch study `{name}`", ""]
+    if tasks:
+        mode = ("one objective per task (NSGA-II; see the Pareto front)" if per_task
+                else "one objective: fitness, the mean over tasks and seeds")
+        seeds = config.get("seeds")
+        lines += [
+            f"Evolves optimizers on **{', '.join(tasks)}**: population {config.get('population')} × "
+            f"{config.get('generations')} generations, {mode}; "
+            f"{len(seeds) if isinstance(seeds, list) else seeds} seed(s) per member.",
+            "",
+            "Fitness per task = validation accuracy + 0.05·max(0, 1 − mean train loss of the last 50 steps); "
+            "diverged members get −1. Each trial's user attributes hold its formula, generation, "
+            "per-task accuracy/loss/fitness and whether it diverged.",
+            "",
+        ]
+    lines += ["## Config", "", "| setting | value |", "|---|---|"]
+    for key, value in _flatten(config):
+        lines.append(f"| {key} | {_cell(value)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        if isinstance(v, Mapping) and v:
+            rows += _flatten(v, f"{prefix}{k}.")
+        else:
+            rows.append((f"{prefix}{k}", v))
+    return rows
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "default"
+    if isinstance(v, Mapping):
+        return "defaults" if not v else str(dict(v))
+    if isinstance(v, (list, tuple)):
+        return ", ".join(str(x) for x in v)
+    return str(v).replace("|", "\\|")
+
+
+def write_study_note(study: optuna.Study, config: Mapping[str, Any]) -> None:
+    """Save the study-level dashboard note (Markdown) describing the config, so the dashboard explains itself."""
+    from optuna_dashboard import save_note
+
+    save_note(study, config_markdown(study.study_name, config))
