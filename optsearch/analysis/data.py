@@ -11,7 +11,7 @@ read the sampler's parent records through :attr:`StudyData.study`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,7 @@ class StudyData:
         diverged, diverged_generation: trials that diverged (excluded from fitness effects).
         population: (generation, genome) of every trial that has a genome, for term frequencies.
         counts: trial counts by outcome.
+        repeats: after :meth:`distinct`, how many analysed trials each row merges (None before).
     """
 
     study: optuna.Study
@@ -57,6 +58,7 @@ class StudyData:
     diverged_generation: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
     population: list[tuple[int, Genome]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    repeats: np.ndarray | None = None
 
     @property
     def name(self) -> str:
@@ -65,6 +67,29 @@ class StudyData:
     @property
     def per_task(self) -> bool:
         return len(self.objective_names) > 1
+
+    def distinct(self) -> "StudyData":
+        """The analysed trials with repeated genomes merged into one row each (mean value, first generation).
+
+        An elite carried into the next generation is the same genome measured again. Left as separate
+        rows it would count as independent evidence, land on both sides of a cross-validation split
+        (so the surrogate scores its own memory) and be resampled as if i.i.d.; merged, each genome is
+        one observation whose value is the mean of its measurements. ``repeats`` says how many.
+        """
+        first: dict[tuple, int] = {}
+        rows: list[list[int]] = []
+        for i, g in enumerate(self.genomes):
+            key = tuple(sorted(g.to_params().items()))
+            if key not in first:
+                first[key] = len(rows)
+                rows.append([])
+            rows[first[key]].append(i)
+        pick = [r[0] for r in rows]
+        return replace(self, genomes=[self.genomes[i] for i in pick],
+                       y=np.array([self.y[r].mean() for r in rows]), numbers=self.numbers[pick],
+                       generation=self.generation[pick],
+                       values=np.array([self.values[r].mean(axis=0) for r in rows]).reshape(len(rows), -1),
+                       repeats=np.array([len(r) for r in rows], dtype=int))
 
 
 def trial_generation(t: FrozenTrial) -> int | None:

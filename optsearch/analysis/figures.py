@@ -8,12 +8,14 @@ every function takes the :class:`~optsearch.analysis.data.StudyData` or
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from optsearch.analysis.importance import PRIMS, SWITCHES, Importance
+from optsearch.analysis.adjusted import SCOPE as ADJUSTED
 from optsearch.analysis.data import StudyData
 from optsearch.analysis.evolution import pareto_mask
 from optsearch.analysis.principles import TOP_QUANTILE, Principle, departs, departure_label, pct
@@ -192,6 +194,8 @@ def write_figures(result: Analysis, out: Path) -> list[Path]:
 
 def _short(p: Principle) -> str:
     """A principle's name for a dashboard card, where long labels would crowd out the plot."""
+    if p.scope == ADJUSTED:
+        return _short(replace(p, scope="all")) + " (adjusted)"
     if p.kind == "primitive":
         return f"+ {p.key}"
     if p.kind == "continuous":

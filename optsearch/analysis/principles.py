@@ -94,7 +94,7 @@ def _gene(x: float) -> str:
     return f"{x:.3g}".replace("-", "−")
 
 
-def _rng(seed: int, key: str) -> np.random.Generator:
+def rng_for(seed: int, key: str) -> np.random.Generator:
     """A generator per comparison, so each interval is reproducible whatever else is computed."""
     return np.random.default_rng([seed, zlib.crc32(key.encode())])
 
@@ -114,7 +114,7 @@ def _compare(kind: str, key: str, scope: str, label: str, y: np.ndarray, mask: n
     if len(a) < MIN_GROUP or len(b) < MIN_GROUP:
         sentence = (f"{label}: not established (too few trials to compare: {len(a):,} with, {len(b):,} without)")
         return Principle(kind, key, scope, label, None, None, n, len(a), len(b), False, sentence)
-    d, lo, hi = bootstrap_diff(a, b, _rng(seed, f"{kind}/{key}/{scope}"))
+    d, lo, hi = bootstrap_diff(a, b, rng_for(seed, f"{kind}/{key}/{scope}"))
     ok = lo > 0 or hi < 0
     if percent:
         body = f"{fmt(100 * d, digits=1)} points (95 % CI {fmt(100 * lo, digits=1)}…{fmt(100 * hi, digits=1)}"
@@ -201,7 +201,7 @@ def continuous_principles(genomes: Sequence[Genome], y: np.ndarray, *, surrogate
             pd_text = (f"; the surrogate's partial dependence peaks at {_gene(grid[np.argmax(pd)])} "
                        f"(swing {fmt(float(pd.max() - pd.min()), signed=False)})")
         # Held-out test: the top range is found on half A and scored on half B.
-        perm = _rng(seed, f"split/{gene}").permutation(n)
+        perm = rng_for(seed, f"split/{gene}").permutation(n)
         a, b = perm[: n // 2], perm[n // 2:]
         ka = max(1, int(round(top * len(a))))
         best_a = x[a][np.argsort(-yy[a])[:ka]]

@@ -196,8 +196,14 @@ def principles_markdown(result: Analysis, *, images: Sequence[str] = ()) -> str:
         "tested on the other half. Diverged trials are excluded from fitness effects (their fitness is a sentinel) "
         f"and compared by divergence rate instead. {n_ci} intervals are computed, so at 95 % about {0.05 * n_ci:.0f} may "
         "exclude zero by chance: trust effects that are large, hold among the top trials too, and agree with the importances. "
-        "Trials of an evolutionary search are not a randomised experiment: an effect is an association within what "
-        "the search sampled.",
+        "Trials of an evolutionary search are not a randomised experiment: a plain difference is an association within "
+        "what the search sampled, and selection on fitness biases it (a survivor lacking one good gene tends to carry "
+        "another). The effects marked *with the other genes held fixed* correct for that: each is the coefficient of the "
+        "departure in one additive regression over the whole genome (indicators for switches and primitives, a "
+        "piecewise-linear spline per continuous gene), with bootstrap intervals that resample genomes within each "
+        f"generation. Repeated genomes (elites carried over and re-measured) are merged first: the {len(d.y):,} analysed "
+        f"trials are {len(result.distinct.y):,} distinct genomes, each one observation (its mean), so the forest's "
+        "cross-validation never sees a genome on both sides of a split.",
         "",
     ]
     return "\n".join(lines)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from optsearch.analysis.adjusted import adjusted_principles
 from optsearch.analysis.data import StudyData
 from optsearch.analysis.importance import Features, Importance, compute_importance, genome_features
 from optsearch.analysis.principles import Principle, compute_principles
@@ -20,9 +21,14 @@ from optsearch.analysis.principles import Principle, compute_principles
 
 @dataclass
 class Analysis:
-    """The result of :func:`analyze`: what the figures draw and the report writes."""
+    """The result of :func:`analyze`: what the figures draw and the report writes.
+
+    ``data`` holds every analysed trial (the history figures draw them all); ``distinct`` the same
+    with repeated genomes merged, which is what the importances and principles are computed on.
+    """
 
     data: StudyData
+    distinct: StudyData
     features: Features
     importance: Importance
     principles: list[Principle]
@@ -34,7 +40,7 @@ class Analysis:
             "study": d.name,
             "objective": d.objective,
             "objective_label": d.label,
-            "counts": d.counts,
+            "counts": {**d.counts, "distinct_genomes": len(self.distinct.genomes)},
             "excluded": ("diverged trials carry a sentinel fitness, not a measurement: they are excluded from the "
                          "fitness effects and reported separately as divergence-rate effects; pruned trials have "
                          "no final value and are excluded"),
@@ -46,13 +52,20 @@ class Analysis:
 
 
 def analyze(data: StudyData, *, seed: int = 0) -> Analysis:
-    """Importances and principles of the loaded trials (nothing is written)."""
+    """Importances and principles of the loaded trials' distinct genomes (nothing is written).
+
+    Repeated genomes are merged first (:meth:`StudyData.distinct`), so the surrogate's K-fold CV is
+    grouped by genome (no genome on both sides of a split) and every resampling counts a genome once;
+    the effects with the other genes held fixed resample within generations.
+    """
     t0 = time.perf_counter()
-    features = genome_features(data.genomes)
-    imp = compute_importance(data.genomes, data.y, seed=seed, features=features)
-    principles = compute_principles(data.genomes, data.y, diverged=data.diverged, surrogate=imp.surrogate,
+    d = data.distinct()
+    features = genome_features(d.genomes)
+    imp = compute_importance(d.genomes, d.y, seed=seed, features=features)
+    principles = compute_principles(d.genomes, d.y, diverged=data.diverged, surrogate=imp.surrogate,
                                     features=features, unit=data.label, seed=seed)
-    return Analysis(data, features, imp, principles, time.perf_counter() - t0)
+    principles += adjusted_principles(d.genomes, d.y, d.generation, unit=data.label, seed=seed)
+    return Analysis(data, d, features, imp, principles, time.perf_counter() - t0)
 
 
 __all__ = ["Analysis", "analyze"]
