@@ -1,0 +1,70 @@
+"""A benchmark's settings: tasks, seeds, tuning budget, training budget; what a tuning study's key depends on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from optsearch.errors import ConfigError
+
+DEFAULT_HELD_OUT: tuple[str, ...] = ("mnist", "fashion_mnist")
+TUNE_SEEDS: tuple[int, ...] = (0,)
+FINAL_SEED_BASE = 1000
+"""Final seeds are FINAL_SEED_BASE, FINAL_SEED_BASE + 1, …: disjoint from tuning and search seeds."""
+TUNING_PROTOCOL = "default in place of its nearest of n equal log-lr cells, other cell centres, then TPE; window -2.5..+1.5 decades"
+"""Part of every tuning study's key: studies tuned under an older protocol are not reused."""
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """The budget every contender gets, per task."""
+
+    tasks: tuple[str, ...]
+    searched: frozenset[str] = frozenset()
+    """Every task the evolved genome was searched on, benchmarked here or not (the report names them all,
+    so a held-out-only benchmark does not read as if the genome had been selected on nothing)."""
+    seeds: int = 5
+    trials: int = 8
+    steps: int | None = None
+    batch_size: int | None = None
+    subsample: int | None = None
+    tune_seeds: tuple[int, ...] = TUNE_SEEDS
+    device: str | None = None
+    data_dir: str | None = None
+    sampler_seed: int = 0
+    curve_points: int = 25
+    """Points per learning curve (the evaluator's checkpoint spacing; no pruning callback is used)."""
+
+    def checkpoint_every(self, task: str) -> int:
+        from optsearch.train.tasks import get_task
+
+        return max(1, (self.steps or get_task(task).steps) // self.curve_points)
+
+    @property
+    def final_seeds(self) -> tuple[int, ...]:
+        return tuple(range(FINAL_SEED_BASE, FINAL_SEED_BASE + self.seeds))
+
+    def validate(self) -> None:
+        from optsearch.train.tasks import get_task
+
+        if not self.tasks:
+            raise ConfigError("the benchmark needs at least one task")
+        for t in self.tasks:
+            get_task(t)
+        if self.seeds < 2:
+            raise ConfigError(f"--seeds must be ≥ 2 for a confidence interval (≥ 5 recommended), got {self.seeds}")
+        if self.trials < 1:
+            raise ConfigError(f"--trials must be ≥ 1, got {self.trials}")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"--steps must be ≥ 1, got {self.steps}")
+        if self.subsample is not None and self.subsample < 1:
+            raise ConfigError(f"--subsample must be ≥ 1, got {self.subsample}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be ≥ 1, got {self.batch_size}")
+        if set(self.final_seeds) & set(self.tune_seeds):
+            raise ConfigError("final seeds must differ from the tuning seeds")
+
+    def unit_settings(self, task: str) -> dict[str, Any]:
+        """What a tuning result depends on besides the contender (part of the study key)."""
+        return {"task": task, "steps": self.steps, "batch_size": self.batch_size, "subsample": self.subsample,
+                "tune_seeds": list(self.tune_seeds), "sampler_seed": self.sampler_seed, "protocol": TUNING_PROTOCOL}

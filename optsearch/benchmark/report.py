@@ -1,0 +1,101 @@
+"""The benchmark's Markdown report: protocol, one table per task, one aggregate table per group."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from optsearch import stats
+from optsearch.benchmark.contenders import LR_ABOVE, LR_BELOW, PAPER
+from optsearch.benchmark.results import AT_CHANCE, BenchmarkResult, TaskResult, at_chance
+from optsearch.benchmark.tuning import Tuned
+
+
+_SCHEDULE_TEXT = {"cosine": "cosine decay", "constant": "a constant lr",
+                  "mixed": "their own schedules (some with cosine decay, some constant)"}
+
+
+def _verdict(diff: stats.Interval | None, ref: str) -> str:
+    if diff is None:
+        return "(reference)"
+    if not math.isfinite(diff.lo):
+        return "n/a"
+    return {1: f"{ref} better", -1: f"{ref} worse", 0: "no clear difference"}[diff.sign]
+
+
+def _fmt_params(tuned: Tuned) -> tuple[str, str]:
+    lr = f"{10 ** tuned.params['lr_log10']:.2g}"
+    wd = f"{10 ** tuned.params['wd_log10']:.2g}" if "wd_log10" in tuned.params else "—"
+    return lr, wd
+
+
+def markdown(result: BenchmarkResult) -> str:
+    """The report: protocol, one table per task, one aggregate table per group (held-out first)."""
+    from optsearch.train.tasks import WORST_FITNESS
+
+    cfg, ref = result.config, result.reference
+    ref_c = next(c for c in result.contenders if c.name == ref)
+    lines = [f"# Benchmark: {result.name}", ""]
+    lines.append(f"Reference (evolved): **{ref}** — `{ref_c.formula()}`")
+    lines.append("")
+    lines.append(
+        f"Protocol: every contender's learning rate (and weight decay, where it has one) was tuned with "
+        f"**{cfg.trials} trials** each (Optuna TPE, seed {cfg.sampler_seed}; the contender's default is one of them; "
+        f"lr from {LR_BELOW:g} decades below its default to {LR_ABOVE:g} above, default in place of its nearest of equal log-lr cells, the other cells' centres, then TPE) on the validation split with tuning seed(s) "
+        f"{', '.join(map(str, cfg.tune_seeds))}; then each ran with its tuned setting on **{cfg.seeds} seeds** "
+        f"({cfg.final_seeds[0]}…{cfg.final_seeds[-1]}), scored on the **test** split. Steps: "
+        f"{cfg.steps or 'task default'}; batch: {cfg.batch_size or 'task default'}; training examples: "
+        f"{cfg.subsample or 'task default'}. Every contender sees the same initial weights and batches per seed. "
+        f"Baselines (genomes and Muon) run with {_SCHEDULE_TEXT[result.baseline_schedule]}; evolved genomes keep their "
+        f"own schedule. A diverged seed scores chance-level accuracy; a seed that did not diverge but ended within "
+        f"{100 * AT_CHANCE:g} points of chance is counted as *at chance* (a collapsed run).")
+    lines.append("")
+    lines.append(f"Test accuracy in %, mean ± half-width of the 95 % t interval over seeds. "
+                 f"Δ = {ref} − contender in accuracy points, paired per seed, with its 95 % paired t interval; "
+                 f"the verdict says whether that interval excludes 0.")
+    if cfg.seeds < 5:
+        lines += ["", f"**Warning:** only {cfg.seeds} seeds; intervals are wide and fragile (use ≥ 5)."]
+    lines.append("")
+    lines.append(f"{ref} was searched on: {', '.join(sorted(cfg.searched)) or 'unknown (no study given, so every task counts as held-out)'}. Here, searched tasks: "
+                 f"{', '.join(t for t in cfg.tasks if t in cfg.searched) or 'none'}; held-out tasks: "
+                 f"{', '.join(t for t in cfg.tasks if t not in cfg.searched) or 'none'}.")
+    if any(c.name == PAPER for c in result.contenders):
+        lines.append(f"`{PAPER}` was selected by its authors on mnist, fashion_mnist and cifar10 (their test splits).")
+    for group, ts in result.groups().items():
+        lines += ["", f"## {group.capitalize()} tasks", ""]
+        for t in ts:
+            r = result.tasks[t]
+            lines += [f"### {t} ({group})", ""]
+            lines += _table(result, result.summary(r.accuracy), r)
+            lines.append("")
+        lines += [f"### Aggregate over {group} tasks ({', '.join(ts)})", "",
+                  "Per seed, the mean test accuracy over these tasks; then the interval over seeds.", ""]
+        lines += _table(result, result.summary(lambda c, ts=ts: result.aggregate(ts, c)), None)
+    if any(tu.value <= WORST_FITNESS for r in result.tasks.values() for tu in r.tuned.values()):
+        lines += ["", f"val fitness *all diverged*: every tuning trial of that contender diverged on that task, so "
+                      f"no setting was better than another and the one shown is its first trial (its default)."]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _table(result: BenchmarkResult, summ: dict[str, dict[str, Any]], r: TaskResult | None) -> list[str]:
+    from optsearch.train.tasks import WORST_FITNESS
+
+    ref = result.reference
+    head = "| contender | " + ("tuned lr | tuned wd | val fitness | " if r else "") + \
+           f"test acc % | Δ vs {ref} (pp) | verdict |" + (" diverged / at chance |" if r else "")
+    out = [head, "|" + "---|" * (head.count("|") - 1)]
+    for c in result.contenders:
+        s = summ[c.name]
+        diff = s["diff"]
+        cells = [f"{c.name}{' *' if c.role == 'evolved' else ''}"]
+        if r:
+            lr, wd = _fmt_params(r.tuned[c.name])
+            v = r.tuned[c.name].value
+            cells += [lr, wd, "*all diverged*" if v <= WORST_FITNESS else f"{v:.4f}"]
+        cells += [s["interval"].fmt(100), "—" if diff is None else diff.fmt(100, signed=True), _verdict(diff, ref)]
+        if r:
+            units = r.scores[c.name]
+            cells.append(f"{sum(u.diverged for u in units)} / {sum(at_chance(u, r.task) for u in units)}")
+        out.append("| " + " | ".join(cells) + " |")
+    return out
