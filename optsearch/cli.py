@@ -117,6 +117,8 @@ def _cmd_benchmark(a: argparse.Namespace) -> int:
             device=a.device,
             data_dir=a.data_dir,
             baseline_schedule=a.baseline_schedule,
+            contenders=a.contenders,
+            tune_seeds=a.tune_seeds,
         )
     )
     return 0
@@ -202,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seeds", type=int, default=5, help="seeds per contender and task (default 5)")
     sp.add_argument("--steps", type=int, help="training steps (default: each task's)")
     sp.add_argument("--trials", type=int, default=8, help="tuning trials per contender and task (default 8)")
+    sp.add_argument("--tune-seeds", type=int, default=2,
+                    help="seeds each tuning trial is scored on, by mean fitness (default 2, at least 2)")
+    sp.add_argument("--contenders", help="comma-separated baselines to run (default all: sgd_momentum, adam, adamw, "
+                                         "rmsprop, lion, paper_evolved, muon); the evolved genome is always run")
     sp.add_argument("--subsample", type=int, help="training examples per task (default: the task's)")
     sp.add_argument("--batch-size", type=int, help="batch size (default: each task's)")
     sp.add_argument("--baseline-schedule", choices=("cosine", "constant"), default="cosine",

@@ -258,6 +258,9 @@ def test_interval_of_one_value_is_undefined_not_zero_width():
         (["benchmark", "--genome", "adam", "--batch-size", "0", "--tasks", "digits"], "--batch-size must be ≥ 1"),
         (["benchmark", "--genome", "adam", "--tasks", "digits,nope"], "unknown task 'nope'"),
         (["benchmark", "--genome", "no_such_genome", "--tasks", "digits"], "unknown genome 'no_such_genome'"),
+        (["benchmark", "--genome", "adam", "--tasks", "digits", "--contenders", "adam,adamx"], "unknown contender(s) adamx"),
+        (["benchmark", "--genome", "adam", "--tasks", "digits", "--contenders", ","], "unknown contender(s)"),
+        (["benchmark", "--genome", "adam", "--tasks", "digits", "--tune-seeds", "1"], "--tune-seeds must be ≥ 2"),
     ],
 )
 def test_bad_benchmark_input_exits_2_with_one_line(argv, message, capsys, tmp_path):
@@ -265,6 +268,41 @@ def test_bad_benchmark_input_exits_2_with_one_line(argv, message, capsys, tmp_pa
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and message in err
     assert not (tmp_path / "out").exists()
+
+
+def test_contenders_flag_keeps_the_evolved_genome_and_only_the_named_baselines(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake_run(name, evolved, cfg, **kw):
+        seen["names"] = [c.name for c in default_contenders(evolved, only=kw["only"])]
+        seen["tune_seeds"] = cfg.tune_seeds
+        raise SystemExit(0)
+
+    monkeypatch.setattr(runner, "run_benchmark", fake_run)
+    with pytest.raises(SystemExit):
+        main(["benchmark", "--genome", "adam", "--tasks", "digits", "--contenders", "lion, muon,lion",
+              "--tune-seeds", "3", "--storage", f"sqlite:///{tmp_path / 'db.sqlite'}"])
+    assert seen == {"names": ["adam", "lion", "muon"], "tune_seeds": (0, 1, 2)}
+
+
+def test_tuning_scores_the_mean_over_the_tuning_seeds(monkeypatch, tmp_path):
+    """A trial's value is the mean over the tuning seeds: one lucky seed cannot pick an lr alone."""
+    from optsearch.benchmark import tuning
+
+    calls = []
+
+    def fake(task, settings, seeds, cfg, *, split):
+        calls.append((tuple(seeds), split))
+        return [[UnitScore(accuracy=0.5, loss=1.0, fitness=0.9 if s == 0 else 0.1, diverged=False, curve=[])
+                 for s in seeds] for _ in settings]
+
+    monkeypatch.setattr(tuning, "evaluate_settings", fake)
+    cfg = BenchmarkConfig(tasks=("digits",), trials=2, steps=5)
+    assert cfg.tune_seeds == (0, 1)
+    out = tune([genome_contender("adam", Genome.named("adam"), "baseline")], "digits", cfg,
+               f"sqlite:///{tmp_path / 'db.sqlite'}")
+    assert calls and all(c == ((0, 1), "val") for c in calls)
+    assert out["adam"].value == pytest.approx(0.5)
 
 
 def test_contender_windows_have_equal_width_and_names_are_unique():

@@ -8,7 +8,8 @@ from typing import Any
 from optsearch.errors import ConfigError
 
 DEFAULT_HELD_OUT: tuple[str, ...] = ("mnist", "fashion_mnist")
-TUNE_SEEDS: tuple[int, ...] = (0,)
+TUNE_SEEDS: tuple[int, ...] = (0, 1)
+"""Tuning scores the mean fitness over these seeds, so an lr at the edge of stability is not picked on one lucky seed."""
 FINAL_SEED_BASE = 1000
 """Final seeds are FINAL_SEED_BASE, FINAL_SEED_BASE + 1, …: disjoint from tuning and search seeds."""
 TUNING_PROTOCOL = "default in place of its nearest of n equal log-lr cells, other cell centres, then TPE; window -2.5..+1.5 decades"
@@ -61,6 +62,9 @@ class BenchmarkConfig:
             raise ConfigError(f"--subsample must be ≥ 1, got {self.subsample}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"--batch-size must be ≥ 1, got {self.batch_size}")
+        if len(set(self.tune_seeds)) < 2:
+            raise ConfigError(f"--tune-seeds must be ≥ 2 (one seed lets a lucky edge-of-stability lr win), "
+                              f"got {len(set(self.tune_seeds))}")
         if set(self.final_seeds) & set(self.tune_seeds):
             raise ConfigError("final seeds must differ from the tuning seeds")
 

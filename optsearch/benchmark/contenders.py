@@ -115,11 +115,27 @@ def muon_contender(*, cosine: bool = True) -> Contender:
     return Contender(MUON, "baseline", None, adamw.lr_log10, adamw.wd_log10, cosine=cosine)
 
 
+CHOICES: tuple[str, ...] = (*BASELINE_NAMES, PAPER, MUON)
+"""The names ``--contenders`` accepts (the evolved genome is always in the benchmark)."""
+
+
+def parse_contenders(spec: str | None) -> tuple[str, ...] | None:
+    """``"adam, lion"`` -> ("adam", "lion"); None or empty means every contender. Unknown names are an error."""
+    if spec is None:
+        return None
+    names = tuple(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip()))
+    unknown = [n for n in names if n not in CHOICES]
+    if unknown or not names:
+        raise ConfigError(f"unknown contender(s) {', '.join(unknown) or repr(spec)}; choose from {', '.join(CHOICES)}")
+    return names
+
+
 def default_contenders(evolved: Sequence[tuple[str, Genome]], *, muon: bool = True,
-                       baseline_schedule: str = "cosine") -> list[Contender]:
+                       baseline_schedule: str = "cosine", only: Sequence[str] | None = None) -> list[Contender]:
     """Evolved genome(s) first, then the baselines, the paper's genome and Muon (names deduplicated).
 
     Args:
+        only: restrict the non-evolved contenders to these names (:data:`CHOICES`); None keeps them all.
         baseline_schedule: ``cosine`` gives every baseline genome cosine decay (a tuned baseline in
             today's practice has a schedule, and the evolved genome may carry one of its own);
             ``constant`` uses the named genomes as they are.
@@ -133,16 +149,17 @@ def default_contenders(evolved: Sequence[tuple[str, Genome]], *, muon: bool = Tr
             raise ConfigError(f"two evolved genomes are named {name!r}")
         seen.add(name)
         out.append(genome_contender(name, g, "evolved"))
+    keep = set(CHOICES if only is None else only)
     for name in BASELINE_NAMES:
-        if name not in seen:
+        if name not in seen and name in keep:
             g = Genome.named(name)
             if baseline_schedule == "cosine":
                 g = replace(g, cosine_decay=True)
             out.append(genome_contender(name, g, "baseline"))
             seen.add(name)
-    if PAPER not in seen:
+    if PAPER not in seen and PAPER in keep:
         out.append(genome_contender(PAPER, Genome.named(PAPER), "paper"))
         seen.add(PAPER)
-    if muon and MUON not in seen:
+    if muon and MUON not in seen and MUON in keep:
         out.append(muon_contender(cosine=baseline_schedule == "cosine"))
     return out

@@ -27,8 +27,8 @@ import json
 from pathlib import Path
 from typing import Callable, Sequence
 
-from optsearch.benchmark.config import DEFAULT_HELD_OUT, BenchmarkConfig
-from optsearch.benchmark.contenders import Contender, default_contenders
+from optsearch.benchmark.config import DEFAULT_HELD_OUT, TUNE_SEEDS, BenchmarkConfig
+from optsearch.benchmark.contenders import Contender, default_contenders, parse_contenders
 from optsearch.benchmark.plots import plot_bars, plot_curves
 from optsearch.benchmark.report import markdown
 from optsearch.benchmark.results import HELD_OUT, SEARCHED, BenchmarkResult, TaskResult, jsonable, scored
@@ -55,7 +55,7 @@ def write_outputs(result: BenchmarkResult, out_dir: str | Path) -> dict[str, Pat
 def run_benchmark(name: str, evolved: Sequence[tuple[str, Genome]], cfg: BenchmarkConfig, *,
                   storage: str | None = None, out_dir: str | Path | None = None,
                   contenders: Sequence[Contender] | None = None, muon: bool = True,
-                  baseline_schedule: str = "cosine", log: Callable[[str], None] = lambda s: None) -> BenchmarkResult:
+                  baseline_schedule: str = "cosine", only: Sequence[str] | None = None, log: Callable[[str], None] = lambda s: None) -> BenchmarkResult:
     """Tune every contender on every task (reusing stored tuning studies), score them on the test split.
 
     Args:
@@ -65,7 +65,7 @@ def run_benchmark(name: str, evolved: Sequence[tuple[str, Genome]], cfg: Benchma
         cfg: tasks, which of them were searched, seeds, trials, budget.
         storage: where the tuning studies live (default: the project's default storage).
         contenders: the full list (default: :func:`default_contenders`).
-        muon, baseline_schedule: passed to :func:`default_contenders` (unused when ``contenders`` is
+        muon, baseline_schedule, only: passed to :func:`default_contenders` (unused when ``contenders`` is
             given: the report reads the baselines' schedule from the contenders themselves).
         log: progress lines.
     """
@@ -75,7 +75,7 @@ def run_benchmark(name: str, evolved: Sequence[tuple[str, Genome]], cfg: Benchma
     cfg.validate()
     for t in cfg.tasks:  # a missing dataset fails before any tuning trial is created
         get_task(t).read(resolve_data_dir(cfg.data_dir))
-    cs = list(contenders) if contenders is not None else default_contenders(evolved, muon=muon,
+    cs = list(contenders) if contenders is not None else default_contenders(evolved, muon=muon, only=only,
                                                                              baseline_schedule=baseline_schedule)
     names = [c.name for c in cs]
     if len(set(names)) != len(names):
@@ -105,13 +105,15 @@ def _genome_label(spec: str) -> str:
 def run_cli(study_name: str | None = None, genome_files: Sequence[str] = (), tasks: str | None = None,
             seeds: int = 5, steps: int | None = None, trials: int = 8, subsample: int | None = None,
             batch_size: int | None = None, out_dir: str | None = None, storage: str | None = None, device: str | None = None,
-            data_dir: str | None = None, baseline_schedule: str = "cosine") -> str:
+            data_dir: str | None = None, baseline_schedule: str = "cosine", contenders: str | None = None,
+            tune_seeds: int = len(TUNE_SEEDS)) -> str:
     """``python -m optsearch benchmark``: returns the report text (the files are in the output folder)."""
     import sys
     import time
 
     if not study_name and not genome_files:
         raise ConfigError("give a study NAME or at least one --genome FILE|NAME to benchmark")
+    only = parse_contenders(contenders)
     evolved: list[tuple[str, Genome]] = []
     searched: frozenset[str] = frozenset()
     study_tasks: tuple[str, ...] = ()
@@ -137,7 +139,8 @@ def run_cli(study_name: str | None = None, genome_files: Sequence[str] = (), tas
         if not torch.cuda.is_available():
             raise ConfigError(f"device {device!r} requested but CUDA is not available on this machine")
     cfg = BenchmarkConfig(tasks=task_list, searched=searched, seeds=seeds, trials=trials,
-                          steps=steps, batch_size=batch_size, subsample=subsample, device=device, data_dir=data_dir)
+                          steps=steps, batch_size=batch_size, subsample=subsample, device=device, data_dir=data_dir,
+                          tune_seeds=tuple(range(tune_seeds)))
     name = study_name or evolved[0][0]
     out = Path(out_dir) if out_dir else Path("reports") / f"benchmark-{name.replace('/', '_').replace('#', '-')}"
     t0 = time.perf_counter()
@@ -146,7 +149,7 @@ def run_cli(study_name: str | None = None, genome_files: Sequence[str] = (), tas
         print(f"[{time.perf_counter() - t0:7.1f} s] {msg}", file=sys.stderr, flush=True)
 
     result = run_benchmark(name, evolved, cfg, storage=storage, out_dir=out, baseline_schedule=baseline_schedule,
-                           log=log)
+                           only=only, log=log)
     text = markdown(result)
     return f"{text}\nwrote {out}/report.md, results.json, bars.png, curves.png ({time.perf_counter() - t0:.0f} s)"
 
