@@ -17,6 +17,7 @@ from optsearch.search.sampler import (
     MEMBER_KEY,
     ORIGIN_KEY,
     PARENTS_KEY,
+    REPLACED_KEY,
     SPACE,
     GAConfig,
     generation_and_member,
@@ -394,19 +395,23 @@ def test_nsga_elites_are_the_first_fronts_and_beat_random_search():
     assert sorted(gens) == list(range(n_gen))
     sampler = study.sampler
     nondominated_elites = 0
+    pool: list[FrozenTrial] = []
     for g in range(n_gen - 1):
         done = [t for t in gens[g] if t.state == TrialState.COMPLETE]
-        ranks = dict(zip((t.number for t in done), nd_ranks([tuple(t.values) for t in done])))
+        newest = {tuple(sorted(gene_params(t).items())): t for t in [*pool, *done]}  # parents + children
+        merged = list(newest.values())
+        ranks = dict(zip((t.number for t in merged), nd_ranks([tuple(t.values) for t in merged])))
         pool = sampler.get_parent_population(study, g + 1)  # ranked, from the cache
-        assert {t.number for t in pool} == set(ranks)
+        assert {t.number for t in pool} <= set(ranks) and len(pool) == min(p, len(merged))
         pool_ranks = [ranks[t.number] for t in pool]
         assert pool_ranks == sorted(pool_ranks)  # fronts in order
+        left_out = [r for n, r in ranks.items() if n not in {t.number for t in pool}]
+        assert max(pool_ranks) <= min(left_out, default=99)  # survival by front
         elite_ids = [t.number for t in pool[:elites]]
         nxt = sorted(gens[g + 1], key=lambda t: t.system_attrs[MEMBER_KEY])
         assert [t.system_attrs[PARENTS_KEY] for t in nxt[:elites]] == [[i] for i in elite_ids]
-        assert max(ranks[i] for i in elite_ids) <= min((r for n, r in ranks.items() if n not in elite_ids), default=99)
         front0 = [n for n, r in ranks.items() if r == 0]
-        if len(front0) >= elites:  # the elites then form a non-dominated set of the generation
+        if len(front0) >= elites:  # the elites then form a non-dominated set
             vals = [tuple(by_num.values) for by_num in pool[:elites]]
             assert not any(dominates(u, v) for u in vals for v in vals)
             assert all(ranks[i] == 0 for i in elite_ids)
@@ -457,3 +462,83 @@ def test_concurrent_asks_never_share_a_member_slot(tmp_path):
     by_member = {t.system_attrs[MEMBER_KEY]: t.params for t in trials}
     seeds = [g.to_params() for _, g in GeneticSampler(population_size=12, seed=0).config.seed_genomes()]
     assert [by_member[i] for i in range(len(seeds))] == seeds  # the baselines, each once
+
+
+# ----------------------------------------------------------------------------- NSGA-II survival (issue 13.1)
+def three(g: Genome) -> tuple[float, float, float]:
+    """Three conflicting objectives: lr position, its opposite, and β1."""
+    x = (g.lr_log10 - FLOAT_RANGES["lr_log10"][0]) / (FLOAT_RANGES["lr_log10"][1] - FLOAT_RANGES["lr_log10"][0])
+    return x, 1.0 - x, g.beta1
+
+
+def _frozen(values: list[tuple], members: list[int] | None = None) -> list[FrozenTrial]:
+    study = optuna.create_study(directions=["maximize"] * len(values[0]))
+    for i, v in enumerate(values):
+        attrs = {MEMBER_KEY: (members or list(range(len(values))))[i]}
+        study.add_trial(optuna.trial.create_trial(values=list(v), params={}, distributions={}, system_attrs=attrs))
+    return study.trials
+
+
+def test_nsga_ranking_puts_each_objectives_best_first_not_the_lowest_member():
+    # Members 0-2 are boundary points (worst on some objective: crowding +inf) of the one front;
+    # the best point of each objective has a high member index.
+    values = [(0.0, 0.5, 0.5), (0.5, 0.0, 0.5), (0.5, 0.5, 0.0), (0.4, 0.4, 0.4),
+              (1.0, 0.1, 0.1), (0.1, 1.0, 0.1), (0.1, 0.1, 1.0)]
+    trials = _frozen(values)
+    directions = [optuna.study.StudyDirection.MAXIMIZE] * 3
+    for seed in range(5):
+        ranked = rank_nsga2(trials, directions, rng=np.random.default_rng(seed))
+        assert {t.number for t in ranked[:3]} == {4, 5, 6}, [t.number for t in ranked]
+    # ties in crowding distance are broken by the seeded RNG: reproducible, and not always member order
+    orders = {tuple(t.number for t in rank_nsga2(trials, directions, rng=np.random.default_rng(s))) for s in range(20)}
+    assert len(orders) > 1
+    again = [t.number for t in rank_nsga2(trials, directions, rng=np.random.default_rng(3))]
+    assert again == [t.number for t in rank_nsga2(trials, directions, rng=np.random.default_rng(3))]
+
+
+def test_nsga_survival_keeps_each_objectives_best_ever_and_is_mu_plus_lambda():
+    p, n_gen = 8, 6
+    study = make_study(population=p, directions=3, elites=2, seed=3)
+    drive(study, n_gen, three)
+    gens = by_generation(study)
+    seen: list[FrozenTrial] = []
+    for g in range(n_gen - 1):
+        seen += [t for t in gens[g] if t.state == TrialState.COMPLETE]
+        pool = study.sampler.get_parent_population(study, g + 1)
+        assert len(pool) == min(p, len({tuple(sorted(gene_params(t).items())) for t in seen}))
+        for k in range(3):  # the best point of every objective so far survives, whatever its generation
+            assert max(t.values[k] for t in pool) == max(t.values[k] for t in seen), (g, k)
+        # real survival: the pool is the best of parents + children, not only the last generation
+        if g > 0:
+            assert any(t.system_attrs[GENERATION_KEY] < g for t in pool) or all(
+                t.system_attrs[GENERATION_KEY] == g for t in pool)
+        ranks = nd_ranks([tuple(t.values) for t in pool])
+        assert ranks == sorted(ranks)  # fronts in order
+
+
+# ----------------------------------------------------------------------------- a slot that always fails (13.4)
+def test_a_slot_that_always_fails_gets_a_fresh_child_after_the_retry_cap():
+    bad = NAMED[BASELINES[0]].to_params()  # generation 0, member 0
+
+    def objective(trial: optuna.Trial) -> float:
+        g = define_search_space(trial)
+        if g.to_params() == bad:
+            raise RuntimeError("this genome always fails")
+        return single(g)
+
+    study = make_study(population=4, slot_retries=2)
+    study.optimize(objective, n_trials=12, catch=(RuntimeError,))
+    slot = [t for t in study.trials if t.system_attrs[GENERATION_KEY] == 0 and t.system_attrs[MEMBER_KEY] == 0]
+    assert [t.state for t in slot] == [TrialState.FAIL] * 3 + [TrialState.COMPLETE]
+    assert all(gene_params(t) == bad for t in slot[:3])
+    fresh = slot[3]
+    assert gene_params(fresh) != bad and fresh.system_attrs[ORIGIN_KEY] == "random"
+    assert "failed 3 times" in fresh.system_attrs[REPLACED_KEY]
+    assert 1 in by_generation(study)  # the study moved on
+    assert len([t for t in study.trials if t.state == TrialState.FAIL]) == 3
+
+
+def test_slot_retries_is_validated():
+    assert GAConfig().slot_retries == 2
+    with pytest.raises(ConfigError, match="slot_retries"):
+        GAConfig.from_dict({"slot_retries": -1})

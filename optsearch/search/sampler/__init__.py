@@ -39,24 +39,27 @@ generation g−1's results; nothing depends on how many processes ask or in whic
 from __future__ import annotations
 
 from optsearch.search.sampler.config import GAConfig
-from optsearch.search.sampler.crossover import one_point_crossover
+from optsearch.search.sampler.crossover import OnePointCrossover, one_point_crossover
 from optsearch.search.sampler.genetic import GeneticSampler
-from optsearch.search.sampler.mutation import mutate, mutate_gene
-from optsearch.search.sampler.ranking import rank_by_fitness, rank_nsga2
-from optsearch.search.sampler.selection import tournament_select
+from optsearch.search.sampler.mutation import AnnealedMutation, mutate, mutate_gene
+from optsearch.search.sampler.ranking import rank_by_fitness, rank_nsga2, survivors
+from optsearch.search.sampler.selection import TournamentSelection, tournament_select
 from optsearch.search.sampler.slots import (
-    CLAIM_WAIT, GENERATION_KEY, MEMBER_KEY, ORIGIN_KEY, PARENTS_KEY, generation_and_member,
+    CLAIM_WAIT, GENERATION_KEY, MEMBER_KEY, ORIGIN_KEY, PARENTS_KEY, REPLACED_KEY, generation_and_member,
 )
 from optsearch.search.sampler.space import SPACE, expressed_genes, random_params
 
 __all__ = [
+    "AnnealedMutation",
     "CLAIM_WAIT",
     "GAConfig",
     "GENERATION_KEY",
     "GeneticSampler",
     "MEMBER_KEY",
     "ORIGIN_KEY",
+    "OnePointCrossover",
     "PARENTS_KEY",
+    "REPLACED_KEY",
     "SPACE",
     "expressed_genes",
     "generation_and_member",
@@ -66,5 +69,7 @@ __all__ = [
     "random_params",
     "rank_by_fitness",
     "rank_nsga2",
+    "survivors",
+    "TournamentSelection",
     "tournament_select",
 ]

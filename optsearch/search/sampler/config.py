@@ -42,6 +42,9 @@ class GAConfig:
     """Generation 0 starts with the named baselines (SGD-momentum, Adam, AdamW, RMSProp)."""
     seed_paper_evolved: bool = False
     """Generation 0 also contains the paper's published evolved genome."""
+    slot_retries: int = 2
+    """Times a member slot whose trial FAILs is asked again with the same genome; after that many
+    retries the slot is filled with a fresh child from a new random stream (the reason is stored)."""
 
     def mutation_rate(self, generation: int) -> float:
         """The per-gene mutation probability in ``generation`` (annealed, floored)."""
@@ -93,6 +96,7 @@ _RULES: dict[str, tuple[str, float, float, bool]] = {
     "beta_step": ("float", 0.0, 1.0, True),
     "seed_baselines": ("bool", 0, 0, True),
     "seed_paper_evolved": ("bool", 0, 0, True),
+    "slot_retries": ("int", 0, math.inf, True),
 }
 
 

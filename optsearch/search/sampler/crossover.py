@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from optsearch.genome import K
@@ -22,3 +24,14 @@ def one_point_crossover(a: Params, b: Params, rng: np.random.Generator, *, swap_
     for name in SCALAR_GENES:
         child[name] = (b if rng.random() < swap_prob else a)[name]
     return child
+
+
+@dataclass(frozen=True, kw_only=True)
+class OnePointCrossover:
+    """Crossover strategy: ``(a, b, rng) -> child params`` (see :func:`one_point_crossover`)."""
+
+    swap_prob: float = 0.5
+    """Per-gene probability that a scalar or switch comes from the second parent."""
+
+    def __call__(self, a: Params, b: Params, rng: np.random.Generator) -> Params:
+        return one_point_crossover(a, b, rng, swap_prob=self.swap_prob)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -21,6 +22,24 @@ def mutate(params: Params, rng: np.random.Generator, *, rate: float, cfg: GAConf
         if rng.random() < rate:
             mutate_gene(p, name, rng, cfg)
     return p
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnnealedMutation:
+    """Mutation strategy: ``(params, rng, generation) -> params``.
+
+    Each gene mutates with probability ``config.mutation_rate(generation)`` (annealed, floored), with
+    the step sizes of ``config``; :meth:`change_one` makes one visible change (used when a child
+    would otherwise copy a parent).
+    """
+
+    config: GAConfig = field(default_factory=GAConfig)
+
+    def __call__(self, params: Params, rng: np.random.Generator, generation: int) -> Params:
+        return mutate(params, rng, rate=self.config.mutation_rate(generation), cfg=self.config)
+
+    def change_one(self, params: Params, gene: str, rng: np.random.Generator) -> None:
+        mutate_gene(params, gene, rng, self.config)
 
 
 def mutate_gene(p: Params, name: str, rng: np.random.Generator, cfg: GAConfig) -> None:

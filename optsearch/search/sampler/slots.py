@@ -24,6 +24,7 @@ GENERATION_KEY = "GeneticSampler:generation"
 MEMBER_KEY = "GeneticSampler:member"
 ORIGIN_KEY = "GeneticSampler:origin"
 PARENTS_KEY = "GeneticSampler:parents"
+REPLACED_KEY = "GeneticSampler:replaced"  # why a slot holds a fresh child instead of its first genome
 CLAIM_WAIT = 10.0  # seconds a new trial waits for older trials to claim their slots
 CLAIM_POLL = 0.02
 
@@ -32,6 +33,15 @@ def trial_generation(t: FrozenTrial) -> int | None:
     """A trial's generation, or None while it has not claimed a slot."""
     g = t.system_attrs.get(GENERATION_KEY)
     return None if g is None else int(g)
+
+
+def slot_failures(study: Study, trial: FrozenTrial, generation: int, member: int) -> int:
+    """How many older trials of the same (generation, member) slot ended FAIL (any cause: an
+    exception in the objective, or a worker that died holding the trial)."""
+    return sum(
+        1 for t in study._get_trials(deepcopy=False, states=(TrialState.FAIL,), use_cache=False)
+        if t.number < trial.number and trial_generation(t) == generation and t.system_attrs.get(MEMBER_KEY) == member
+    )
 
 
 def generation_and_member(study: Study, trial: Any) -> tuple[int, int]:
