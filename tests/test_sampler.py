@@ -13,6 +13,9 @@ from optuna.trial import FrozenTrial, TrialState
 from optsearch.errors import ConfigError
 from optsearch.genome import ALPHA_RANGE, BASELINES, FLOAT_RANGES, K, NAMED, Genome, define_search_space
 from optsearch.search.sampler import (
+    AnnealedMutation,
+    OnePointCrossover,
+    TournamentSelection,
     GENERATION_KEY,
     MEMBER_KEY,
     ORIGIN_KEY,
@@ -542,3 +545,41 @@ def test_slot_retries_is_validated():
     assert GAConfig().slot_retries == 2
     with pytest.raises(ConfigError, match="slot_retries"):
         GAConfig.from_dict({"slot_retries": -1})
+
+
+# ----------------------------------------------------------------------------- strategies (13.6)
+def test_default_strategies_are_the_explicit_objects_and_keep_todays_genomes():
+    cfg = GAConfig.from_dict({"tournament_size": 4, "swap_prob": 0.3})
+    a = optuna.create_study(direction="maximize", sampler=GeneticSampler(population_size=8, seed=2, config=cfg))
+    b = optuna.create_study(direction="maximize", sampler=GeneticSampler(
+        population_size=8, seed=2, config=cfg, selection=TournamentSelection(size=4),
+        crossover=OnePointCrossover(swap_prob=0.3), mutation=AnnealedMutation(config=cfg)))
+    drive(a, 3, single)
+    drive(b, 3, single)
+    assert [gene_params(t) for t in a.trials] == [gene_params(t) for t in b.trials]
+    with pytest.raises(TypeError):
+        TournamentSelection(4)  # keyword-only, as Optuna's strategies
+
+
+def test_a_swapped_strategy_is_used_without_subclassing():
+    calls = []
+
+    class Averaging:
+        """A user's crossover: the child takes the mean learning rate of its parents, the rest from a."""
+
+        def __call__(self, a, b, rng):
+            calls.append((a["lr_log10"], b["lr_log10"]))
+            return {**a, "lr_log10": (a["lr_log10"] + b["lr_log10"]) / 2}
+
+    cfg = GAConfig.from_dict({"crossover_prob": 1.0, "mutation_prob": 0.0, "mutation_floor": 0.0})
+    study = optuna.create_study(direction="maximize", sampler=GeneticSampler(
+        population_size=6, seed=1, config=cfg, crossover=Averaging(), selection=TournamentSelection(size=1)))
+    drive(study, 2, single)
+    children = [t for t in study.trials if t.system_attrs[ORIGIN_KEY] == "crossover"]
+    assert len(children) == 4 and len(calls) == 4
+    by_number = {t.number: t for t in study.trials}
+    averaged = 0
+    for c in children:
+        pa, pb = (by_number[n].params["lr_log10"] for n in c.system_attrs[PARENTS_KEY])
+        averaged += c.params["lr_log10"] == pytest.approx((pa + pb) / 2)
+    assert averaged >= 3  # (a child that equals a parent gets one more gene changed: that may be its lr)
