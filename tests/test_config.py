@@ -38,6 +38,10 @@ BASE = {"tasks": ["digits"], "population": 4, "generations": 2}
         ({"seeds": [0, 0]}, "duplicates"),
         ({"colour": "red"}, "unknown key(s) colour"),
         ({"pruning": {"pruner": "magic"}}, "'pruner' must be one of"),
+        ({"objective": "per_task", "pruning": {"pruner": "median"}}, "cannot run in a per_task study"),
+        ({"pruning": {"pruner": "none", "warmup_checkpoints": 3}}, "would be ignored by pruner 'none'"),
+        ({"pruning": {"pruner": "median", "chance_margin": 0.1}}, "'chance_margin' = 0.1 would be ignored"),
+        ({"objective": "per_task", "pruning": {"warmup_checkpoints": 5}}, "would be ignored by pruner 'chance'"),
     ],
 )
 def test_bad_configs_name_the_problem(change, needle):
@@ -53,3 +57,22 @@ def test_bad_toml_and_unknown_preset(tmp_path):
         config.load(p)
     with pytest.raises(ConfigError, match="unknown preset 'huge'"):
         config.preset("huge")
+
+
+def test_pruner_defaults_by_objective_and_old_per_task_studies_still_load(tmp_path):
+    assert config.StudyConfig.from_dict(BASE).pruning.pruner == "median"
+    assert config.StudyConfig.from_dict({**BASE, "objective": "per_task"}).pruning.pruner == "chance"
+    # a per-task study stored before 'chance' existed says 'median' (which ran the chance rule)
+    old = {**BASE, "objective": "per_task", "pruning": {"pruner": "median", "warmup_checkpoints": 3}}
+    assert config.StudyConfig.from_dict(old, stored=True).pruning.pruner == "chance"
+
+
+def test_an_ignored_pruning_setting_exits_2(tmp_path, capsys):
+    from optsearch.cli import main
+
+    p = tmp_path / "c.toml"
+    p.write_text('[search]\ntasks = ["digits"]\npopulation = 4\ngenerations = 2\nobjective = "per_task"\n'
+                 '[pruning]\npruner = "median"\n')
+    assert main(["study", "create", "x", "--config", str(p), "--storage", f"sqlite:///{tmp_path}/s.db"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot run in a per_task study" in err and len(err.strip().splitlines()) == 1

@@ -7,7 +7,7 @@ A config is validated when the study is created and stored with it (study user a
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -15,17 +15,24 @@ from optsearch.errors import ConfigError
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "studies"
 OBJECTIVES = ("aggregate", "per_task")
-PRUNERS = ("none", "median", "successive_halving", "wilcoxon")
+OPTUNA_PRUNERS = ("median", "successive_halving", "wilcoxon")
+PRUNERS = ("none", "chance", *OPTUNA_PRUNERS)
+PRUNING_DEFAULTS = {"warmup_checkpoints": 2, "chance_margin": 0.05}
 
 
 @dataclass(frozen=True)
 class PruningConfig:
-    """How hopeless members are stopped mid-evaluation.
+    """How hopeless members are stopped mid-evaluation (``pruner``; diverged members are always pruned).
 
-    Single-objective studies use an Optuna pruner over the intermediate values (one per checkpoint).
-    Per-task studies cannot ``report`` (Optuna forbids it there), so they use our rule: after its
-    first finished (task, seed) unit, a member whose accuracy is within ``chance_margin`` of chance
-    level did not learn and is pruned. Diverged members are always pruned at once.
+    * ``median``, ``successive_halving``, ``wilcoxon`` (single-objective studies only: Optuna forbids
+      ``report`` with several objectives): the Optuna pruner over the intermediate values, one per
+      checkpoint after ``warmup_checkpoints``, compared with earlier generations only.
+    * ``chance`` (the default of per-task studies): once a member has finished the first seed of
+      every task, it is pruned if its accuracy was within ``chance_margin`` of chance on *every*
+      task — a genome good on one task but weak on another is kept, as it may be Pareto-optimal.
+    * ``none``: no pruning (intermediate values are still reported in single-objective studies).
+
+    A setting the chosen pruner would ignore is a config error.
     """
 
     pruner: str = "median"
@@ -67,8 +74,11 @@ class StudyConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], *, where: str = "config") -> "StudyConfig":
-        """Build and validate; every problem is a one-line :class:`ConfigError` naming the key."""
+    def from_dict(cls, d: Mapping[str, Any], *, where: str = "config", stored: bool = False) -> "StudyConfig":
+        """Build and validate; every problem is a one-line :class:`ConfigError` naming the key.
+
+        ``stored``: the config is read back from a study (see ``_pruning`` for what that relaxes).
+        """
         d = dict(d)
         if "search" in d:  # the TOML layout: [search], [pruning], [sampler]
             search = d.pop("search")
@@ -109,7 +119,7 @@ class StudyConfig:
             seed=_int(d, "seed", where, default=0),
             device=_device(d.get("device", "auto"), where),
             checkpoint_every=_int(d, "checkpoint_every", where, lo=1, default=50),
-            pruning=_pruning(pruning, where),
+            pruning=_pruning(pruning, where, objective=d.get("objective", "aggregate"), stored=stored),
             sampler=dict(sampler),
         )
         _check_sampler(cfg, where)
@@ -186,18 +196,30 @@ def _device(x: Any, where: str) -> str:
     return x
 
 
-def _pruning(p: Mapping[str, Any], where: str) -> PruningConfig:
+def _pruning(p: Mapping[str, Any], where: str, *, objective: Any = "aggregate", stored: bool = False) -> PruningConfig:
+    """Validate ``[pruning]``: a pruner the objective cannot run, or a setting the pruner ignores
+    (set to other than its default), is a one-line error. ``stored``: a config read back from a study,
+    where a per-task study made before the ``chance`` pruner had a name for it says ``median``."""
     unknown = sorted(set(p) - set(PruningConfig.__dataclass_fields__))
     if unknown:
         raise ConfigError(f"{where}: unknown [pruning] key(s) {', '.join(unknown)}")
-    margin = p.get("chance_margin", 0.05)
+    margin = p.get("chance_margin", PRUNING_DEFAULTS["chance_margin"])
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1:
         raise ConfigError(f"{where}: pruning 'chance_margin' must be in [0, 1), got {margin!r}")
-    return PruningConfig(
-        pruner=_choice(p, "pruner", PRUNERS, "median", where + " [pruning]"),
-        warmup_checkpoints=_int(p, "warmup_checkpoints", where, lo=0, default=2),
-        chance_margin=float(margin),
-    )
+    per_task = objective == "per_task"
+    pruner = _choice(p, "pruner", PRUNERS, "chance" if per_task else "median", where + " [pruning]")
+    cfg = PruningConfig(pruner=pruner, warmup_checkpoints=_int(p, "warmup_checkpoints", where, lo=0, default=2),
+                        chance_margin=float(margin))
+    if stored:
+        return replace(cfg, pruner="chance") if per_task and pruner in OPTUNA_PRUNERS else cfg
+    if per_task and pruner in OPTUNA_PRUNERS:
+        raise ConfigError(f"{where}: pruner {pruner!r} cannot run in a per_task study (Optuna allows no "
+                          "intermediate values with several objectives); use 'chance' or 'none'")
+    used = {"warmup_checkpoints": pruner in OPTUNA_PRUNERS, "chance_margin": pruner == "chance"}
+    for key, default in PRUNING_DEFAULTS.items():
+        if not used[key] and getattr(cfg, key) != default:
+            raise ConfigError(f"{where}: pruning {key!r} = {getattr(cfg, key)!r} would be ignored by pruner {pruner!r}")
+    return cfg
 
 
 def _check_sampler(cfg: StudyConfig, where: str) -> None:

@@ -117,7 +117,7 @@ def open_study(name: str, storage: str | None = None) -> tuple[optuna.Study, Stu
     raw = study.user_attrs.get(CONFIG_ATTR)
     if not isinstance(raw, dict):
         raise StudyError(f"study {name!r} was not created by optsearch (it has no stored config)")
-    return study, StudyConfig.from_dict(raw, where=f"study {name!r}")
+    return study, StudyConfig.from_dict(raw, where=f"study {name!r}", stored=True)
 
 
 def mark_worker(study: optuna.Study, trial_id: int) -> None:

@@ -21,7 +21,7 @@ from optsearch.search.generations import best_value, completed_generations, free
 from optsearch.search.noise import (
     EVALUATIONS_ATTR, MEASURED_ATTR, UNIT_SEEDS_ATTR, combine, earlier_measurements, unit_seeds,
 )
-from optsearch.search.pruning import Pruning, pruner_for
+from optsearch.search.pruning import Pruning
 from optsearch.search.sampler import GAConfig, GeneticSampler, generation_and_member
 from optsearch.search.storage import Heartbeat, fail_dead_trials, mark_worker
 
@@ -47,7 +47,7 @@ class Worker:
         self.progress = progress
         self.sampler = make_sampler(cfg)
         self.study.sampler = self.sampler
-        self.study.pruner = pruner_for(cfg)
+        self.study.pruner = optuna.pruners.NopPruner()  # pruning decisions are made by Pruning, not should_prune
         self.bar = None
 
     def loop(self) -> None:
@@ -96,7 +96,7 @@ class Worker:
                         trials.append(asked)
                 if not trials:
                     return
-                result = self._evaluate([t for t, _ in trials], [g for _, g in trials], unit_seeds(self.cfg, target))
+                result = self._evaluate([t for t, _ in trials], [g for _, g in trials], target)
             except BaseException:
                 for t, _ in trials:  # Ctrl-C or a crash: free the slots for the resume
                     _tell_quietly(self.study, t.number, TrialState.FAIL)
@@ -126,14 +126,14 @@ class Worker:
         trial.set_user_attr(UNIT_SEEDS_ATTR, unit_seeds(self.cfg, generation))
         return trial, genome
 
-    def _evaluate(self, trials: Sequence[optuna.Trial], genomes: Sequence[Genome], seeds: list[int]):
+    def _evaluate(self, trials: Sequence[optuna.Trial], genomes: Sequence[Genome], generation: int):
         from optsearch.train.evaluate import evaluate
 
-        pruning = Pruning(self.cfg, trials)
+        pruning = Pruning(self.cfg, trials, self.study, generation)
         return evaluate(
             genomes,
             list(self.cfg.tasks),
-            seeds=seeds,
+            seeds=unit_seeds(self.cfg, generation),
             steps=self.cfg.steps,
             batch_size=self.cfg.batch_size,
             subsample=self.cfg.subsample,
