@@ -53,3 +53,40 @@ def test_heartbeat_beats_a_trial_as_soon_as_it_is_added(tmp_path):
     Heartbeat(st._storage).add(t._trial_id)  # not entered: only the immediate first beat
     time.sleep(2.2)  # SQLite timestamps have 1 s resolution
     assert strict._get_stale_trial_ids(st._study_id) == [t._trial_id]
+
+
+def _skewed_trial(st, hours: float):
+    """A RUNNING trial whose start time was written by a host whose clock is ``hours`` off."""
+    from datetime import datetime, timedelta
+
+    template = optuna.trial.FrozenTrial(
+        number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now() - timedelta(hours=hours),
+        datetime_complete=None, params={}, distributions={}, user_attrs={}, system_attrs={},
+        intermediate_values={}, trial_id=-1)
+    return st._storage.create_new_trial(st._study_id, template_trial=template)
+
+
+def test_orphans_are_judged_by_the_local_clock_not_by_another_hosts_start_time(tmp_path):
+    st = _study(tmp_path)
+    _skewed_trial(st, hours=5)  # just asked on a host whose clock is 5 h behind: not an orphan yet
+    assert fail_dead_trials(st, orphan_after=1.0) == []
+    time.sleep(1.2)  # unmarked for a second by this process's clock: now it is
+    assert fail_dead_trials(st, orphan_after=1.0) == [0]
+
+
+def test_a_new_ask_waits_for_an_older_unclaimed_trial_whatever_its_start_time(tmp_path):
+    import threading
+
+    from optsearch.search.sampler import GeneticSampler, generation_and_member
+    from optsearch.search.sampler.slots import claim_slot
+
+    st = _study(tmp_path)
+    st.sampler = GeneticSampler(population_size=4, seed=0)
+    tid = _skewed_trial(st, hours=3)  # mid-ask on a host whose clock is 3 h behind: it claims in 0.5 s
+    older = st._storage.get_trial(tid)
+    claimer = threading.Timer(0.5, lambda: claim_slot(st, older, 4, None))
+    claimer.start()
+    newer = st.ask()  # must queue behind the older trial, not take its slot
+    claimer.join()
+    assert st._storage.get_trial_system_attrs(tid)["GeneticSampler:member"] == 0
+    assert generation_and_member(st, newer) == (0, 1)

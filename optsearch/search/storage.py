@@ -8,8 +8,10 @@
   trial whose process is gone from this host is failed at once.
 
 A worker can die between Optuna creating a trial and the worker marking it (host, pid, first
-heartbeat); such an *orphan* has no owner to check, so it is failed once it is older than the grace
-period — otherwise the generation would wait for it for ever.
+heartbeat); such an *orphan* has no owner to check, so it is failed once this process has seen it
+unmarked for the grace period, by its own monotonic clock (never by comparing the trial's start time,
+written by another host's clock, with the local time) — otherwise the generation would wait for it
+for ever.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from datetime import datetime
 from pathlib import Path
 from typing import Iterable
 
@@ -29,6 +30,7 @@ from optuna.trial import TrialState
 
 from optsearch.errors import StudyError
 from optsearch.search.config import StudyConfig
+from optsearch.search.sampler.slots import unclaimed_for
 
 DEFAULT_STORAGE = "sqlite:///studies/optsearch.db"
 HEARTBEAT_INTERVAL = 5
@@ -128,18 +130,18 @@ def mark_worker(study: optuna.Study, trial_id: int) -> None:
 
 def fail_dead_trials(study: optuna.Study, *, orphan_after: float = GRACE_PERIOD) -> list[int]:
     """Fail RUNNING trials whose worker is gone: stale heartbeat (RDB), a dead pid on this host, or
-    no owner mark at all after ``orphan_after`` seconds (the worker died inside ``ask``).
+    no owner mark for ``orphan_after`` seconds since this process first saw it (the worker died
+    inside ``ask``).
 
     Returns the numbers of the trials failed here. Safe to call from several workers at once.
     """
     before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     optuna.storages.fail_stale_trials(study)
     host = socket.gethostname()
-    now = datetime.now()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid = t.system_attrs.get(PID_ATTR)
         if pid is None:
-            dead = t.datetime_start is not None and (now - t.datetime_start).total_seconds() > orphan_after
+            dead = unclaimed_for(study, t) >= orphan_after
         else:
             dead = t.system_attrs.get(HOST_ATTR) == host and isinstance(pid, int) and pid != os.getpid() and not _alive(pid)
         if dead:

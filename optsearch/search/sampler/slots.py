@@ -4,7 +4,10 @@ Optuna storages offer no atomic "claim a slot", but trial numbers are unique and
 trial picks its member slot only after every older trial has picked its own (older trials still
 unclaimed are waited for, up to ``CLAIM_WAIT`` seconds — a worker killed inside ``ask`` leaves one
 that never claims), so claims form a queue in trial-number order and two processes never take the
-same slot. A trial that finds its generation already full gets a member index ≥ the population
+same slot. How long a trial has been unclaimed is measured by this process's own monotonic clock
+from when it first saw the trial (:func:`unclaimed_for`), never by comparing a trial's
+``datetime_start`` (written by another host's clock) with the local time: clock or timezone skew
+between machines cannot make a live trial look like an orphan. A trial that finds its generation already full gets a member index ≥ the population
 size: the run loop fails it at once (a *surplus* trial) instead of training it.
 
 The keys below are stored in every study's trials: they must never change.
@@ -13,7 +16,6 @@ The keys below are stored in every study's trials: they must never change.
 from __future__ import annotations
 
 import time
-from datetime import datetime
 from itertools import count
 from typing import Any
 
@@ -27,6 +29,15 @@ PARENTS_KEY = "GeneticSampler:parents"
 REPLACED_KEY = "GeneticSampler:replaced"  # why a slot holds a fresh child instead of its first genome
 CLAIM_WAIT = 10.0  # seconds a new trial waits for older trials to claim their slots
 CLAIM_POLL = 0.02
+
+
+_FIRST_SEEN: dict[tuple[int, int], float] = {}  # (storage, trial id) -> monotonic time first seen unclaimed
+
+
+def unclaimed_for(study: Study, trial: FrozenTrial) -> float:
+    """Seconds since this process first saw ``trial`` without a claim (0 the first time)."""
+    now = time.monotonic()
+    return now - _FIRST_SEEN.setdefault((id(study._storage), trial._trial_id), now)
 
 
 def trial_generation(t: FrozenTrial) -> int | None:
@@ -80,16 +91,16 @@ def _after_older_claims(study: Study, trial: FrozenTrial) -> list[FrozenTrial]:
     """The study's other trials, read once every older RUNNING trial has claimed its slot.
 
     An older trial still without a generation is mid-``ask`` in some process; claiming before it
-    would let both read the same free slot. One older than ``CLAIM_WAIT`` seconds is an orphan.
+    would let both read the same free slot. One this process has seen unclaimed for ``CLAIM_WAIT``
+    seconds is an orphan.
     """
     deadline = time.monotonic() + CLAIM_WAIT
     while True:
         others = [t for t in study._get_trials(deepcopy=False, use_cache=False) if t._trial_id != trial._trial_id]
-        now = datetime.now()
         pending = [
             t for t in others
             if t.number < trial.number and t.state == TrialState.RUNNING and trial_generation(t) is None
-            and t.datetime_start is not None and (now - t.datetime_start).total_seconds() < CLAIM_WAIT
+            and unclaimed_for(study, t) < CLAIM_WAIT
         ]
         if not pending or time.monotonic() > deadline:
             return others
