@@ -87,7 +87,7 @@ def _cmd_study_delete(a: argparse.Namespace) -> int:
 def _cmd_export(a: argparse.Namespace) -> int:
     from optsearch.search import study
 
-    g = study.export(a.name, a.output, storage=a.storage, trial=a.trial)
+    g = study.export(a.name, a.output, storage=a.storage, trial=a.trial, simplified=not a.unsimplified)
     print(f"wrote {a.output}: {g.formula()}")
     return 0
 
@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = leaf(ss, "create", _cmd_study_create, "create a study from a preset or a TOML config")
     sp.add_argument("name")
     src = sp.add_mutually_exclusive_group(required=True)
-    src.add_argument("--preset", help="quick, paper or paper-nsga (see studies/)")
+    src.add_argument("--preset", help="quick, cpu, paper or paper-nsga (see studies/)")
     src.add_argument("--config", help="a study TOML file")
     storage(sp)
     sp = leaf(ss, "run", _cmd_study_run, "evolve a study (resumes where it stopped)")
@@ -187,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = leaf(sub, "export", _cmd_export, "write a study's best (or a given) trial as a genome JSON")
     sp.add_argument("name")
-    sp.add_argument("--trial", type=int, help="trial number (default: the best)")
+    sp.add_argument("--trial", type=int, help="trial number (default: the study's answer: the funnel winner, simplified)")
+    sp.add_argument("--unsimplified", action="store_true", help="the funnel winner before its ablation")
     sp.add_argument("-o", "--output", required=True, help="output JSON file")
     storage(sp)
 

@@ -41,6 +41,29 @@ class PruningConfig:
 
 
 @dataclass(frozen=True)
+class FunnelConfig:
+    """Meta-validation of the best genomes (``[funnel]``; see :mod:`optsearch.search.funnel`).
+
+    Absent from a config, the funnel is off (studies made before it keep their behaviour); a ``[funnel]``
+    table turns it on unless it says ``enabled = false``. ``tasks`` default to the search's tasks,
+    ``steps`` to each task's own; ``lr_sweep`` holds log10 offsets of each genome's learning rate;
+    ``every`` runs an extra round every that many generations (0: at the end only); ``ablation``
+    simplifies the winner afterwards (:mod:`optsearch.search.ablation`).
+    """
+
+    enabled: bool = False
+    tasks: tuple[str, ...] = ()
+    steps: int | None = None
+    seeds: int = 3
+    k: int = 8
+    lr_sweep: tuple[float, ...] = (-0.5, 0.0, 0.5)
+    every: int = 0
+    batch_size: int | None = None
+    subsample: int | None = None
+    ablation: bool = True
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     """Everything a study needs to run; stored with the study."""
 
@@ -57,6 +80,7 @@ class StudyConfig:
     checkpoint_every: int = 50
     pruning: PruningConfig = field(default_factory=PruningConfig)
     sampler: Mapping[str, Any] = field(default_factory=dict)
+    funnel: FunnelConfig = field(default_factory=FunnelConfig)
 
     @property
     def per_task(self) -> bool:
@@ -71,6 +95,7 @@ class StudyConfig:
         d["tasks"] = list(self.tasks)
         d["seeds"] = list(self.seeds)
         d["sampler"] = dict(self.sampler)
+        d["funnel"] = {**d["funnel"], "tasks": list(self.funnel.tasks), "lr_sweep": list(self.funnel.lr_sweep)}
         return d
 
     @classmethod
@@ -121,6 +146,7 @@ class StudyConfig:
             checkpoint_every=_int(d, "checkpoint_every", where, lo=1, default=50),
             pruning=_pruning(pruning, where, objective=d.get("objective", "aggregate"), stored=stored),
             sampler=dict(sampler),
+            funnel=_funnel(d.get("funnel"), tasks, where),
         )
         _check_sampler(cfg, where)
         return cfg
@@ -220,6 +246,33 @@ def _pruning(p: Mapping[str, Any], where: str, *, objective: Any = "aggregate", 
         if not used[key] and getattr(cfg, key) != default:
             raise ConfigError(f"{where}: pruning {key!r} = {getattr(cfg, key)!r} would be ignored by pruner {pruner!r}")
     return cfg
+
+
+def _funnel(f: Any, search_tasks: list[str], where: str) -> FunnelConfig:
+    if f is None:
+        return FunnelConfig(tasks=tuple(search_tasks))
+    if not isinstance(f, dict):
+        raise ConfigError(f"{where}: [funnel] must be a table")
+    unknown = sorted(set(f) - set(FunnelConfig.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(f"{where}: unknown [funnel] key(s) {', '.join(unknown)}")
+    w = f"{where} [funnel]"
+    for key in ("enabled", "ablation"):
+        if not isinstance(f.get(key, True), bool):
+            raise ConfigError(f"{w}: {key!r} must be true or false, got {f[key]!r}")
+    tasks = _str_list(f["tasks"], "tasks", w) if f.get("tasks") not in (None, []) else list(search_tasks)
+    _check_tasks(tasks, w)
+    sweep = f.get("lr_sweep", [-0.5, 0.0, 0.5])
+    if (not isinstance(sweep, list) or not sweep or len(set(sweep)) != len(sweep)
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and abs(x) <= 2 for x in sweep)):
+        raise ConfigError(f"{w}: 'lr_sweep' must be a non-empty list of distinct log10 offsets in [-2, 2], got {sweep!r}")
+    return FunnelConfig(
+        enabled=f.get("enabled", True), tasks=tuple(tasks), steps=_opt_int(f, "steps", w, lo=1),
+        seeds=_int(f, "seeds", w, lo=3, default=3), k=_int(f, "k", w, lo=1, default=8),
+        lr_sweep=tuple(float(x) for x in sweep), every=_int(f, "every", w, lo=0, default=0),
+        batch_size=_opt_int(f, "batch_size", w, lo=1), subsample=_opt_int(f, "subsample", w, lo=1),
+        ablation=f.get("ablation", True),
+    )
 
 
 def _check_sampler(cfg: StudyConfig, where: str) -> None:

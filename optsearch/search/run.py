@@ -1,7 +1,8 @@
 """``study run``: evolve a study to its configured end with one or several worker processes.
 
 Killing a run loses only the unfinished generation: its trials are failed and the sampler refills
-their slots on the next ``study run``.
+their slots on the next ``study run``. With a ``[funnel]`` the first process also runs the funnel
+rounds due (every ``every`` generations and at the end) and the winner's ablation; they resume too.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 
 from optsearch.errors import ConfigError, StudyError
 from optsearch.search.config import StudyConfig
+from optsearch.search.funnel import run_funnels
 from optsearch.search.generations import completed_generations
 from optsearch.search.show import summary_text
 from optsearch.search.storage import open_study, resolve_url
@@ -46,10 +48,16 @@ def run(
     stop = cfg.generations if generations is None else min(cfg.generations, start + generations)
     devices = worker_devices(dev, workers, _cuda_count())
     children = [_spawn_worker(name, storage, stop - start, d, data_dir) for d in devices[1:]]
+    lead = os.environ.get("OPTSEARCH_WORKER") != "1"  # spawned workers leave the funnel to the first process
     try:
-        worker = Worker(study, cfg, device=devices[0], data_dir=data_dir, stop_generation=stop,
-                        chunk=math.ceil(cfg.population / workers), progress=progress)
-        worker.loop()
+        for chunk_stop in _funnel_stops(cfg, start, stop) if lead else [stop]:
+            if lead:  # rounds due before this point (e.g. a killed run stopped inside one) come first
+                run_funnels(study, cfg, device=devices[0], data_dir=data_dir, progress=progress)
+            worker = Worker(study, cfg, device=devices[0], data_dir=data_dir, stop_generation=chunk_stop,
+                            chunk=math.ceil(cfg.population / workers), progress=progress)
+            worker.loop()
+        if lead:
+            run_funnels(study, cfg, device=devices[0], data_dir=data_dir, progress=progress)
     finally:
         for c in children:
             c.wait()
@@ -62,11 +70,18 @@ def run(
     return summary_text(study, cfg)
 
 
+def _funnel_stops(cfg: StudyConfig, start: int, stop: int) -> list[int]:
+    """Where the lead worker pauses evolving to run a funnel round (every ``every`` generations), then ``stop``."""
+    every = cfg.funnel.every if cfg.funnel.enabled else 0
+    return [g for g in range(every, stop, every) if g > start] + [stop] if every else [stop]
+
+
 def _check_data(cfg: StudyConfig, data_dir: str | None) -> None:
     """Read every task's data before any trial is asked, so a missing dataset changes nothing in the study."""
     from optsearch.train.tasks import data_dir as resolve_data_dir, get_task
 
-    for name in cfg.tasks:
+    tasks = [*cfg.tasks, *cfg.funnel.tasks] if cfg.funnel.enabled else cfg.tasks
+    for name in dict.fromkeys(tasks):
         get_task(name).read(resolve_data_dir(data_dir))
 
 

@@ -1,4 +1,7 @@
-"""Reading a study for people and files: the run summary, ``study show``, and ``export``."""
+"""Reading a study for people and files: the run summary, ``study show``, and ``export``.
+
+The study's answer is :func:`optsearch.search.funnel.study_winner` everywhere: the funnel winner
+simplified by its ablation when they ran, else the best trial (studies without a ``[funnel]``)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from optsearch.errors import StudyError
 from optsearch.genome import Genome
+from optsearch.search import ablation
 from optsearch.search.config import StudyConfig
+from optsearch.search.funnel import final_round, funnel_table, headline, study_winner
 from optsearch.search.generations import best_trials, completed_generations, generations, scalar_fitness as _scalar
 from optsearch.search.storage import open_study
 
@@ -24,9 +29,11 @@ def summary_text(study: optuna.Study, cfg: StudyConfig) -> str:
              f"  {b.user_attrs.get('formula') or Genome.from_params(b.params).formula()}"]
     adam = seed_trial(study, "adam")
     if adam is not None:
-        diff = _scalar(b) - _scalar(adam)
-        lines.append(f"Adam seed (trial {adam.number}): fitness {_scalar(adam):.4f}; best − Adam = {diff:+.4f} "
-                     f"({100 * diff / abs(_scalar(adam)):+.1f} %) on the validation fitness")
+        lines.append(f"Adam seed (trial {adam.number}): fitness {_scalar(adam):.4f} on the search proxies")
+    lines += headline(study)
+    winner = study_winner(study)
+    if winner is not None and winner[2] != "best trial":
+        lines.append(f"the study's answer ({winner[2]}, {winner[0]}): {winner[1].formula()}")
     return "\n".join(lines)
 
 
@@ -51,7 +58,14 @@ def show_text(name: str, *, storage: str | None = None, top: int = 5) -> str:
                     f"{sum(t.state == TrialState.FAIL for t in ts):>6}  "
                     f"{(_scalar(best) if best else float('nan')):<8.4f}  {med:<8.4f}  "
                     f"{best.user_attrs.get('formula', '') if best else ''}")
-    out = [summary_text(study, cfg), "", *rows, "", f"top {top} genomes:"]
+    out = [summary_text(study, cfg), "", *rows]
+    last = final_round(study)
+    if last is not None:
+        out += ["", *funnel_table(last)]
+    done = ablation.read(study)
+    if done is not None:
+        out += ["", *ablation.summary(done)]
+    out += ["", f"top {top} genomes by told value:"]
     for t in best_trials(study, top):
         scores = "  ".join(
             f"{task}: acc {t.user_attrs.get(f'{task}_accuracy', float('nan')):.4f} "
@@ -63,20 +77,23 @@ def show_text(name: str, *, storage: str | None = None, top: int = 5) -> str:
     return "\n".join(out)
 
 
-def export(name: str, output: str, *, storage: str | None = None, trial: int | None = None) -> Genome:
-    """Write the best (or the given) trial's genome as JSON for GenomeOptimizer."""
+def export(name: str, output: str, *, storage: str | None = None, trial: int | None = None,
+           simplified: bool = True) -> Genome:
+    """Write the study's answer (or the given trial's genome) as JSON for GenomeOptimizer.
+
+    The answer is :func:`study_winner`'s: the simplified funnel winner unless ``simplified`` is False
+    (then the funnel winner as it was found), or the best trial when no funnel ran."""
     study, _ = open_study(name, storage)
     if trial is None:
-        best = best_trials(study, 1)
-        if not best:
+        winner = study_winner(study, simplified=simplified)
+        if winner is None:
             raise StudyError(f"study {name!r} has no completed trials to export")
-        chosen = best[0]
+        genome = winner[1]
     else:
         matches = [t for t in study.get_trials(deepcopy=False) if t.number == trial]
         if not matches or not matches[0].params:
             raise StudyError(f"study {name!r} has no trial {trial} with a genome")
-        chosen = matches[0]
-    genome = Genome.from_params(chosen.params)
+        genome = Genome.from_params(matches[0].params)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     genome.save(output)
     return genome

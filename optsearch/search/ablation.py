@@ -1,0 +1,177 @@
+"""Ablation and simplification of the funnel winner: drop every part that does not pay for itself.
+
+An evolved genome carries passengers: terms and switches that rode along with the parts that matter
+because selection cannot tell a neutral gene from a useful one. Lion's search simplified its winning
+program the same way before using it. Each *step* trains, as one population on the same (task, seed)
+units (paired seeds), the current genome and one variant per component:
+
+* each term with a nonzero weight removed (its slots set to ``none``; the last term is never removed —
+  a genome without terms does not train);
+* each switch set to its neutral value: weight decay off, bias correction off, clipping off, warmup
+  off, cosine decay off.
+
+A variant's *effect* is the mean paired difference variant − current over the units, with its 95 %
+paired t-interval. A component whose removal does not hurt beyond the noise (the interval reaches
+zero or above) can go; the one whose removal costs least is dropped, and the next step starts from
+the smaller genome, until every remaining component hurts when removed. The first step also trains
+the reference (Adam at its best funnel lr) on the same fresh units: the headline's comparison on
+seeds that did not pick the winner.
+
+Steps are stored like the funnel (:mod:`.staged`, keys ``ablation:step:N``), so a killed ablation
+resumes at its first unfinished unit, and :func:`read` replays the decisions from the stored scores.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
+
+import optuna
+
+from optsearch.genome import Genome
+from optsearch.genome.primitives import NONE
+from optsearch.search.staged import RunUnit, Unit, complete_scores, run_stage
+from optsearch.stats import Interval, paired_difference
+
+PREFIX = "ablation:step:"
+SWITCHES: tuple[tuple[str, str, Any], ...] = (
+    ("weight decay", "weight_decay", False),
+    ("bias correction", "bias_correction", False),
+    ("clipping", "clip", "none"),
+    ("warmup", "warmup", False),
+    ("cosine decay", "cosine_decay", False),
+)
+"""(label, genome field, neutral value) of every switch the ablation tries to turn off."""
+
+
+def components(g: Genome) -> list[tuple[str, Genome]]:
+    """(label, g without it) for each removable term and each switch not at its neutral value."""
+    out: list[tuple[str, Genome]] = []
+    merged = g.merged_terms()
+    if len(merged) > 1:
+        for term, alpha in merged.items():
+            terms = tuple(NONE if t == term else t for t in g.terms)
+            alphas = tuple(0.0 if t == term else a for t, a in zip(g.terms, g.alphas))
+            out.append((f"term {term} (α {alpha:.3g})", replace(g, terms=terms, alphas=alphas)))
+    for label, name, neutral in SWITCHES:
+        if getattr(g, name) != neutral:
+            out.append((label, replace(g, **{name: neutral})))
+    return out
+
+
+@dataclass(frozen=True)
+class Row:
+    """One component's effect on removal: variant − genome it was removed from (negative: it helps)."""
+
+    component: str
+    effect: Interval
+    dropped: bool
+    step: int
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """A finished ablation: the start and simplified genomes and the table behind the decisions."""
+
+    start: Genome
+    genome: Genome
+    rows: tuple[Row, ...]
+    steps: int
+    """How many steps were trained."""
+    reference_diff: Interval | None
+
+    def vs_reference(self) -> Interval | None:
+        """The start genome − the reference on the first step's fresh units (paired)."""
+        return self.reference_diff
+
+
+def run(study: optuna.Study, start: Genome, units: Sequence[Unit], run_unit: RunUnit, *,
+        reference: Genome | None = None, progress: bool = False) -> Ablation:
+    """Run (or resume) the ablation of ``start`` on ``units``; returns the finished result."""
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(unit="run", desc="ablation", dynamic_ncols=True)
+
+    def stage(step: int, genomes: list[Genome], has_ref: bool) -> list[list[float]]:
+        if bar is not None:
+            bar.total = (bar.total or 0) + len(units)
+            bar.refresh()
+        return run_stage(study, f"{PREFIX}{step}", genomes, units, run_unit, extra={"reference": has_ref},
+                         progress=bar)
+
+    try:
+        result = _replay(start, reference, stage)
+    finally:
+        if bar is not None:
+            bar.close()
+    assert result is not None
+    return result
+
+
+def read(study: optuna.Study) -> Ablation | None:
+    """The study's finished ablation from its stored steps; None if none ran or it is unfinished."""
+    attrs = study.user_attrs
+    head = attrs.get(f"{PREFIX}0")
+    if not isinstance(head, dict):
+        return None
+    start = Genome.from_params(head["params"][0])
+    reference = Genome.from_params(head["params"][-1]) if head.get("reference") else None
+
+    def stage(step: int, genomes: list[Genome], has_ref: bool) -> list[list[float]] | None:
+        got = complete_scores(attrs, f"{PREFIX}{step}")
+        if got is None or got[0]["params"] != [g.to_params() for g in genomes]:
+            return None
+        return got[1]
+
+    return _replay(start, reference, stage)
+
+
+def _replay(start: Genome, reference: Genome | None, stage: Any) -> Ablation | None:
+    """Step through the ablation; ``stage(step, genomes, has_reference)`` returns their scores (None: not yet)."""
+    current, rows, step, ref_diff = start, [], 0, None
+    while True:
+        variants = components(current)
+        if not variants and step > 0:
+            break
+        has_ref = step == 0 and reference is not None
+        genomes = [current, *(g for _, g in variants), *([reference] if has_ref else [])]
+        scores = stage(step, genomes, has_ref)
+        if scores is None:
+            return None
+        if has_ref:
+            ref_diff = paired_difference(scores[0], scores[-1])
+        effects = [(label, g, paired_difference(scores[1 + i], scores[0])) for i, (label, g) in enumerate(variants)]
+        free = [e for e in effects if math.isfinite(e[2].hi) and e[2].hi >= 0]
+        if not free:
+            rows += [Row(label, eff, False, step) for label, _, eff in effects]
+            break
+        label, smaller, eff = max(free, key=lambda e: e[2].mean)
+        rows.append(Row(label, eff, True, step))
+        current = smaller
+        step += 1
+    return Ablation(start, current, tuple(rows), step + 1 if not rows or not rows[-1].dropped else step, ref_diff)
+
+
+def table(a: Ablation) -> list[str]:
+    """The ablation table as Markdown rows (also readable as plain text)."""
+    out = ["| component | effect of removing it (95 % interval) | verdict |", "|---|---|---|"]
+    for r in a.rows:
+        e = r.effect
+        interval = f"[{e.lo:+.4f}, {e.hi:+.4f}]" if math.isfinite(e.half_width) else "(no interval)"
+        verdict = f"dropped at step {r.step}" if r.dropped else ("kept: removing it hurts" if e.hi < 0 else "kept")
+        out.append(f"| {r.component} | {e.mean:+.4f} {interval} | {verdict} |")
+    return out
+
+
+def summary(a: Ablation) -> list[str]:
+    """Simplified formula, what was dropped, and the table."""
+    dropped = [r.component for r in a.rows if r.dropped]
+    return [f"ablation of the funnel winner on {a.rows[0].effect.n if a.rows else 0} paired runs, {a.steps} step(s): "
+            + (f"dropped {', '.join(dropped)}" if dropped else "nothing could be dropped"),
+            f"simplified: {a.genome.formula()}", *table(a)]
+
+
+__all__ = ["Ablation", "Row", "SWITCHES", "components", "read", "run", "summary", "table"]

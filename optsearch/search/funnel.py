@@ -1,0 +1,286 @@
+"""The funnel: the best genomes of the search, re-measured on larger meta-validation tasks with fresh seeds.
+
+The search's best trial is the maximum of many noisy draws on cheap proxies; a rule that wins there
+need not win on the tasks it is meant for. So, as Lion's search did, the top ``k`` distinct genomes
+(ranked by their told value, already the mean over their evaluations) are trained again on the
+``[funnel]`` tasks — larger than the proxies: more steps, CNNs, more data — on validation splits, with
+``seeds`` fresh seeds and a short learning-rate sweep (each genome's lr × 10^offset, offsets
+``lr_sweep``). Each genome scores the mean fitness of its best lr; the best of them is the **funnel
+winner**, the study's answer (:func:`study_winner`). Adam, swept alike, runs beside them as the
+reference of the headline.
+
+A round runs at the end of ``study run`` (and every ``every`` generations when configured). Its
+seeds come from (study seed, round) and never equal a search unit seed. Results are stored per unit
+(:mod:`.staged`), so a killed funnel resumes at its first unfinished unit. After the final round the
+winner is simplified by :mod:`.ablation`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Sequence
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from optsearch.genome import Genome
+from optsearch.genome.core import FLOAT_RANGES
+from optsearch.search import ablation
+from optsearch.search.config import StudyConfig
+from optsearch.search.generations import best_trials, completed_generations, scalar_fitness
+from optsearch.search.noise import unit_seeds
+from optsearch.search.staged import Unit, complete_scores, evaluator_unit, run_stage
+from optsearch.stats import Interval, paired_difference
+
+PREFIX = "funnel:"
+REFERENCE = "adam"
+"""The named genome every round measures beside the candidates, for the headline."""
+
+
+def round_key(generation: int) -> str:
+    return f"{PREFIX}{generation}"
+
+
+def fresh_seeds(cfg: StudyConfig, tag: str, n: int) -> list[int]:
+    """``n`` seeds derived from (study seed, tag), none of them a search unit seed of any generation."""
+    taken = {s for g in range(cfg.generations) for s in unit_seeds(cfg, g)}
+    out: list[int] = []
+    i = 0
+    while len(out) < n:
+        digest = hashlib.sha256(f"optsearch-{tag}/{cfg.seed}/{i}".encode()).digest()
+        s = int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+        if s not in taken and s not in out:
+            out.append(s)
+        i += 1
+    return out
+
+
+def units_for(cfg: StudyConfig, tag: str) -> list[Unit]:
+    seeds = fresh_seeds(cfg, tag, cfg.funnel.seeds)
+    return [(task, s) for s in seeds for task in cfg.funnel.tasks]
+
+
+def with_lr_offset(g: Genome, offset: float) -> Genome:
+    lo, hi, _ = FLOAT_RANGES["lr_log10"]
+    return replace(g, lr_log10=min(hi, max(lo, g.lr_log10 + offset)))
+
+
+def candidates(study: optuna.Study, k: int) -> list[FrozenTrial]:
+    """The ``k`` best COMPLETE trials with distinct genomes, best told value first."""
+    out: list[FrozenTrial] = []
+    seen: set[tuple] = set()
+    for t in best_trials(study, len(study.get_trials(deepcopy=False))):
+        key = tuple(sorted(t.params.items()))
+        if key not in seen:
+            seen.add(key)
+            out.append(t)
+        if len(out) == k:
+            break
+    return out
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One genome's funnel result: its scores per unit at its best learning rate."""
+
+    name: str
+    number: int | None
+    told: float | None
+    genome: Genome
+    offset: float
+    scores: tuple[float, ...]
+    by_offset: tuple[tuple[float, float], ...]
+
+    @property
+    def mean(self) -> float:
+        return sum(self.scores) / len(self.scores)
+
+    @property
+    def tuned(self) -> Genome:
+        """The genome at its best learning rate of the sweep."""
+        return with_lr_offset(self.genome, self.offset)
+
+
+@dataclass(frozen=True)
+class FunnelRound:
+    """A finished round: candidates best first, the reference, and the units they were measured on."""
+
+    generation: int
+    units: tuple[Unit, ...]
+    entries: tuple[Entry, ...]
+    reference: Entry | None
+
+    @property
+    def winner(self) -> Entry:
+        return self.entries[0]
+
+    def vs_reference(self) -> Interval | None:
+        if self.reference is None:
+            return None
+        return paired_difference(self.winner.scores, self.reference.scores)
+
+
+def read_round(attrs: dict[str, Any], generation: int) -> FunnelRound | None:
+    """A finished round from the stored attrs (None if it is missing or unfinished)."""
+    got = complete_scores(attrs, round_key(generation))
+    if got is None:
+        return None
+    head, scores = got
+    offsets = [float(o) for o in head["offsets"]]
+    entries = []
+    for c, (name, number, told) in enumerate(zip(head["names"], head["numbers"], head["told"])):
+        rows = scores[c * len(offsets):(c + 1) * len(offsets)]
+        means = [sum(r) / len(r) for r in rows]
+        best = max(range(len(offsets)), key=lambda i: (means[i], -abs(offsets[i])))
+        entries.append(Entry(name, number, told, Genome.from_params(head["base"][c]), offsets[best],
+                             tuple(rows[best]), tuple(zip(offsets, means))))
+    ref = entries.pop() if head.get("reference") else None
+    ranked = sorted(range(len(entries)), key=lambda i: -entries[i].mean)  # stable: ties keep the told order
+    return FunnelRound(int(head["generation"]), tuple((t, int(s)) for t, s in head["units"]),
+                       tuple(entries[i] for i in ranked), ref)
+
+
+def rounds(study: optuna.Study) -> list[FunnelRound]:
+    """The study's finished funnel rounds, oldest first."""
+    attrs = study.user_attrs
+    gens = sorted(int(k[len(PREFIX):]) for k in attrs if k.startswith(PREFIX) and k[len(PREFIX):].isdigit())
+    return [r for r in (read_round(attrs, g) for g in gens) if r is not None]
+
+
+def final_round(study: optuna.Study) -> FunnelRound | None:
+    done = rounds(study)
+    return done[-1] if done else None
+
+
+def run_round(study: optuna.Study, cfg: StudyConfig, generation: int, *, device: str, data_dir: str | None,
+              evaluator: Callable[..., Any] | None = None, progress: bool = False) -> FunnelRound:
+    """Run (or finish) the round after ``generation`` completed generations."""
+    key = round_key(generation)
+    head = study.user_attrs.get(key)
+    f = cfg.funnel
+    if head is None:  # fix the candidates now: later generations must not change a half-run round
+        picked = candidates(study, f.k)
+        base = [Genome.from_params(t.params) for t in picked] + [Genome.named(REFERENCE)]
+        extra = {"generation": generation, "offsets": list(f.lr_sweep), "base": [g.to_params() for g in base],
+                 "names": [f"#{t.number}" for t in picked] + [REFERENCE],
+                 "numbers": [t.number for t in picked] + [None],
+                 "told": [scalar_fitness(t) for t in picked] + [None], "reference": True}
+        units = units_for(cfg, f"funnel/{generation}")
+    else:
+        base = [Genome.from_params(p) for p in head["base"]]
+        extra = {k: v for k, v in head.items() if k not in ("params", "units")}
+        units = [(t, int(s)) for t, s in head["units"]]
+    offsets = [float(o) for o in extra["offsets"]]
+    genomes = [with_lr_offset(g, o) for g in base for o in offsets]
+    run_unit = evaluator_unit(steps=f.steps, batch_size=f.batch_size, subsample=f.subsample, device=device,
+                              data_dir=data_dir, evaluator=evaluator)
+    bar = _bar(progress, len(units), f"funnel after generation {generation}")
+    try:
+        run_stage(study, key, genomes, units, run_unit, extra=extra, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    done = read_round(study.user_attrs, generation)
+    assert done is not None
+    return done
+
+
+def run_funnels(study: optuna.Study, cfg: StudyConfig, *, device: str, data_dir: str | None,
+                evaluator: Callable[..., Any] | None = None, progress: bool = False) -> None:
+    """Every round due at the study's current progress, then the winner's ablation once the search ended."""
+    if not cfg.funnel.enabled:
+        return
+    done = completed_generations(study, cfg.population)
+    due = [g for g in range(cfg.funnel.every, done + 1, cfg.funnel.every)] if cfg.funnel.every else []
+    if done >= cfg.generations:
+        due.append(cfg.generations)
+    for g in dict.fromkeys(due):
+        if read_round(study.user_attrs, g) is None:
+            run_round(study, cfg, g, device=device, data_dir=data_dir, evaluator=evaluator, progress=progress)
+    last = final_round(study)
+    if cfg.funnel.ablation and last is not None and last.generation >= cfg.generations:
+        run_unit = evaluator_unit(steps=cfg.funnel.steps, batch_size=cfg.funnel.batch_size,
+                                  subsample=cfg.funnel.subsample, device=device, data_dir=data_dir,
+                                  evaluator=evaluator)
+        reference = last.reference.tuned if last.reference is not None else None
+        ablation.run(study, last.winner.tuned, units_for(cfg, "ablation"), run_unit, reference=reference,
+                     progress=progress)
+
+
+def study_winner(study: optuna.Study, *, simplified: bool = True) -> tuple[str, Genome, str] | None:
+    """The study's answer: ``(label, genome, source)``, or None when nothing completed.
+
+    ``source`` is ``"simplified"`` (the funnel winner after ablation), ``"funnel"`` (the winner of
+    the last funnel round, at its best learning rate) or ``"best trial"`` (no funnel ran, e.g. a
+    study made before it: the highest told value).
+    """
+    last = final_round(study)
+    if last is None:
+        best = best_trials(study, 1)
+        if not best:
+            return None
+        return f"{study.study_name}#{best[0].number}", Genome.from_params(best[0].params), "best trial"
+    w = last.winner
+    label = f"{study.study_name}#{w.number}"
+    if simplified:
+        result = ablation.read(study)
+        if result is not None and result.start == w.tuned:
+            return f"{label}-simplified", result.genome, "simplified"
+    return f"{label}-funnel", w.tuned, "funnel"
+
+
+def headline(study: optuna.Study) -> list[str]:
+    """The run summary's comparison with Adam: with an interval, or no number at all."""
+    last = final_round(study)
+    if last is None:
+        return ["no funnel ran: the best trial is the maximum of many noisy proxy measurements, "
+                "so no comparison with Adam is claimed (a [funnel] table in the config confirms a winner)"]
+    w = last.winner
+    n = len(last.units)
+    lines = [f"funnel after generation {last.generation}: {len(last.entries)} genomes × {n} runs "
+             f"({', '.join(dict.fromkeys(t for t, _ in last.units))}; {n // max(1, len({t for t, _ in last.units}))} "
+             f"fresh seeds, lr sweep); winner trial #{w.number}: mean fitness {w.mean:.4f} "
+             f"(told {w.told:.4f} on the proxies)"]
+    fresh = ablation.read(study)
+    diff = fresh.vs_reference() if fresh is not None and fresh.start == w.tuned else None
+    if diff is not None and math.isfinite(diff.half_width):
+        lines.append(f"winner − Adam (lr-swept) on {diff.n} fresh runs not used to pick it: {diff.fmt(digits=4, signed=True)} "
+                     f"(95 % paired t-interval; {_verdict(diff)})")
+        return lines
+    diff = last.vs_reference()
+    if diff is not None and math.isfinite(diff.half_width):
+        lines.append(f"winner − Adam (lr-swept) on the funnel's {diff.n} runs: {diff.fmt(digits=4, signed=True)} "
+                     f"(95 % paired t-interval; {_verdict(diff)}; the winner was picked on these runs, so this favours it)")
+    else:
+        lines.append("no interval for winner − Adam (too few runs): no comparison claimed")
+    return lines
+
+
+def _verdict(i: Interval) -> str:
+    return {1: "better than Adam", -1: "worse than Adam", 0: "not established"}[i.sign]
+
+
+def funnel_table(r: FunnelRound) -> list[str]:
+    """The round's candidates as text rows, best first."""
+    rows = [f"funnel after generation {r.generation}: mean validation fitness at each genome's best lr "
+            f"over {len(r.units)} runs", "  rank  genome     told     funnel   lr offset  formula"]
+    for i, e in enumerate([*r.entries, *([r.reference] if r.reference else [])]):
+        rank = f"{i + 1:>4}" if i < len(r.entries) else " ref"
+        told = f"{e.told:.4f}" if e.told is not None else "   —  "
+        rows.append(f"  {rank}  {e.name:<9} {told:<8} {e.mean:.4f}   {e.offset:+.1f}       {e.tuned.formula()}")
+    return rows
+
+
+def _bar(progress: bool, total: int, desc: str) -> Any:
+    if not progress or total == 0:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="run", desc=desc, dynamic_ncols=True)
+
+
+__all__ = ["Entry", "FunnelRound", "REFERENCE", "candidates", "final_round", "fresh_seeds", "funnel_table",
+           "headline", "read_round", "round_key", "rounds", "run_funnels", "run_round", "study_winner",
+           "with_lr_offset"]

@@ -1,0 +1,241 @@
+"""The funnel: top-k genomes re-measured on meta-validation tasks with fresh seeds and an lr sweep; resumable."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pytest
+
+from optsearch.cli import main
+from optsearch.errors import ConfigError
+from optsearch.genome import Genome, search_space
+from optsearch.search import config as configs
+from optsearch.search import funnel
+from optsearch.search.noise import unit_seeds
+from optsearch.search.storage import CONFIG_ATTR
+
+CONFIG = """
+[search]
+tasks = ["digits"]
+seeds = [0]
+steps = {steps}
+population = 4
+generations = 1
+checkpoint_every = 20
+seed = 5
+device = "cpu"
+[pruning]
+pruner = "none"
+[sampler]
+[funnel]
+tasks = ["digits"]
+steps = {funnel_steps}
+seeds = 3
+k = {k}
+ablation = {ablation}
+"""
+
+
+def make_config(tmp_path: Path, *, steps: int = 30, funnel_steps: int = 30, k: int = 2, ablation: bool = True) -> Path:
+    p = tmp_path / "f.toml"
+    p.write_text(CONFIG.format(steps=steps, funnel_steps=funnel_steps, k=k, ablation=str(ablation).lower()))
+    return p
+
+
+def noise(task: str, seed: int, salt: str = "") -> float:
+    """Deterministic pseudo-noise in [-0.01, 0.01) per (task, seed): shared by all members of a unit."""
+    h = hashlib.sha256(f"{task}/{seed}/{salt}".encode()).digest()
+    return (int.from_bytes(h[:4], "little") / 2**32 - 0.5) * 0.02
+
+
+def meta_fitness(g: Genome) -> float:
+    """The known meta-validation answer: best at lr 10^-2.5 with a sign_grad term, regardless of proxy scores."""
+    return 0.8 - 0.2 * (g.lr_log10 + 2.5) ** 2 + 0.1 * ("sign_grad" in g.merged_terms())
+
+
+class FakeEvaluator:
+    """Stands in for optsearch.train.evaluate.evaluate: a known fitness per genome, counting units."""
+
+    def __init__(self, fail_after: int | None = None):
+        self.units: list[tuple[str, int]] = []
+        self.fail_after = fail_after
+
+    def __call__(self, genomes, tasks, *, seeds, split, **kw):
+        assert split == "val" and len(tasks) == 1 and len(seeds) == 1
+        if self.fail_after is not None and len(self.units) >= self.fail_after:
+            raise KeyboardInterrupt  # as if the process were killed here
+        self.units.append((tasks[0], seeds[0]))
+        return SimpleNamespace(members=[SimpleNamespace(fitness=meta_fitness(g) + noise(tasks[0], seeds[0]))
+                                        for g in genomes])
+
+
+def synthetic_study(tmp_path: Path, genomes_told: list[tuple[Genome, float]], *, k: int = 3) -> tuple[optuna.Study, configs.StudyConfig]:
+    """A finished one-generation study whose trials hold the given genomes and told (proxy) values."""
+    cfg = configs.load(make_config(tmp_path, k=k))
+    cfg = replace(cfg, population=len(genomes_told))
+    st = optuna.create_study(study_name="syn", storage=f"sqlite:///{tmp_path}/syn.db", direction="maximize")
+    st.set_user_attr(CONFIG_ATTR, cfg.to_dict())
+    dists = search_space()
+    for g, v in genomes_told:
+        t = optuna.trial.create_trial(params=g.to_params(), distributions=dists, value=v,
+                                      system_attrs={"GeneticSampler:generation": 0}, user_attrs={"generation": 0})
+        st.add_trial(t)
+    return st, cfg
+
+
+ADAM = Genome.named("adam")
+SIGN = Genome(terms=("adam", "sign_grad", "none", "none"), alphas=(1.0, 0.5, 0.0, 0.0), lr_log10=-3.0)
+POPULATION = [
+    (replace(ADAM, lr_log10=-2.5), 0.95),   # the proxy's best, second on meta-validation
+    (replace(ADAM, lr_log10=-4.0), 0.90),   # poor everywhere but told high
+    (SIGN, 0.60),                           # told worst; best on meta-validation once its lr is swept up by 0.5
+    (replace(ADAM, lr_log10=-1.0), 0.50),   # not in the top 3
+]
+
+
+def test_funnel_picks_the_genome_best_on_meta_validation(tmp_path):
+    st, cfg = synthetic_study(tmp_path, POPULATION, k=3)
+    fake = FakeEvaluator()
+    funnel.run_funnels(st, replace(cfg, funnel=replace(cfg.funnel, ablation=False)), device="cpu", data_dir=None,
+                       evaluator=fake)
+    r = funnel.final_round(st)
+    assert r is not None and r.generation == 1
+    assert [e.name for e in r.entries] == ["#2", "#0", "#1"]  # the told-worst of the top 3 wins
+    assert r.winner.offset == 0.5 and r.winner.tuned.lr_log10 == pytest.approx(-2.5)
+    assert r.reference is not None and r.reference.name == "adam"
+    # three fresh seeds × one task; every unit trained (3 candidates + Adam) × 3 lr variants at once
+    assert len(fake.units) == 3 and len(r.units) == 3
+    label, genome, source = funnel.study_winner(st)
+    assert source == "funnel" and label == "syn#2-funnel" and genome == r.winner.tuned
+    assert genome.merged_terms() == SIGN.merged_terms()
+    # the headline compares it with lr-swept Adam with an interval (Adam at -3.0 is swept to -2.5: diff 0.1)
+    text = "\n".join(funnel.headline(st))
+    assert "winner − Adam" in text and "+0.1000 ± 0.0000" in text
+
+
+def test_no_funnel_falls_back_to_the_best_trial_and_claims_nothing(tmp_path):
+    st, _ = synthetic_study(tmp_path, POPULATION)
+    label, genome, source = funnel.study_winner(st)
+    assert (label, source) == ("syn#0", "best trial") and genome == POPULATION[0][0]
+    text = "\n".join(funnel.headline(st))
+    assert "no funnel ran" in text and "±" not in text
+
+
+def test_funnel_seeds_are_fresh_and_deterministic(tmp_path):
+    cfg = configs.load(make_config(tmp_path))
+    cfg = replace(cfg, generations=50, seeds=(0, 1, 2))
+    seeds = funnel.fresh_seeds(cfg, "funnel/50", 5)
+    assert len(set(seeds)) == 5 and seeds == funnel.fresh_seeds(cfg, "funnel/50", 5)
+    assert not set(seeds) & {s for g in range(50) for s in unit_seeds(cfg, g)}
+    assert seeds != funnel.fresh_seeds(replace(cfg, seed=cfg.seed + 1), "funnel/50", 5)
+    assert set(seeds).isdisjoint(funnel.fresh_seeds(cfg, "ablation", 5))
+
+
+def test_a_killed_funnel_resumes_without_redoing_finished_units(tmp_path):
+    st, cfg = synthetic_study(tmp_path, POPULATION, k=3)
+    cfg = replace(cfg, funnel=replace(cfg.funnel, ablation=False))
+    with pytest.raises(KeyboardInterrupt):
+        funnel.run_funnels(st, cfg, device="cpu", data_dir=None, evaluator=FakeEvaluator(fail_after=2))
+    stored = {k: v for k, v in st.user_attrs.items() if k.startswith("funnel:1:unit:")}
+    assert sorted(stored) == ["funnel:1:unit:0", "funnel:1:unit:1"] and funnel.final_round(st) is None
+    assert funnel.study_winner(st)[2] == "best trial"  # an unfinished funnel does not decide anything
+    rest = FakeEvaluator()
+    funnel.run_funnels(st, cfg, device="cpu", data_dir=None, evaluator=rest)
+    r = funnel.final_round(st)
+    assert rest.units == [r.units[2]]  # only the unfinished unit was trained again
+    assert {k: v for k, v in st.user_attrs.items() if k in stored} == stored
+    assert r.winner.name == "#2"
+    # nothing is left to do: no more training
+    again = FakeEvaluator()
+    funnel.run_funnels(st, cfg, device="cpu", data_dir=None, evaluator=again)
+    assert again.units == []
+
+
+def test_funnel_config(tmp_path):
+    cfg = configs.load(make_config(tmp_path, k=5))
+    f = cfg.funnel
+    assert f.enabled and f.k == 5 and f.seeds == 3 and f.lr_sweep == (-0.5, 0.0, 0.5) and f.every == 0
+    assert configs.StudyConfig.from_dict(cfg.to_dict()) == cfg
+    assert not configs.preset("paper").funnel.enabled or configs.preset("paper").funnel.tasks
+    head = make_config(tmp_path).read_text().partition("[funnel]")[0]
+    p = tmp_path / "bad.toml"
+    for body in ("seeds = 2", "k = 0", "ablation = 1", "lr_sweep = []", "bogus = 1", 'tasks = ["nope"]', "every = -1"):
+        p.write_text(head + "[funnel]\n" + body + "\n")
+        with pytest.raises(ConfigError, match="funnel"):
+            configs.load(p)
+    p.write_text(head)
+    assert not configs.load(p).funnel.enabled  # no [funnel] table: no funnel (as in studies made before it)
+
+
+@pytest.mark.parametrize("name", ["quick", "cpu", "paper"])
+def test_presets_load_with_a_funnel(name):
+    cfg = configs.preset(name)
+    assert cfg.funnel.enabled and cfg.funnel.seeds >= 3 and cfg.funnel.tasks
+
+
+def test_cpu_preset_uses_cnn_proxies_multi_fidelity_and_a_larger_funnel():
+    cfg = configs.preset("cpu")
+    assert all(t.endswith("_cnn") for t in cfg.tasks)
+    assert cfg.pruning.pruner != "none" and cfg.funnel.ablation
+    assert (cfg.funnel.steps or 0) > (cfg.steps or 0)
+
+
+def _cli(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "optsearch", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def test_study_run_resumes_inside_the_funnel_after_sigkill(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path}/s.db"
+    cfg = make_config(tmp_path, steps=30, funnel_steps=800, k=2, ablation=False)
+    assert main(["study", "create", "f", "--config", str(cfg), "--storage", url]) == 0
+    proc = _cli("study", "run", "f", "--storage", url, "--quiet")
+    deadline = time.time() + 300
+    st = optuna.load_study(study_name="f", storage=url)
+    while time.time() < deadline:  # kill it once the funnel has finished its first unit
+        if "funnel:1:unit:0" in st.user_attrs:
+            break
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    else:
+        pytest.fail("the funnel never finished a unit")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {k: v for k, v in st.user_attrs.items() if ":unit:" in k}
+    assert "funnel:1:unit:2" not in before  # killed inside the funnel
+    n_trials = len(st.trials)
+    assert main(["study", "run", "f", "--storage", url, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "funnel after generation 1" in out and "winner − Adam" in out
+    st = optuna.load_study(study_name="f", storage=url)
+    assert len(st.trials) == n_trials  # the search was finished: no trial asked again
+    assert {k: v for k, v in st.user_attrs.items() if k in before} == before
+    r = funnel.final_round(st)
+    assert r is not None and len(r.units) == 3
+
+
+def test_study_run_show_and_export_with_funnel_and_ablation(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path}/s.db"
+    cfg = make_config(tmp_path, steps=30, funnel_steps=30, k=2)
+    assert main(["study", "create", "f", "--config", str(cfg), "--storage", url]) == 0
+    assert main(["study", "run", "f", "--storage", url, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "funnel after generation 1" in out and "the study's answer (simplified" in out
+    st = optuna.load_study(study_name="f", storage=url)
+    r = funnel.final_round(st)
+    simple, raw = tmp_path / "s.json", tmp_path / "raw.json"
+    assert main(["export", "f", "--storage", url, "-o", str(simple)]) == 0
+    assert main(["export", "f", "--storage", url, "-o", str(raw), "--unsimplified"]) == 0
+    assert Genome.load(raw) == r.winner.tuned
+    assert Genome.load(simple) == funnel.study_winner(st)[1]
+    assert main(["study", "show", "f", "--storage", url]) == 0
+    shown = capsys.readouterr().out
+    assert "funnel after generation 1" in shown and "ablation of the funnel winner" in shown
