@@ -202,7 +202,7 @@ def test_state_holds_only_needed_buffers(terms, buffers):
 
 ZERO_GRAD_GENOMES = {
     **{f"named:{n}": dataclasses.replace(g, weight_decay=False) for n, g in NAMED.items()},
-    **{f"term:{t}": Genome(terms=(t, NONE, NONE, NONE), alphas=(1.0, 0.0, 0.0, 0.0)) for t in PRIMITIVES},
+    **{f"term:{t}": Genome.single(t) for t in PRIMITIVES},
 }
 
 

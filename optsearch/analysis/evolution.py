@@ -24,7 +24,7 @@ from optsearch.analysis.data import trial_generation
 from optsearch.analysis.importance import PRIMS, SWITCHES
 from optsearch.analysis.principles import departs, departure_label
 from optsearch.errors import GenomeError
-from optsearch.genome import Genome, search_space
+from optsearch.genome import LATER_GENES, Genome, search_space
 from optsearch.train.tasks import WORST_FITNESS
 
 ORIGIN_ATTR = "GeneticSampler:origin"
@@ -74,7 +74,7 @@ def read_members(study: optuna.Study) -> list[Member]:
         if gen is None:
             continue
         genome = None
-        if names <= set(t.params):
+        if all(n in t.params or n in LATER_GENES for n in names):
             try:
                 genome = Genome.from_params(t.params)
             except GenomeError:

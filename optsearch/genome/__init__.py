@@ -13,7 +13,9 @@ from optsearch.genome.core import (
     FLOAT_RANGES,
     FORMAT_VERSION,
     K,
+    LATER_GENES,
     NAMED,
+    SIGN_CHOICES,
     Genome,
     define_search_space,
     resolve,
@@ -21,6 +23,6 @@ from optsearch.genome.core import (
 )
 
 __all__ = [
-    "ALPHA_RANGE", "BASELINES", "BOOL_GENES", "CLIP_CHOICES", "FLOAT_RANGES", "FORMAT_VERSION", "K", "NAMED",
+    "ALPHA_RANGE", "BASELINES", "BOOL_GENES", "CLIP_CHOICES", "FLOAT_RANGES", "FORMAT_VERSION", "K", "LATER_GENES", "NAMED", "SIGN_CHOICES",
     "Genome", "define_search_space", "resolve", "search_space",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -18,7 +18,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
 from optsearch.errors import GenomeError
-from optsearch.genome.primitives import NONE, PRIMITIVES, TERM_CHOICES
+from optsearch.genome.primitives import NONE, PRIMITIVES, SIGN_PRIMITIVES, TERM_CHOICES
 
 K = 4
 """Number of term slots."""
@@ -38,6 +38,11 @@ FLOAT_RANGES: dict[str, tuple[float, float, bool]] = {
 }
 ALPHA_RANGE: tuple[float, float] = (0.0, 4.0)
 BOOL_GENES: tuple[str, ...] = ("weight_decay", "bias_correction", "warmup", "cosine_decay")
+SIGN_CHOICES: tuple[str, ...] = (NONE, *SIGN_PRIMITIVES)
+LATER_GENES: dict[str, Any] = {"sign_term": NONE, "sign_alpha": 0.0}
+"""Genes added after studies and files already existed, with the value that means "absent". A stored
+trial or genome file without them reads as that value, and a genome holding it is written to a file
+without them, so such a file is byte for byte what the earlier format was."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,9 @@ class Genome:
         θ ← θ − η_t·λ·θ − η_t·Σ_k α_k·term_k,   η_t = 10^lr_log10 · warmup(t) · cosine(t)
 
     with λ = 10^wd_log10 when ``weight_decay`` is on (decoupled, as in AdamW) and the gradient
-    clipped first (``clip``: per-element ``value`` as in the paper, or global ``norm``).
+    clipped first (``clip``: per-element ``value`` as in the paper, or global ``norm``). Besides the
+    K slots, ``sign_term`` (AddSign or PowerSign, or ``none``) with weight ``sign_alpha`` is one more
+    term of the sum: a gene of its own because a slot's choices cannot grow in a stored study.
     """
 
     terms: tuple[str, str, str, str] = ("adam", NONE, NONE, NONE)
@@ -66,6 +73,8 @@ class Genome:
     warmup: bool = False
     warmup_frac: float = 0.05
     cosine_decay: bool = False
+    sign_term: str = NONE
+    sign_alpha: float = 0.0
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -87,10 +96,27 @@ class Genome:
     def merged_terms(self) -> dict[str, float]:
         """Primitive -> Σ α over the slots holding it (slot order is irrelevant; zero weights dropped)."""
         out: dict[str, float] = {}
-        for t, a in zip(self.terms, self.alphas):
+        for t, a in zip((*self.terms, self.sign_term), (*self.alphas, self.sign_alpha)):
             if t != NONE:
                 out[t] = out.get(t, 0.0) + a
         return {t: a for t, a in out.items() if a != 0.0}
+
+    @classmethod
+    def single(cls, term: str, alpha: float = 1.0, **genes: Any) -> "Genome":
+        """A genome whose only term is ``term`` (in slot 0, or in the sign gene for AddSign/PowerSign)."""
+        if term in SIGN_PRIMITIVES:
+            return cls(terms=(NONE,) * K, alphas=(0.0,) * K, sign_term=term, sign_alpha=alpha, **genes)
+        return cls(terms=(term, *(NONE,) * (K - 1)), alphas=(alpha, *(0.0,) * (K - 1)), **genes)
+
+    def without(self, term: str) -> "Genome":
+        """This genome with every occurrence of the primitive ``term`` removed (slots emptied, α 0)."""
+        return replace(
+            self,
+            terms=tuple(NONE if t == term else t for t in self.terms),
+            alphas=tuple(0.0 if t == term else a for t, a in zip(self.terms, self.alphas)),
+            sign_term=NONE if self.sign_term == term else self.sign_term,
+            sign_alpha=0.0 if self.sign_term == term else self.sign_alpha,
+        )
 
     # ----------------------------------------------------------------- Optuna params
     def to_params(self) -> dict[str, Any]:
@@ -106,10 +132,14 @@ class Genome:
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "Genome":
-        """Inverse of :meth:`to_params`; raises :class:`GenomeError` naming a missing or bad field."""
-        missing = [n for n in search_space() if n not in params]
+        """Inverse of :meth:`to_params`; raises :class:`GenomeError` naming a missing or bad field.
+
+        Genes in :data:`LATER_GENES` may be missing (a trial or file from before they existed).
+        """
+        missing = [n for n in search_space() if n not in params and n not in LATER_GENES]
         if missing:
             raise GenomeError(f"genome is missing field(s): {', '.join(missing)}")
+        params = {**LATER_GENES, **params}
         kw: dict[str, Any] = {n: params[n] for n in search_space() if not n.startswith(("term_", "alpha_"))}
         kw["terms"] = tuple(params[f"term_{i}"] for i in range(K))
         kw["alphas"] = tuple(params[f"alpha_{i}"] for i in range(K))
@@ -117,7 +147,11 @@ class Genome:
 
     # ----------------------------------------------------------------- files
     def to_dict(self) -> dict[str, Any]:
-        return {"format_version": FORMAT_VERSION, "genome": self.to_params(), "formula": self.formula()}
+        """The file form; later genes holding their "absent" value are left out (see :data:`LATER_GENES`)."""
+        params = self.to_params()
+        if self.sign_term == NONE:
+            params = {n: v for n, v in params.items() if n not in LATER_GENES}
+        return {"format_version": FORMAT_VERSION, "genome": params, "formula": self.formula()}
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -181,7 +215,10 @@ class Genome:
             f"   ε = 10^{self.eps_log10:.4g}",
             f"  λ = {'10^%.4g = %.3g' % (self.wd_log10, self.wd) if self.weight_decay else 'off'}",
         ]
-        slots = ", ".join(f"{t}×{a:.4g}" for t, a in zip(self.terms, self.alphas))
+        pairs = list(zip(self.terms, self.alphas))
+        if self.sign_term != NONE:
+            pairs.append((self.sign_term, self.sign_alpha))
+        slots = ", ".join(f"{t}×{a:.4g}" for t, a in pairs)
         lines.append(f"  slots: {slots}")
         return "\n".join(lines)
 
@@ -202,6 +239,9 @@ def _validate(g: Genome) -> None:
             raise bad(f"term_{i}", f"unknown primitive {t!r}; known: {', '.join(TERM_CHOICES)}")
     for i, a in enumerate(g.alphas):
         _check_float(f"alpha_{i}", a, *ALPHA_RANGE)
+    if g.sign_term not in SIGN_CHOICES:
+        raise bad("sign_term", f"expected one of {', '.join(SIGN_CHOICES)}, got {g.sign_term!r}")
+    _check_float("sign_alpha", g.sign_alpha, *ALPHA_RANGE)
     for name, (lo, hi, _) in FLOAT_RANGES.items():
         _check_float(name, getattr(g, name), lo, hi)
     for name in BOOL_GENES:
@@ -229,6 +269,8 @@ def search_space() -> dict[str, BaseDistribution]:
     for name in BOOL_GENES:
         space[name] = CategoricalDistribution((False, True))
     space["clip"] = CategoricalDistribution(CLIP_CHOICES)
+    space["sign_term"] = CategoricalDistribution(SIGN_CHOICES)
+    space["sign_alpha"] = FloatDistribution(*ALPHA_RANGE)
     return {n: space[n] for n in Genome().to_params()}  # the field order of to_params()
 
 
@@ -295,6 +337,8 @@ def resolve(spec: str) -> Genome:
 
 __all__ = [
     "BASELINES",
+    "LATER_GENES",
+    "SIGN_CHOICES",
     "Genome",
     "K",
     "NAMED",

@@ -26,12 +26,12 @@ NORM_CLIP_EPS = 1e-6
 
 @dataclass(frozen=True)
 class Moments:
-    """What a primitive may read at step t.
+    """What a primitive may read at step t. Primitives never modify these in place.
 
     Attributes:
         g: the (clipped) gradient.
         m: first moment, EMA of g with β1, bias-corrected when the genome says so (m̂).
-        sqrt_v: √v̂, the root of the second moment (EMA of g² with β2), bias-corrected likewise.
+        denom: √v̂ + ε, from the second moment v (EMA of g² with β2), bias-corrected likewise.
         mu: Lion's momentum *before* this step's update (EMA of g with β2), or None.
         beta1: β1 (a float, or a ``[P, 1]`` tensor in the population).
         eps: ε (likewise).
@@ -39,7 +39,7 @@ class Moments:
 
     g: Any
     m: Any
-    sqrt_v: Any
+    denom: Any
     mu: Any
     beta1: Any
     eps: Any
@@ -59,24 +59,38 @@ def _p(name: str, symbol: str, needs: str, fn: Callable[[Moments], Any]) -> Prim
     return Primitive(name, symbol, frozenset(needs.split()), fn)
 
 
+# Each function returns either one of its inputs (g, m) or a tensor it allocated, and chains in-place
+# ops only on what it allocated itself, so a term costs at most one or two parameter-sized temporaries.
+# In-place ops never touch a result that autograd saved (sqrt, exp), so ``differentiable`` works too.
 PRIMITIVES: dict[str, Primitive] = {
     p.name: p
     for p in (
         _p("grad", "g", "", lambda s: s.g),
         _p("momentum", "m", "m", lambda s: s.m),
-        _p("rms_norm", "g/(√v+ε)", "v", lambda s: s.g / (s.sqrt_v + s.eps)),
-        _p("adam", "m/(√v+ε)", "m v", lambda s: s.m / (s.sqrt_v + s.eps)),
+        _p("rms_norm", "g/(√v+ε)", "v", lambda s: s.g / s.denom),
+        _p("adam", "m/(√v+ε)", "m v", lambda s: s.m / s.denom),
         _p("sign_grad", "sign(g)", "", lambda s: s.g.sign()),
-        _p("unit_grad", "g/(|g|+ε)", "", lambda s: s.g / (s.g.abs() + s.eps)),
-        _p("nesterov", "(β1·m+(1−β1)·g)", "m", lambda s: s.m * s.beta1 + s.g * (1 - s.beta1)),
+        _p("unit_grad", "g/(|g|+ε)", "", lambda s: s.g / s.g.abs().add_(s.eps)),
+        _p("nesterov", "(β1·m+(1−β1)·g)", "m", lambda s: s.g.lerp(s.m, s.beta1)),
         _p("sign_momentum", "sign(m)", "m", lambda s: s.m.sign()),
-        _p("lion", "sign(β1·μ+(1−β1)·g)", "mu", lambda s: (s.mu * s.beta1 + s.g * (1 - s.beta1)).sign()),
+        _p("lion", "sign(β1·μ+(1−β1)·g)", "mu", lambda s: s.g.lerp(s.mu, s.beta1).sign_()),
+        # Bello et al. 2017: the gradient, doubled where it agrees in sign with the momentum and
+        # cancelled where it disagrees (AddSign), or scaled by e^{±1} (PowerSign).
+        _p("add_sign", "(1+sign(g)·sign(m))·g", "m", lambda s: s.g.sign().mul_(s.m.sign()).add_(1).mul_(s.g)),
+        _p("power_sign", "e^(sign(g)·sign(m))·g", "m", lambda s: s.g * s.g.sign().mul_(s.m.sign()).exp_()),
     )
 }
 """The catalogue. ``none`` (an empty slot) is a genome value, not a primitive."""
 
 NONE = "none"
-TERM_CHOICES: tuple[str, ...] = (NONE, *PRIMITIVES)
+SLOT_PRIMITIVES: tuple[str, ...] = (
+    "grad", "momentum", "rms_norm", "adam", "sign_grad", "unit_grad", "nesterov", "sign_momentum", "lion",
+)
+"""Primitives a term slot may hold. Its choices are fixed: a stored Optuna study refuses a categorical
+parameter whose choices change, so primitives added later get their own genes (see the genome)."""
+TERM_CHOICES: tuple[str, ...] = (NONE, *SLOT_PRIMITIVES)
+SIGN_PRIMITIVES: tuple[str, ...] = ("add_sign", "power_sign")
+"""Primitives held by the genome's sign-agreement gene rather than by a term slot."""
 
 
 def state_needed(terms: Sequence[str]) -> frozenset[str]:
@@ -101,12 +115,16 @@ def advance_and_direct(
 ) -> Any:
     """Advance the moment buffers in place with ``g`` and return the direction Σ α_k·prim_k.
 
+    The direction is a new tensor the caller owns (it may scale it in place). Temporaries: m̂ when
+    bias correction is on, √v̂+ε, the running sum and one term at a time.
+
     Args:
-        g: gradient (tensor, TensorList or [P, D]); already clipped.
+        g: gradient (tensor, TensorList or [P, D]); already clipped. Never modified.
         state: buffers 'm', 'v', 'mu' for whichever of them the weights need (updated in place).
         weights: primitive name -> total α (merged over slots; coefficients may be [P, 1]).
         beta1, beta2, eps: the genome's coefficients.
-        bc1, bc2: bias-correction denominators 1−β^t, or 1 where correction is off.
+        bc1, bc2: bias-correction denominators 1−β^t, or 1 where correction is off (numbers, 0-d
+            tensors, TensorLists of 0-d tensors or [P, 1] columns).
 
     Returns:
         The un-scaled update direction; the caller applies ``θ ← θ − η_t·direction``.
@@ -117,26 +135,39 @@ def advance_and_direct(
     if m is not None:
         m.lerp_(g, 1 - beta1)
     if v is not None:
-        v.mul_(beta2).add_(g * g * (1 - beta2))
+        if isinstance(beta2, torch.Tensor):  # addcmul's value must be a number
+            v.mul_(beta2).addcmul_(g, g * (1 - beta2))
+        else:
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
     s = Moments(
         g=g,
-        m=None if m is None else m / bc1,
-        sqrt_v=None if v is None else v.sqrt() / _sqrt(bc2),
+        m=None if m is None else (m if _is_one(bc1) else m / bc1),
+        denom=None if v is None else (v.sqrt() + eps if _is_one(bc2) else (v.sqrt() / _sqrt(bc2)).add_(eps)),
         mu=mu,
         beta1=beta1,
         eps=eps,
     )
     direction = None
     for name, alpha in weights.items():
-        term = PRIMITIVES[name].fn(s) * alpha
-        direction = term if direction is None else direction + term
+        term = PRIMITIVES[name].fn(s)
+        if direction is None:  # scale the first term in place unless it is an input (g, m)
+            direction = term * alpha if term is s.g or term is s.m else term.mul_(alpha)
+        elif isinstance(alpha, torch.Tensor):
+            direction.addcmul_(term, alpha)
+        else:
+            direction.add_(term, alpha=alpha)
+        del term
     if mu is not None:  # Lion reads μ before its update, so it advances last
         mu.lerp_(g, 1 - beta2)
     return g * 0.0 if direction is None else direction
 
 
+def _is_one(x: Any) -> bool:
+    return isinstance(x, (int, float)) and x == 1
+
+
 def _sqrt(x: Any) -> Any:
-    return x.sqrt() if isinstance(x, torch.Tensor) else math.sqrt(x)
+    return x.sqrt() if isinstance(x, (torch.Tensor, TensorList)) else math.sqrt(x)
 
 
 def bias_corrections(step: Any, beta1: Any, beta2: Any, enabled: Any) -> tuple[Any, Any]:
@@ -157,7 +188,8 @@ def schedule_factor(step: Any, total_steps: Any, warmup: Any, warmup_frac: Any, 
 
     Linear warmup over ``W = max(1, round(frac·T))`` steps, then (if enabled) a cosine decay from 1 to 0
     over the remaining ``T − W`` steps (or all T without warmup). Unlike the paper's notebook, the
-    cosine does not also multiply the warmup ramp. Works on floats/bools or on broadcastable tensors.
+    cosine does not also multiply the warmup ramp. Works on floats/bools, on broadcastable tensors, or
+    on a step held in a tensor with Python switches (a capturable optimizer: no host read).
     """
     if isinstance(warmup, torch.Tensor) or isinstance(cosine, torch.Tensor) or isinstance(warmup_frac, torch.Tensor):
         warmup = torch.as_tensor(warmup)
@@ -169,18 +201,26 @@ def schedule_factor(step: Any, total_steps: Any, warmup: Any, warmup_frac: Any, 
         cos = torch.where(cosine, 0.5 * (1 + torch.cos(math.pi * progress)), torch.ones_like(frac))
         return warm * cos
     w = max(1, round(warmup_frac * total_steps)) if warmup else 0
-    warm = min(1.0, step / w) if warmup else 1.0
+    warm = _clamp(step / w, None, 1.0) if warmup else 1.0
     if not cosine:
         return warm
-    progress = min(1.0, max(0.0, (step - w) / max(1, total_steps - w)))
-    return warm * 0.5 * (1 + math.cos(math.pi * progress))
+    progress = _clamp((step - w) / max(1, total_steps - w), 0.0, 1.0)
+    cos = torch.cos(math.pi * progress) if isinstance(progress, torch.Tensor) else math.cos(math.pi * progress)
+    return warm * 0.5 * (1 + cos)
+
+
+def _clamp(x: Any, lo: float | None, hi: float) -> Any:
+    if isinstance(x, torch.Tensor):
+        return torch.clamp(x, min=lo, max=hi)
+    return min(hi, x if lo is None else max(lo, x))
 
 
 class TensorList:
     """A list of tensors whose arithmetic dispatches to ``torch._foreach_*`` (one call for all).
 
-    Only what :data:`PRIMITIVES` and :func:`advance_and_direct` use is implemented; operands are
-    another TensorList of the same length or a Python number.
+    Only what :data:`PRIMITIVES`, :func:`advance_and_direct` and the optimizer use is implemented;
+    operands are another TensorList of the same length (possibly of 0-d tensors, one per tensor) or
+    a Python number. Methods ending in ``_`` work in place and return ``self``.
     """
 
     __slots__ = ("tensors",)
@@ -196,6 +236,9 @@ class TensorList:
 
     def __sub__(self, o: Any) -> "TensorList":
         return TensorList(torch._foreach_sub(self.tensors, _operand(o)))
+
+    def __rsub__(self, o: Any) -> "TensorList":  # number − list
+        return TensorList(torch._foreach_add(torch._foreach_neg(self.tensors), _operand(o)))
 
     def __mul__(self, o: Any) -> "TensorList":
         return TensorList(torch._foreach_mul(self.tensors, _operand(o)))
@@ -214,17 +257,46 @@ class TensorList:
     def abs(self) -> "TensorList":
         return TensorList(torch._foreach_abs(self.tensors))
 
+    def lerp(self, end: "TensorList", weight: float) -> "TensorList":
+        return TensorList(torch._foreach_lerp(self.tensors, end.tensors, weight))
+
     # in place
     def mul_(self, o: Any) -> "TensorList":
         torch._foreach_mul_(self.tensors, _operand(o))
         return self
 
-    def add_(self, o: Any) -> "TensorList":
-        torch._foreach_add_(self.tensors, _operand(o))
+    def add_(self, o: Any, *, alpha: float = 1.0) -> "TensorList":
+        if alpha == 1.0:
+            torch._foreach_add_(self.tensors, _operand(o))
+        else:
+            torch._foreach_add_(self.tensors, _operand(o), alpha=alpha)
+        return self
+
+    def sub_(self, o: Any) -> "TensorList":
+        torch._foreach_sub_(self.tensors, _operand(o))
+        return self
+
+    def addcmul_(self, a: "TensorList", b: Any, *, value: float = 1.0) -> "TensorList":
+        if isinstance(b, TensorList):
+            torch._foreach_addcmul_(self.tensors, a.tensors, b.tensors, value=value)
+        else:  # a number: a·b·value
+            torch._foreach_add_(self.tensors, a.tensors, alpha=b * value)
         return self
 
     def lerp_(self, end: "TensorList", weight: float) -> "TensorList":
         torch._foreach_lerp_(self.tensors, end.tensors, weight)
+        return self
+
+    def sign_(self) -> "TensorList":
+        torch._foreach_sign_(self.tensors)
+        return self
+
+    def exp_(self) -> "TensorList":
+        torch._foreach_exp_(self.tensors)
+        return self
+
+    def neg_(self) -> "TensorList":
+        torch._foreach_neg_(self.tensors)
         return self
 
 

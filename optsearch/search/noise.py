@@ -27,6 +27,7 @@ from typing import Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from optsearch.genome import LATER_GENES
 from optsearch.search.config import StudyConfig
 from optsearch.search.sampler.slots import trial_generation
 from optsearch.search.sampler.space import SPACE
@@ -65,7 +66,8 @@ def earlier_measurements(study: optuna.Study, params: dict, generation: int) -> 
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         g = trial_generation(t)
-        if g is not None and g < generation and all(t.params.get(n) == v for n, v in target.items()):
+        same = all(t.params.get(n, LATER_GENES.get(n)) == v for n, v in target.items())  # old trials lack later genes
+        if g is not None and g < generation and same:
             out.append(measured(t))
     return out
 

@@ -25,7 +25,7 @@ from optsearch.search.sampler.slots import (
     CLAIM_POLL, GENERATION_KEY, MEMBER_KEY, ORIGIN_KEY, PARENTS_KEY, REPLACED_KEY, claim_slot, slot_failures,
     trial_generation,
 )
-from optsearch.search.sampler.space import SPACE, Params, expressed_genes, genes, random_params
+from optsearch.search.sampler.space import SPACE, Params, expressed_genes, genes, has_genome, random_params
 
 _LOG = logging.getLogger(__name__)
 RANK_STREAM = 2**32 - 1  # third word of the seed sequence of a generation's tie-breaking RNG
@@ -184,7 +184,7 @@ class GeneticSampler(BaseGASampler):
         """
         prev = [
             t for t in study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,), use_cache=True)
-            if trial_generation(t) == generation - 1 and all(n in t.params for n in SPACE)
+            if trial_generation(t) == generation - 1 and has_genome(t.params)
         ]
         if len(study.directions) == 1:
             return self.rank(prev, study.directions, generation)
@@ -245,14 +245,15 @@ class GeneticSampler(BaseGASampler):
         if not pool:  # the whole previous generation was pruned or failed: start afresh
             return random_params(rng), "random", []
         if not fresh and member < min(self.config.elites, len(pool)):
-            return dict(pool[member].params), "elite", [pool[member].number]
+            return genes(pool[member].params), "elite", [pool[member].number]
         i = self._selection(len(pool), rng, None)
         j = self._selection(len(pool), rng, i)
         a, b = pool[i], pool[j]
         if rng.random() < self.config.crossover_prob:
-            child, parents, origin = self._crossover(a.params, b.params, rng), [a.number, b.number], "crossover"
+            child, parents, origin = self._crossover(genes(a.params), genes(b.params), rng), [a.number, b.number], \
+                "crossover"
         else:
-            child, parents, origin = dict(a.params), [a.number], "mutation"
+            child, parents, origin = genes(a.params), [a.number], "mutation"
         child = self._mutation(child, rng, generation)
         for _ in range(20):  # a copy of a parent would waste an evaluation: force a visible change
             if all(child != genes(t.params) for t in (a, b)):

@@ -20,6 +20,7 @@ from optuna.study import StudyDirection
 from optuna.study._multi_objective import _fast_non_domination_rank
 from optuna.trial import FrozenTrial
 
+from optsearch.genome import LATER_GENES
 from optsearch.search.sampler.slots import MEMBER_KEY, trial_generation
 from optsearch.search.sampler.space import SPACE
 
@@ -70,7 +71,7 @@ def rank_nsga2(
 
 def genome_key(t: FrozenTrial) -> tuple:
     """A hashable identity of a trial's genome (an elite's copy has exactly its parent's genes)."""
-    return tuple((n, t.params.get(n)) for n in SPACE)
+    return tuple((n, t.params.get(n, LATER_GENES.get(n))) for n in SPACE)  # an old trial lacks later genes
 
 
 def survivors(parents: Sequence[FrozenTrial], children: Sequence[FrozenTrial], size: int,

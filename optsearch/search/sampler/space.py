@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 
-from optsearch.genome import K, search_space
+from optsearch.genome import K, LATER_GENES, search_space
 from optsearch.genome.primitives import NONE, TERM_CHOICES
 
 Params = dict[str, Any]
@@ -42,14 +42,24 @@ def expressed_genes(p: Params) -> list[str]:
         silent.add("wd_log10")
     if p["clip"] == "none":
         silent.add("clip_threshold")
+    if p["sign_term"] == NONE:
+        silent.add("sign_alpha")
     if not p["warmup"]:
         silent.add("warmup_frac")
     return [n for n in SPACE if n not in silent]
 
 
 def genes(params: Any) -> Params:
-    """Only the genome's genes of a trial's params (a trial may hold other parameters too)."""
-    return {n: params[n] for n in SPACE}
+    """Only the genome's genes of a trial's params (a trial may hold other parameters too).
+
+    A trial from before a later gene existed gets that gene's "absent" value (see ``LATER_GENES``).
+    """
+    return {n: params[n] if n in params else LATER_GENES[n] for n in SPACE}
+
+
+def has_genome(params: Any) -> bool:
+    """Whether a trial's params hold a whole genome (later genes may be missing)."""
+    return all(n in params or n in LATER_GENES for n in SPACE)
 
 
 def clip(x: float, lo: float, hi: float) -> float:
