@@ -19,7 +19,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from optsearch.errors import GenomeError, StudyError
-from optsearch.genome import Genome, search_space
+from optsearch.genome import LATER_GENES, Genome, search_space
 from optsearch.search.storage import open_existing_study
 from optsearch.train.tasks import WORST_FITNESS
 
@@ -129,7 +129,7 @@ def load_study_data(name: str, storage: str | None = None, objective: str | None
     pop = cfg.get("population") or (cfg.get("search") or {}).get("population")
     counts = {"complete": 0, "diverged": 0, "pruned": 0, "failed": 0, "running": 0}
     genomes, y, numbers, gens, values, div, div_gen, population = [], [], [], [], [], [], [], []
-    names = set(search_space())
+    names = set(search_space()) - set(LATER_GENES)  # an old trial lacks genes added later
     for i, t in enumerate(study.get_trials(deepcopy=False)):
         if t.state == TrialState.FAIL:
             counts["failed"] += 1
