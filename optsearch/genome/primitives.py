@@ -1,15 +1,17 @@
 """The primitive update terms and the one functional core every optimizer path shares.
 
 A genome's update direction is ``Σ_k α_k · primitive_k``. Each primitive is one small function
-of a :class:`Moments` view, written only with arithmetic and ``.sign()/.sqrt()/.abs()`` so the
-same function serves three layouts without a second implementation:
+of a :class:`Moments` view, written only with arithmetic, ``lerp`` and ``.sign()/.abs()/.exp_()`` so
+the same function serves three layouts without a second implementation:
 
 * one tensor per parameter (``GenomeOptimizer``'s loop path),
 * a :class:`TensorList` of all parameters (its for-each path, dispatching to ``torch._foreach_*``),
 * flat ``[P, D]`` population buffers whose coefficients (β1, ε, …) are ``[P, 1]`` tensors
   (the batched evaluator).
 
-Adding a primitive is one entry in :data:`PRIMITIVES`.
+Adding a primitive is one entry in :data:`PRIMITIVES`, plus its place in the genome: a term slot's
+choices (:data:`SLOT_PRIMITIVES`) are frozen because stored studies reject a categorical whose choices
+change, so later primitives go into a gene of their own (as AddSign and PowerSign did).
 """
 
 from __future__ import annotations
