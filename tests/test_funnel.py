@@ -195,7 +195,7 @@ def _cli(*args: str) -> subprocess.Popen:
 
 def test_study_run_resumes_inside_the_funnel_after_sigkill(tmp_path, capsys):
     url = f"sqlite:///{tmp_path}/s.db"
-    cfg = make_config(tmp_path, steps=30, funnel_steps=800, k=2, ablation=False)
+    cfg = make_config(tmp_path, steps=30, funnel_steps=300, k=2, ablation=False)
     assert main(["study", "create", "f", "--config", str(cfg), "--storage", url]) == 0
     proc = _cli("study", "run", "f", "--storage", url, "--quiet")
     deadline = time.time() + 300
@@ -239,3 +239,13 @@ def test_study_run_show_and_export_with_funnel_and_ablation(tmp_path, capsys):
     assert main(["study", "show", "f", "--storage", url]) == 0
     shown = capsys.readouterr().out
     assert "funnel after generation 1" in shown and "ablation of the funnel winner" in shown
+    # the dashboard note and the analysis report carry the same section
+    from optuna_dashboard import get_note
+
+    note = get_note(st)
+    assert "## The funnel: the study's answer" in note and "### Ablation of the winner" in note
+    from optsearch.search import ablation
+
+    assert ("| component | effect of removing it (95 % interval) | verdict |" in note) == bool(ablation.read(st).rows)
+    assert note.count("optsearch-funnel-begin") == 1 and "# optsearch study `f`" in note  # the config part is kept
+    assert funnel.funnel_markdown(st) in note

@@ -80,6 +80,8 @@ class Ablation:
     steps: int
     """How many steps were trained."""
     reference_diff: Interval | None
+    runs: int = 0
+    """(task, seed) units each step trained on."""
 
     def vs_reference(self) -> Interval | None:
         """The start genome − the reference on the first step's fresh units (paired)."""
@@ -131,7 +133,7 @@ def read(study: optuna.Study) -> Ablation | None:
 
 def _replay(start: Genome, reference: Genome | None, stage: Any) -> Ablation | None:
     """Step through the ablation; ``stage(step, genomes, has_reference)`` returns their scores (None: not yet)."""
-    current, rows, step, ref_diff = start, [], 0, None
+    current, rows, step, ref_diff, runs = start, [], 0, None, 0
     while True:
         variants = components(current)
         if not variants and step > 0:
@@ -141,6 +143,7 @@ def _replay(start: Genome, reference: Genome | None, stage: Any) -> Ablation | N
         scores = stage(step, genomes, has_ref)
         if scores is None:
             return None
+        runs = len(scores[0])
         if has_ref:
             ref_diff = paired_difference(scores[0], scores[-1])
         effects = [(label, g, paired_difference(scores[1 + i], scores[0])) for i, (label, g) in enumerate(variants)]
@@ -152,7 +155,7 @@ def _replay(start: Genome, reference: Genome | None, stage: Any) -> Ablation | N
         rows.append(Row(label, eff, True, step))
         current = smaller
         step += 1
-    return Ablation(start, current, tuple(rows), step + 1 if not rows or not rows[-1].dropped else step, ref_diff)
+    return Ablation(start, current, tuple(rows), step + 1 if not rows or not rows[-1].dropped else step, ref_diff, runs)
 
 
 def table(a: Ablation) -> list[str]:
@@ -169,7 +172,10 @@ def table(a: Ablation) -> list[str]:
 def summary(a: Ablation) -> list[str]:
     """Simplified formula, what was dropped, and the table."""
     dropped = [r.component for r in a.rows if r.dropped]
-    return [f"ablation of the funnel winner on {a.rows[0].effect.n if a.rows else 0} paired runs, {a.steps} step(s): "
+    if not a.rows:
+        return ["ablation of the funnel winner: nothing to remove (one term, every switch off)",
+                f"simplified: {a.genome.formula()}"]
+    return [f"ablation of the funnel winner on {a.runs} paired runs, {a.steps} step(s): "
             + (f"dropped {', '.join(dropped)}" if dropped else "nothing could be dropped"),
             f"simplified: {a.genome.formula()}", *table(a)]
 

@@ -31,6 +31,7 @@ from optsearch.search import ablation
 from optsearch.search.config import StudyConfig
 from optsearch.search.generations import best_trials, completed_generations, scalar_fitness
 from optsearch.search.noise import unit_seeds
+from optsearch.search.note import write_note_section
 from optsearch.search.staged import Unit, complete_scores, evaluator_unit, run_stage
 from optsearch.stats import Interval, paired_difference
 
@@ -207,6 +208,8 @@ def run_funnels(study: optuna.Study, cfg: StudyConfig, *, device: str, data_dir:
         reference = last.reference.tuned if last.reference is not None else None
         ablation.run(study, last.winner.tuned, units_for(cfg, "ablation"), run_unit, reference=reference,
                      progress=progress)
+    if last is not None:
+        write_note_section(study, "funnel", funnel_markdown(study))
 
 
 def study_winner(study: optuna.Study, *, simplified: bool = True) -> tuple[str, Genome, str] | None:
@@ -273,6 +276,24 @@ def funnel_table(r: FunnelRound) -> list[str]:
     return rows
 
 
+def funnel_markdown(study: optuna.Study) -> str:
+    """The funnel, the headline and the ablation as Markdown (the dashboard note and the analysis report)."""
+    last = final_round(study)
+    if last is None:
+        return ""
+    lines = ["## The funnel: the study's answer", "", *(f"- {h}" for h in headline(study)), "", "```",
+             *funnel_table(last), "```", ""]
+    done = ablation.read(study)
+    if done is not None and done.start == last.winner.tuned:
+        head, simplified, *table = ablation.summary(done)  # table: Markdown rows (none when nothing was removable)
+        lines += ["### Ablation of the winner", "", head, "", f"`{simplified.removeprefix('simplified: ')}`", "",
+                  *table, ""]
+    winner = study_winner(study)
+    if winner is not None:
+        lines.append(f"`export` writes **{winner[0]}** ({winner[2]}): `{winner[1].formula()}`")
+    return "\n".join(lines) + "\n"
+
+
 def _bar(progress: bool, total: int, desc: str) -> Any:
     if not progress or total == 0:
         return None
@@ -281,6 +302,6 @@ def _bar(progress: bool, total: int, desc: str) -> Any:
     return tqdm(total=total, unit="run", desc=desc, dynamic_ncols=True)
 
 
-__all__ = ["Entry", "FunnelRound", "REFERENCE", "candidates", "final_round", "fresh_seeds", "funnel_table",
+__all__ = ["Entry", "FunnelRound", "REFERENCE", "candidates", "final_round", "fresh_seeds", "funnel_markdown", "funnel_table",
            "headline", "read_round", "round_key", "rounds", "run_funnels", "run_round", "study_winner",
            "with_lr_offset"]

@@ -58,3 +58,28 @@ def write_study_note(study: optuna.Study, config: Mapping[str, Any]) -> None:
     from optuna_dashboard import save_note
 
     save_note(study, config_markdown(study.study_name, config))
+
+
+def section_markers(tag: str) -> tuple[str, str]:
+    """Invisible Markdown markers (link reference definitions) around a section others may rewrite."""
+    return f"[//]: # (optsearch-{tag}-begin)", f"[//]: # (optsearch-{tag}-end)"
+
+
+def with_section(note: str, tag: str, body: str) -> str:
+    """``note`` with the ``tag`` section replaced by ``body`` (or appended); the rest of the note is kept."""
+    begin, end = section_markers(tag)
+    section = f"{begin}\n{body.rstrip()}\n{end}"
+    if begin in note and end in note:
+        head, _, rest = note.partition(begin)
+        return head + section + rest.partition(end)[2]
+    return (note.rstrip() + "\n\n" if note.strip() else "") + section + "\n"
+
+
+def write_note_section(study: optuna.Study, tag: str, body: str) -> bool:
+    """Put a section into the study note the dashboard shows; False when optuna-dashboard is not installed."""
+    try:
+        from optuna_dashboard import get_note, save_note
+    except ImportError:
+        return False
+    save_note(study, with_section(get_note(study), tag, body))
+    return True

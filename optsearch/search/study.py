@@ -2,7 +2,8 @@
 
 The rest of the study layer lives beside it — :mod:`.run` (``study run``), :mod:`.worker` (one
 process's ask/evaluate/tell loop), :mod:`.pruning`, :mod:`.generations` (reading generations and
-the best genomes) and :mod:`.show` (``study show``, ``export``) — and is re-exported here, so
+the best genomes), :mod:`.funnel` and :mod:`.ablation` (confirming and simplifying the winner) and
+:mod:`.show` (``study show``, ``export``) — and is re-exported here, so
 ``from optsearch.search import study; study.run(...)`` keeps working.
 """
 
@@ -13,6 +14,7 @@ import optuna
 from optsearch.errors import StudyError
 from optsearch.search import config as configs
 from optsearch.search.config import StudyConfig
+from optsearch.search.funnel import study_winner
 from optsearch.search.generations import (
     FINISHED, GenerationState, best_trials, completed_generations, free_slots, generation_key, generations,
     latest_state, unclaimed_trials,
@@ -80,5 +82,5 @@ __all__ = [
     "CONFIG_ATTR", "FINISHED", "SURPLUS_ATTR", "GenerationState", "Pruning", "Worker", "best_trials",
     "completed_generations", "create", "delete", "export", "free_slots", "generation_key", "generations",
     "latest_state", "list_text", "make_sampler", "open_study", "pruner_for", "run", "seed_trial", "show_text",
-    "summary_text", "unclaimed_trials", "worker_devices",
+    "study_winner", "summary_text", "unclaimed_trials", "worker_devices",
 ]
