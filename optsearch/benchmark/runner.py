@@ -118,14 +118,14 @@ def run_cli(study_name: str | None = None, genome_files: Sequence[str] = (), tas
     searched: frozenset[str] = frozenset()
     study_tasks: tuple[str, ...] = ()
     if study_name:
-        from optsearch.search.study import best_trials, open_study
+        from optsearch.search.study import open_study, study_winner
 
         study, scfg = open_study(study_name, storage)
-        best = best_trials(study, 1)
-        if not best:
+        winner = study_winner(study)  # the simplified funnel winner, else the best trial
+        if winner is None:
             raise StudyError(f"study {study_name!r} has no completed trials to benchmark")
-        evolved.append((f"{study_name}#{best[0].number}", Genome.from_params(best[0].params)))
-        searched = frozenset(scfg.tasks)
+        evolved.append((winner[0], winner[1]))
+        searched = frozenset(scfg.tasks) | (frozenset(scfg.funnel.tasks) if scfg.funnel.enabled else frozenset())
         study_tasks = tuple(scfg.tasks)
     for spec in genome_files:
         evolved.append((_genome_label(spec), resolve(spec)))
