@@ -247,7 +247,10 @@ def search_markdown(study: Any, members: Sequence[Member], images: Sequence[str]
                          f"| {n_with} / {n_without} |")
         lines += ["", "Training curves: " + (", ".join(an.curves) + " (in the figure)." if an.curves else NO_CURVES + "."),
                   ""] + [f"![{Path(i).stem}]({i})\n" for i in images if "winner" in i]
-    return "\n".join(lines)
+    from optsearch.search.funnel import funnel_markdown  # the confirmed, simplified answer when a funnel ran
+
+    funnel = funnel_markdown(study)
+    return "\n".join(lines + ([funnel] if funnel else []))
 
 
 # ----------------------------------------------------------------------------- dashboard
