@@ -193,6 +193,7 @@ def _cli(*args: str) -> subprocess.Popen:
                             text=True)
 
 
+@pytest.mark.slow
 def test_study_run_resumes_inside_the_funnel_after_sigkill(tmp_path, capsys):
     url = f"sqlite:///{tmp_path}/s.db"
     cfg = make_config(tmp_path, steps=30, funnel_steps=300, k=2, ablation=False)
@@ -222,6 +223,7 @@ def test_study_run_resumes_inside_the_funnel_after_sigkill(tmp_path, capsys):
     assert r is not None and len(r.units) == 3
 
 
+@pytest.mark.slow
 def test_study_run_show_and_export_with_funnel_and_ablation(tmp_path, capsys):
     url = f"sqlite:///{tmp_path}/s.db"
     cfg = make_config(tmp_path, steps=30, funnel_steps=30, k=2)
@@ -249,3 +251,17 @@ def test_study_run_show_and_export_with_funnel_and_ablation(tmp_path, capsys):
     assert ("| component | effect of removing it (95 % interval) | verdict |" in note) == bool(ablation.read(st).rows)
     assert note.count("optsearch-funnel-begin") == 1 and "# optsearch study `f`" in note  # the config part is kept
     assert funnel.funnel_markdown(st) in note
+
+
+def test_intermediate_rounds_every_k_generations_and_no_ablation_before_the_end(tmp_path):
+    from optsearch.search.run import funnel_stops
+
+    st, cfg = synthetic_study(tmp_path, POPULATION, k=2)
+    cfg = replace(cfg, generations=3, funnel=replace(cfg.funnel, every=1))
+    assert funnel_stops(cfg, 0, 3) == [1, 2, 3] and funnel_stops(cfg, 1, 3) == [2, 3]
+    assert funnel_stops(replace(cfg, funnel=replace(cfg.funnel, every=0)), 0, 3) == [3]
+    fake = FakeEvaluator()
+    funnel.run_funnels(st, cfg, device="cpu", data_dir=None, evaluator=fake)  # 1 of 3 generations done
+    assert [r.generation for r in funnel.rounds(st)] == [1]
+    assert not any(k.startswith("ablation:") for k in st.user_attrs)  # the ablation waits for the final round
+    assert funnel.study_winner(st)[2] == "funnel" and funnel.final_round(st).winner.name == "#0"

@@ -50,7 +50,7 @@ def run(
     children = [_spawn_worker(name, storage, stop - start, d, data_dir) for d in devices[1:]]
     lead = os.environ.get("OPTSEARCH_WORKER") != "1"  # spawned workers leave the funnel to the first process
     try:
-        for chunk_stop in _funnel_stops(cfg, start, stop) if lead else [stop]:
+        for chunk_stop in funnel_stops(cfg, start, stop) if lead else [stop]:
             if lead:  # rounds due before this point (e.g. a killed run stopped inside one) come first
                 run_funnels(study, cfg, device=devices[0], data_dir=data_dir, progress=progress)
             worker = Worker(study, cfg, device=devices[0], data_dir=data_dir, stop_generation=chunk_stop,
@@ -70,7 +70,7 @@ def run(
     return summary_text(study, cfg)
 
 
-def _funnel_stops(cfg: StudyConfig, start: int, stop: int) -> list[int]:
+def funnel_stops(cfg: StudyConfig, start: int, stop: int) -> list[int]:
     """Where the lead worker pauses evolving to run a funnel round (every ``every`` generations), then ``stop``."""
     every = cfg.funnel.every if cfg.funnel.enabled else 0
     return [g for g in range(every, stop, every) if g > start] + [stop] if every else [stop]
