@@ -42,6 +42,7 @@ def choose_backend(model: nn.Module, device: torch.device | str) -> str:
     Small MLPs: ``batched`` matmuls anywhere. Convolutional models: ``looped`` on a CPU, where they
     are compute-bound and grouped/vmapped convolutions are 1.5–3× slower than one model at a time;
     ``vmap`` on a GPU, where one small CNN cannot fill the device. Anything else: ``vmap``.
+    (Either convolutional engine runs channels-last when the population asks for it.)
     """
     if batched_supported(model):
         return "batched"
@@ -124,8 +125,9 @@ class BatchedEngine(Engine):
 
     def loss_and_grad(self, x: torch.Tensor, y: torch.Tensor, seed: int | None) -> torch.Tensor:
         with torch.enable_grad():
-            logits = self._forward(x, self.leaves, seed)
-            losses = F.cross_entropy(logits, y.expand(logits.shape[0], -1), reduction="none").mean(1)
+            with self.pop.forward_context():
+                logits = self._forward(x, self.leaves, seed)
+                losses = F.cross_entropy(logits, y.expand(logits.shape[0], -1), reduction="none").mean(1)
             grads = torch.autograd.grad(losses.sum(), self.leaf_list)
         torch._foreach_copy_(self.grad_views, list(grads))
         return losses.detach()
@@ -160,7 +162,8 @@ class VmapEngine(Engine):
         pop = self.pop
         if seed is not None and pop.dropout:
             torch.manual_seed(seed)
-        grads, losses = self._grad(pop.row_views(pop.theta), pop.buffers, prepare_input(pop, x), y)
+        with pop.forward_context():  # forward and backward in one call here: autocast's ops decide both
+            grads, losses = self._grad(pop.row_views(pop.theta), pop.buffers, prepare_input(pop, x), y)
         torch._foreach_copy_(list(self.grad_views.values()), [grads[n] for n in self.grad_views])
         return losses.detach()
 
@@ -190,8 +193,9 @@ class LoopedEngine(Engine):
             if seed is not None and pop.dropout:
                 torch.manual_seed(seed)
             with torch.enable_grad():
-                out = functional_call(pop.model, (params, self._buffers(row)), (x,))
-                loss = F.cross_entropy(out, y)
+                with pop.forward_context():
+                    out = functional_call(pop.model, (params, self._buffers(row)), (x,))
+                    loss = F.cross_entropy(out, y)
                 grads = torch.autograd.grad(loss, list(params.values()))
             torch._foreach_copy_(self.grad_views[row], list(grads))
             losses.append(loss.detach())

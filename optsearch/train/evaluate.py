@@ -10,6 +10,7 @@ unit, and returns the members to prune; pruned members stop being trained for th
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Iterable, Sequence
 
@@ -17,6 +18,7 @@ import torch
 
 from optsearch.errors import ConfigError
 from optsearch.genome import Genome
+from optsearch.train.device import DEFAULT_PRECISION, check_precision, precision_mode, preserve_rng
 from optsearch.train.population import Population
 from optsearch.train.results import PROXY_EXAMPLES, Callback, Checkpoint, EvalResult, MemberResult, UnitResult
 from optsearch.train.tasks import WORST_FITNESS, Task, get_task
@@ -49,6 +51,8 @@ def evaluate(
     compile_update: bool | None = None,
     dtype: torch.dtype = torch.float32,
     stop_diverged: bool = True,
+    precision: str = DEFAULT_PRECISION,
+    deterministic: bool = False,
 ) -> EvalResult:
     """Train every genome on every (task, seed) unit, all members of a unit at once, and score them.
 
@@ -69,6 +73,8 @@ def evaluate(
         dtype: parameter precision (float64 for exactness checks).
         stop_diverged: a member that diverges is not trained on later units (its fitness is already the
             worst, and studies prune it), saving their compute.
+        precision: ``fp32``, ``tf32`` (default) or ``bf16`` (see :mod:`optsearch.train.device`).
+        deterministic: ask torch for deterministic kernels (GPU replays bit for bit; slower).
 
     Returns:
         An :class:`EvalResult`; nothing is logged (progress is the callback's business).
@@ -77,6 +83,7 @@ def evaluate(
     task_list = [get_task(t) if isinstance(t, str) else t for t in tasks]
     seeds = [int(s) for s in seeds]
     _check(genomes, task_list, seeds, steps, batch_size, checkpoint_every, split)
+    check_precision(precision, dtype)
     dev = torch.device(device) if device is not None else default_device()
     units = [(task, seed) for seed in seeds for task in task_list]
     if compile_update is None:
@@ -86,24 +93,29 @@ def evaluate(
     done: list[list[UnitResult]] = [[] for _ in range(n)]
     pruned: set[int] = set()
     diverged: set[int] = set()
+    fallbacks = 0
 
-    fork_devices = [torch.cuda.current_device() if dev.index is None else dev.index] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork_devices):  # dropout seeding must not disturb the caller's RNG
+    # dropout seeding must not disturb the caller's RNG (torch.manual_seed reseeds every GPU)
+    with preserve_rng(dev), precision_mode(precision, deterministic=deterministic):
         for u, (task, seed) in enumerate(units):
             members = [i for i in range(n) if i not in pruned and not (stop_diverged and i in diverged)]
             if not members:
                 break
             unit_steps = steps or task.steps
+            built: list[Population] = []
 
-            def make(model: torch.nn.Module, ids: list[int], unit_steps: int = unit_steps) -> Population:
-                return Population([genomes[i] for i in ids], model, unit_steps, backend=backend,
-                                  compile_update=compile_update, members=ids)
+            def make(model: torch.nn.Module, ids: list[int], unit_steps: int = unit_steps,
+                     built: list[Population] = built) -> Population:
+                built.append(Population([genomes[i] for i in ids], model, unit_steps, backend=backend,
+                                        compile_update=compile_update, members=ids, precision=precision))
+                return built[-1]
 
             run = UnitRun(u, len(units), task, seed, members, make, done, diverged, steps=unit_steps,
                           batch_size=batch_size or task.batch_size, subsample=subsample, device=dev,
                           data_dir=data_dir, split=split, dtype=dtype, checkpoint_every=checkpoint_every,
                           callback=callback)
             results, newly_pruned = run.train()
+            fallbacks += sum(pop.update.eager_fallbacks for pop in built)
             pruned |= newly_pruned
             for r in results:
                 done[r.member].append(r)
@@ -113,7 +125,11 @@ def evaluate(
     names = list(dict.fromkeys(t.name for t in task_list))
     member_results = tuple(_aggregate(done[i], names, pruned=i in pruned) for i in range(n))
     per_unit = tuple(sorted((r for rs in done for r in rs), key=lambda r: (r.unit_index, r.member)))
-    return EvalResult(members=member_results, units=unit_keys, per_unit=per_unit, split=split)
+    if fallbacks:
+        logging.getLogger("optsearch").warning(
+            "%d population updates ran eagerly although compiling was asked for", fallbacks)
+    return EvalResult(members=member_results, units=unit_keys, per_unit=per_unit, split=split,
+                      eager_updates=fallbacks)
 
 
 def _check(genomes: list, tasks: list[Task], seeds: list[int], steps: int | None, batch_size: int | None,

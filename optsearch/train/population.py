@@ -13,15 +13,19 @@ Engines (:mod:`optsearch.train.engines`, chosen by :func:`choose_backend`) compu
 ``batched`` matmuls for MLPs, ``vmap`` for any model, ``looped`` for CNNs on a CPU; all share the
 state and the update (:mod:`optsearch.train.update`).
 
-Divergence: after the forward pass, a member whose loss is NaN/inf or above
-:data:`optsearch.train.tasks.DIVERGENCE_LOSS` is retired *before* its update: its row is removed from
-every buffer, so it never touches the others and stops costing compute. Pruned members likewise.
+Divergence, without reading anything back to the host: a step writes its per-member losses into a
+device tensor and ANDs ``loss <= DIVERGENCE_LOSS`` (False for NaN) into a device-side ``alive`` mask;
+the update leaves the rows of members that are no longer alive bitwise unchanged (``torch.where``), so
+a diverging member is frozen *before* its update and never touches the others. The population's shape
+stays fixed between checkpoints (on a GPU a member's kernels then never depend on its batch-mates'
+count); only at a checkpoint does :meth:`Population.settle` read the mask and compact the rows of
+diverged members away (and :meth:`Population.retire` those of pruned ones), so they stop costing compute.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import contextlib
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -29,24 +33,12 @@ from torch import nn
 
 from optsearch.errors import ConfigError
 from optsearch.genome import Genome
+from optsearch.train.device import (
+    DEFAULT_PRECISION, activation_elements, check_precision, eval_chunk, forward_context,
+)
 from optsearch.train.engines import BACKENDS, ENGINES, batched_supported, choose_backend, has_dropout
 from optsearch.train.tasks import DIVERGENCE_LOSS
 from optsearch.train.update import PopulationUpdate
-
-
-@dataclass(frozen=True)
-class StepReport:
-    """What one population step did.
-
-    Attributes:
-        members: the members that computed a loss this step, in row order.
-        losses: their training losses (same order).
-        diverged: members retired this step for a NaN/inf/exploding loss; they were not updated.
-    """
-
-    members: tuple[int, ...]
-    losses: tuple[float, ...]
-    diverged: tuple[int, ...]
 
 
 class Population:
@@ -61,8 +53,10 @@ class Population:
         compile_update: ``torch.compile`` the elementwise update (faster per step on CPU after a
             one-time compile of seconds; worth it for long runs, not for tests).
         members: the member ids (default ``0..P-1``), used in reports and by :meth:`retire`.
-        channels_last: run the looped engine's convolutions channels-last (input and weights),
-            faster on CPU.
+        channels_last: run the looped and vmap engines' convolutions channels-last (input and
+            weights): faster on a CPU, and the layout GPU tensor cores want.
+        precision: ``fp32``, ``tf32`` or ``bf16`` (:mod:`optsearch.train.device`); only ``bf16`` changes
+            what the population does itself (autocast around the forward pass).
     """
 
     def __init__(
@@ -75,6 +69,7 @@ class Population:
         compile_update: bool = False,
         members: Sequence[int] | None = None,
         channels_last: bool = True,
+        precision: str = DEFAULT_PRECISION,
     ):
         if not genomes:
             raise ConfigError("a population needs at least one genome")
@@ -95,7 +90,8 @@ class Population:
         # Looped convolutions run fastest with input *and* weights channels-last (measured here: 94 ms
         # vs 113 ms contiguous and 136 ms with only the input channels-last). A 4-D weight is therefore
         # stored in its row as (out, kh, kw, in) and viewed back as a channels-last [out, in, kh, kw].
-        self.channels_last = channels_last and self.backend == "looped"
+        self.channels_last = channels_last and self.backend in ("looped", "vmap")
+        self.precision = check_precision(precision, self.dtype)
         self.names = [n for n, _ in trainable]
         self.shapes = [p.shape for _, p in trainable]
         self._perms = [(0, 2, 3, 1) if self.channels_last and p.dim() == 4 else None for _, p in trainable]
@@ -115,8 +111,10 @@ class Population:
         self.update = PopulationUpdate(genomes, self.num_params, total_steps, device=self.device, dtype=self.dtype,
                                        compile_update=compile_update)
         self.dropout = has_dropout(model)
+        self.alive = torch.ones(p_count, 1, dtype=torch.bool, device=self.device)
         self.diverged: list[int] = []
         self.pruned: list[int] = []
+        self._activations: int | None = None
         self._retired_rows: dict[int, torch.Tensor] = {}
         self._engine = ENGINES[self.backend](self)
 
@@ -155,8 +153,15 @@ class Population:
                 for n, t in self.member_views(flat.unsqueeze(0), 0).items()}
 
     # ------------------------------------------------------------------ training
-    def step(self, x: torch.Tensor, y: torch.Tensor, *, seed: int | None = None) -> StepReport:
-        """One training step of every active member on the batch ``(x, y)``.
+    def forward_context(self) -> contextlib.AbstractContextManager:
+        """The precision policy's context for forward passes (bf16 autocast, or nothing)."""
+        return forward_context(self.precision, self.device)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
+        """One training step of every member on the batch ``(x, y)``; returns the losses ``[A]`` on the device.
+
+        Reads nothing back to the host: a member whose loss is NaN/inf or above the divergence limit is
+        marked dead in :attr:`alive` and frozen before its update (see the module docstring).
 
         Args:
             seed: seeds torch's global RNG before each forward pass when the model has dropout, so every
@@ -164,16 +169,20 @@ class Population:
                 on which others are in the population.
         """
         if not self.members:
-            return StepReport((), (), ())
+            return self.theta.new_empty(0)
         self.model.train()
-        losses = self._engine.loss_and_grad(x, y, seed).tolist()  # one host sync per step: free on CPU
-        members = tuple(self.members)
-        bad = tuple(m for m, loss in zip(members, losses) if not loss <= DIVERGENCE_LOSS)  # NaN compares False
-        if bad:
-            self.retire(bad, diverged=True)
-        if self.members:
-            self.update.apply(self.theta, self.grad)
-        return StepReport(members, tuple(losses), bad)
+        losses = self._engine.loss_and_grad(x, y, seed)
+        torch.logical_and(self.alive, (losses <= DIVERGENCE_LOSS).unsqueeze(1), out=self.alive)  # NaN: False
+        self.update.apply(self.theta, self.grad, self.alive)
+        return losses
+
+    def settle(self) -> tuple[int, ...]:
+        """At a checkpoint: read the alive mask (one host read) and retire the members that diverged."""
+        if not self.members:
+            return ()
+        dead = tuple(m for m, ok in zip(self.members, self.alive.view(-1).tolist()) if not ok)
+        self.retire(dead, diverged=True)
+        return dead
 
     def retire(self, members: Iterable[int], *, diverged: bool = False) -> None:
         """Stop training these members: their rows leave every buffer (they stop costing compute)."""
@@ -189,14 +198,27 @@ class Population:
         self.theta = self.theta.index_select(0, rows)
         self.grad = self.grad.index_select(0, rows)
         self.buffers = {n: b.index_select(0, rows) for n, b in self.buffers.items()}
+        self.alive = self.alive.index_select(0, rows)
         self.update.keep_rows(rows)
         self.members = [self.members[r] for r in keep]
         self._engine.rebuild()
 
     # ------------------------------------------------------------------ evaluation
-    def accuracy(self, x: torch.Tensor, y: torch.Tensor, *, chunk: int = 1024) -> dict[int, float]:
-        """Classification accuracy of every active member on ``(x, y)`` (eval mode: BN stats, no dropout)."""
-        return accuracy_by_member(self.model, self._engine.logits, self.members, x, y, chunk=chunk)
+    def _activation_elements(self, example: torch.Tensor) -> int:
+        if self._activations is None:
+            self._activations = activation_elements(self.model, example)
+        return self._activations
+
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor, *, chunk: int | None = None) -> dict[int, float]:
+        """Classification accuracy of every active member on ``(x, y)`` (eval mode: BN stats, no dropout).
+
+        ``chunk`` examples per pass; default sized to the device's memory (fixed on a CPU).
+        """
+        if chunk is None and len(x):
+            chunk = eval_chunk(self.device, len(self.members), lambda: self._activation_elements(x[:1]),
+                               self.theta.element_size())
+        with self.forward_context():
+            return accuracy_by_member(self.model, self._engine.logits, self.members, x, y, chunk=chunk or 1)
 
 
 @torch.no_grad()
@@ -216,6 +238,6 @@ def accuracy_by_member(model: nn.Module, logits: Callable[[torch.Tensor], torch.
 
 
 __all__ = [
-    "BACKENDS", "Population", "PopulationUpdate", "StepReport", "accuracy_by_member", "batched_supported",
+    "BACKENDS", "Population", "PopulationUpdate", "accuracy_by_member", "batched_supported",
     "choose_backend",
 ]

@@ -74,12 +74,15 @@ class EvalResult:
         units: the (task, seed) units in the order they ran.
         per_unit: every finished (unit, member) result, in unit then member order (for paired-seed statistics).
         split: the split accuracies were measured on.
+        eager_updates: population updates that ran eagerly although compiling was asked for (the
+            compiler failed here; a warning was raised), 0 when all went as asked.
     """
 
     members: tuple[MemberResult, ...]
     units: tuple[tuple[str, int], ...]
     per_unit: tuple[UnitResult, ...]
     split: str
+    eager_updates: int = 0
 
     @property
     def fitness(self) -> tuple[float, ...]:

@@ -15,9 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from optsearch.errors import ConfigError
-from optsearch.train.population import StepReport, accuracy_by_member
+from optsearch.train.device import (
+    DEFAULT_PRECISION, activation_elements, check_precision, eval_chunk, forward_context, precision_mode,
+    preserve_rng,
+)
+from optsearch.train.population import accuracy_by_member
 from optsearch.train.results import UnitResult
-from optsearch.train.tasks import DIVERGENCE_LOSS, Task, get_task
+from optsearch.train.tasks import Task, get_task
 from optsearch.train.unit import UnitRun, default_device
 
 
@@ -36,38 +40,43 @@ OptimizerFactory = Callable[[nn.Module, int], StepOptimizer]
 class OptimizerTrainee:
     """One model and its optimizer behind the population's training interface (a population of one).
 
-    A step with a NaN/inf or exploding loss retires the member before the optimizer sees it, as a
-    population retires a diverging member before its update.
+    Like a population's step, a step reads nothing back to the host: the loss stays on the device and
+    the optimizer steps regardless. A step whose loss is NaN/inf or exploding marks the member diverged
+    when the unit loop reads the losses at its next checkpoint; the steps it took after that (on
+    garbage gradients) are never scored, since a diverged member's accuracy is NaN and its loss tail
+    ends before its first diverging step, exactly as for a genome.
     """
 
-    def __init__(self, model: nn.Module, optimizer: StepOptimizer, member: int = 0):
+    def __init__(self, model: nn.Module, optimizer: StepOptimizer, member: int = 0, *,
+                 precision: str = DEFAULT_PRECISION):
         self.model = model
         self.optimizer = optimizer
         self.members: list[int] = [member]
         self.diverged: list[int] = []
         self.pruned: list[int] = []
+        self.device = next(model.parameters()).device
+        self.precision = check_precision(precision, next(model.parameters()).dtype)
 
     @property
     def active(self) -> tuple[int, ...]:
         return tuple(self.members)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, *, seed: int | None = None) -> StepReport:
-        """One training step; ``seed`` seeds torch's RNG before the forward pass (dropout masks)."""
+    def step(self, x: torch.Tensor, y: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
+        """One training step; ``seed`` seeds torch's RNG before the forward pass (dropout masks).
+
+        Returns the loss as a one-element device tensor.
+        """
         if not self.members:
-            return StepReport((), (), ())
+            return torch.empty(0, device=self.device)
         self.model.train()
         if seed is not None:
             torch.manual_seed(seed)
-        loss = F.cross_entropy(self.model(x), y)
-        value = float(loss.detach())
-        members = tuple(self.members)
-        if not value <= DIVERGENCE_LOSS:  # NaN compares False
-            self.retire(members, diverged=True)
-            return StepReport(members, (value,), members)
+        with forward_context(self.precision, self.device):
+            loss = F.cross_entropy(self.model(x), y)
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
-        return StepReport(members, (value,), ())
+        return loss.detach().view(1)
 
     def retire(self, members: Iterable[int], *, diverged: bool = False) -> None:
         gone = [m for m in members if m in self.members]
@@ -75,9 +84,14 @@ class OptimizerTrainee:
             (self.diverged if diverged else self.pruned).extend(gone)
             self.members = []
 
-    def accuracy(self, x: torch.Tensor, y: torch.Tensor, *, chunk: int = 1024) -> dict[int, float]:
-        """Classification accuracy on ``(x, y)`` in eval mode (same chunks as the population's)."""
-        return accuracy_by_member(self.model, lambda xb: self.model(xb).unsqueeze(0), self.members, x, y, chunk=chunk)
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor, *, chunk: int | None = None) -> dict[int, float]:
+        """Classification accuracy on ``(x, y)`` in eval mode (chunks sized as the population's)."""
+        if chunk is None:
+            chunk = eval_chunk(self.device, 1, lambda: activation_elements(self.model, x[:1]),
+                               next(self.model.parameters()).element_size())
+        with forward_context(self.precision, self.device):
+            return accuracy_by_member(self.model, lambda xb: self.model(xb).unsqueeze(0), self.members, x, y,
+                                      chunk=chunk)
 
 
 def train_optimizer(
@@ -93,26 +107,30 @@ def train_optimizer(
     split: str = "val",
     checkpoint_every: int = 50,
     dtype: torch.dtype = torch.float32,
+    precision: str = DEFAULT_PRECISION,
+    deterministic: bool = False,
 ) -> UnitResult:
     """Train one model with ``make_optimizer(model, steps)`` on one (task, seed) unit and score it.
 
     The unit is the one :func:`~optsearch.train.evaluate.evaluate` would run for a genome with the
-    same task, seed and budget (unit index 0, member 0).
+    same task, seed and budget (unit index 0, member 0), under the same precision policy
+    (:mod:`optsearch.train.device`).
     """
     t = get_task(task) if isinstance(task, str) else task
     if split not in ("val", "test"):
         raise ConfigError(f"split must be one of val, test, got {split!r}")
+    check_precision(precision, dtype)
     n_steps = steps or t.steps
     dev = torch.device(device) if device is not None else default_device()
 
     def make(model: nn.Module, ids: list[int]) -> OptimizerTrainee:
-        return OptimizerTrainee(model, make_optimizer(model, n_steps), ids[0])
+        return OptimizerTrainee(model, make_optimizer(model, n_steps), ids[0], precision=precision)
 
     run = UnitRun(0, 1, t, int(seed), [0], make, [[]], set(), steps=n_steps, batch_size=batch_size or t.batch_size,
                   subsample=subsample, device=dev, data_dir=data_dir, split=split, dtype=dtype,
                   checkpoint_every=checkpoint_every, callback=None)
-    devices = [torch.cuda.current_device() if dev.index is None else dev.index] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):  # dropout seeding must not disturb the caller's RNG
+    # dropout seeding must not disturb the caller's RNG (on any GPU either)
+    with preserve_rng(dev), precision_mode(precision, deterministic=deterministic):
         results, _ = run.train()
     return results[0]
 

@@ -315,17 +315,23 @@ def crop_flip(pad: int = 4, fill: tuple[float, ...] = (0.0,)) -> Callable[[torch
     population's [P, B, C, H, W] batch, and every image gets its own crop and flip.
     """
 
+    constants: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # per (dtype, device, w): made once, not per step
+
     def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         *lead, c, h, w = x.shape
         xb = x.reshape(-1, c, h, w)
         b, gdev = xb.shape[0], generator.device
+        key = (x.dtype, x.device, w)
+        if key not in constants:  # a host-to-device copy, so only once per device, not every step
+            constants[key] = (torch.tensor(fill, dtype=x.dtype, device=x.device).view(1, -1, 1, 1),
+                              torch.arange(w, device=x.device))
+        fill_t, j = constants[key]
         padded = xb.new_empty(b, c, h + 2 * pad, w + 2 * pad)
-        padded.copy_(torch.tensor(fill, dtype=x.dtype, device=x.device).view(1, -1, 1, 1).expand_as(padded))
+        padded.copy_(fill_t.expand_as(padded))
         padded[..., pad:pad + h, pad:pad + w] = xb
         oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=gdev).to(x.device)
         ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=gdev).to(x.device)
         flip = torch.randint(0, 2, (b,), generator=generator, device=gdev).to(x.device).bool()
-        j = torch.arange(w, device=x.device)
         rows = oy[:, None] + torch.arange(h, device=x.device)  # [b, h]
         cols = ox[:, None] + torch.where(flip[:, None], w - 1 - j, j)  # [b, w]; crop, then mirror
         idx = (rows[:, :, None] * (w + 2 * pad) + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)

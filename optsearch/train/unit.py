@@ -7,8 +7,15 @@ so a comparison must at least be fair. :class:`UnitRun` drives any *trainee* thr
 :class:`~optsearch.train.population.Population` of genomes, or one model with a torch optimizer
 (:mod:`optsearch.train.single`) — with the same divergence rule, checkpoints and scoring.
 
-A trainee has ``members`` (ids still training, in row order), ``active``,
-``step(x, y, seed=...) -> StepReport``, ``retire(members)`` and ``accuracy(x, y) -> {member: acc}``.
+A trainee has ``members`` (ids still training, in row order), ``active``, ``step(x, y, seed=...)``
+returning the members' losses as a device tensor, ``retire(members, diverged=...)`` and
+``accuracy(x, y) -> {member: acc}``.
+
+The loop reads nothing back to the host between checkpoints: each step's losses go into a
+preallocated ``[steps, members]`` device tensor, and only at a checkpoint are they read (once), the
+members whose loss went NaN/inf or above the divergence limit found (the trainee froze them on the
+device meanwhile) and retired, curves closed and the callback asked. A GPU can thus run ahead of
+the Python loop for a whole checkpoint interval.
 """
 
 from __future__ import annotations
@@ -23,8 +30,9 @@ import torch
 from torch import nn
 
 from optsearch.errors import ConfigError
+from optsearch.train.device import host_reads_allowed
 from optsearch.train.results import PROXY_EXAMPLES, Callback, Checkpoint, UnitResult
-from optsearch.train.tasks import LOSS_TAIL, WORST_FITNESS, Task, TaskData, fitness, load_data
+from optsearch.train.tasks import DIVERGENCE_LOSS, LOSS_TAIL, WORST_FITNESS, Task, TaskData, fitness, load_data
 from optsearch.train.tasks import data_dir as resolve_data_dir
 
 _DATA_CACHE_SIZE = 4
@@ -128,48 +136,70 @@ class UnitRun:
 
     def train(self) -> tuple[list[UnitResult], set[int]]:
         """Train the unit; returns the finished members' results and the members pruned in it."""
-        data = task_data(self.task, device=self.device, data_dir=self.data_dir, subsample=self.subsample)
-        model = build_model(self.task, self.seed, device=self.device, dtype=self.dtype)
-        pop = self.make_trainee(model, self.members)
-        x_all = data.train_x.to(self.dtype) if data.train_x.is_floating_point() else data.train_x
-        order = batch_indices(len(data.train_x), self.batch_size, self.steps, data_seed(self.seed, self.task.name))
-        order = order.to(self.device)
-        aug_gen = None
-        if self.task.augment is not None:
-            aug_gen = torch.Generator(device=self.device).manual_seed(data_seed(self.seed, self.task.name) ^ 1)
-        dropout_base = derive_seed(self.seed, self.task.name, "dropout")
-        self.losses = {m: [] for m in self.members}
-        self.curves = {m: [] for m in self.members}
-        self.marks = {m: 0 for m in self.members}
+        with host_reads_allowed():  # setup copies data and weights to the device
+            data = task_data(self.task, device=self.device, data_dir=self.data_dir, subsample=self.subsample)
+            model = build_model(self.task, self.seed, device=self.device, dtype=self.dtype)
+            pop = self.make_trainee(model, self.members)
+            x_all = data.train_x.to(self.dtype) if data.train_x.is_floating_point() else data.train_x
+            order = batch_indices(len(data.train_x), self.batch_size, self.steps, data_seed(self.seed, self.task.name))
+            order = order.to(self.device)
+            aug_gen = None
+            if self.task.augment is not None:
+                aug_gen = torch.Generator(device=self.device).manual_seed(data_seed(self.seed, self.task.name) ^ 1)
+            dropout_base = derive_seed(self.seed, self.task.name, "dropout")
+            self.losses = {m: [] for m in self.members}
+            self.curves = {m: [] for m in self.members}
+            self.marks = {m: 0 for m in self.members}
+            column = {m: j for j, m in enumerate(self.members)}
+            # every step's losses, one column per member of the unit (NaN where a member no longer trains)
+            history = torch.full((self.steps, len(self.members)), math.nan, dtype=self.dtype, device=self.device)
+            cols = torch.arange(len(self.members), device=self.device)
+            read_from = 0  # first step (0-based) whose losses have not been read yet
         pruned: set[int] = set()
         for step in range(1, self.steps + 1):
-            if not pop.members:  # everyone pruned or diverged: nothing left to train in this unit
-                self._close_curves(step - 1)
-                break
             idx = order[step - 1]
             x, y = x_all[idx], data.train_y[idx]
             if aug_gen is not None:
                 x = self.task.augment(x, aug_gen)
-            report = pop.step(x, y, seed=(dropout_base + step) % 2**63)
-            for m, loss in zip(report.members, report.losses):
-                if m not in report.diverged:  # a diverging step is not trained: its loss is not recorded
-                    self.losses[m].append(loss)
-            self.diverged.update(report.diverged)
+            history[step - 1].index_copy_(0, cols, pop.step(x, y, seed=(dropout_base + step) % 2**63).to(self.dtype))
             end = step == self.steps
-            if end or (self.checkpoint_every and step % self.checkpoint_every == 0):
+            if not (end or (self.checkpoint_every and step % self.checkpoint_every == 0)):
+                continue
+            with host_reads_allowed():  # the only reads: the losses since the last checkpoint, accuracies
+                self._read_losses(pop, history[read_from:step], column)
+                read_from = step
                 self._close_curves(step)
-            if not end and self.checkpoint_every and step % self.checkpoint_every == 0 and self.callback is not None:
-                acc = pop.accuracy(data.val_x[:PROXY_EXAMPLES].to(self.dtype), data.val_y[:PROXY_EXAMPLES])
-                prune = self._checkpoint(pop, step, acc, final=False)
-                pruned |= prune
-                pop.retire(prune)
-        x_eval, y_eval = (data.val_x, data.val_y) if self.split == "val" else (data.test_x, data.test_y)
-        acc = pop.accuracy(x_eval.to(self.dtype), y_eval)
-        results = [self._result(m, acc.get(m, math.nan)) for m in self.members if m not in pruned]
-        if self.callback is not None:
-            finished = {r.member: r for r in results}
-            pruned |= self._checkpoint(pop, self.steps, acc, final=True, finished=finished)
+                if not end and self.callback is not None:
+                    acc = pop.accuracy(data.val_x[:PROXY_EXAMPLES].to(self.dtype), data.val_y[:PROXY_EXAMPLES])
+                    prune = self._checkpoint(pop, step, acc, final=False)
+                    pruned |= prune
+                    pop.retire(prune)
+                if not pop.members:  # everyone pruned or diverged: nothing left to train in this unit
+                    break
+                cols = torch.tensor([column[m] for m in pop.members], dtype=torch.long, device=self.device)
+        with host_reads_allowed():
+            x_eval, y_eval = (data.val_x, data.val_y) if self.split == "val" else (data.test_x, data.test_y)
+            acc = pop.accuracy(x_eval.to(self.dtype), y_eval)
+            results = [self._result(m, acc.get(m, math.nan)) for m in self.members if m not in pruned]
+            if self.callback is not None:
+                finished = {r.member: r for r in results}
+                pruned |= self._checkpoint(pop, self.steps, acc, final=True, finished=finished)
         return results, pruned
+
+    def _read_losses(self, pop: Trainee, block: torch.Tensor, column: dict[int, int]) -> None:
+        """Record the losses of the steps since the last checkpoint (one host read) and retire the members
+        that diverged among them: a member's losses count up to, not including, its first diverging one."""
+        rows = block.tolist()
+        dead = []
+        for m in pop.members:
+            j, seen = column[m], self.losses[m]
+            for row in rows:
+                if not row[j] <= DIVERGENCE_LOSS:  # NaN compares False
+                    dead.append(m)
+                    break
+                seen.append(row[j])
+        self.diverged.update(dead)
+        pop.retire(dead, diverged=True)
 
     def _tail(self, member: int) -> float:
         tail = self.losses[member][-LOSS_TAIL:]

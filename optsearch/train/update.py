@@ -8,6 +8,7 @@ over parameters and genomes.
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from typing import Any, Callable, Iterable, Sequence
@@ -19,11 +20,16 @@ from optsearch.genome.primitives import (
     NORM_CLIP_EPS, PRIMITIVES, advance_and_direct, bias_corrections, schedule_factor, state_needed,
 )
 
+COMPILE_BACKEND: Any = "inductor"
+"""The ``torch.compile`` backend of the update (tests swap in a counting backend to count graphs)."""
+
+
 def _apply_rows(
     theta: torch.Tensor,
     grad: torch.Tensor,
     state: dict[str, torch.Tensor],
     weights: dict[str, torch.Tensor],
+    alive: torch.Tensor,
     beta1: torch.Tensor,
     beta2: torch.Tensor,
     eps: torch.Tensor,
@@ -39,51 +45,73 @@ def _apply_rows(
 ) -> None:
     """Clip, advance the moments, decay and step every row in place (the only [P, D] arithmetic).
 
-    Code-path switches are plain Python bools: under ``torch.compile`` anything else splits the
-    graph into fragments that are slower than eager (DESIGN §10). The norm-clipping factor is
-    computed by the caller: a row reduction inside the compiled function crashes Inductor's CPU
-    code generator (torch 2.14: ``KeyError: 'buf1'``), and it is not elementwise anyway.
+    ``alive`` ([P, 1] bool, on the device) freezes the rows of members that diverged: their θ is left
+    bitwise as it was with ``torch.where`` (a zero step size would not do: NaN·0 is NaN). Their moments
+    still advance (they are never read again). The compiled update always runs every switch with
+    identity values for the members that do not use it (clip at +inf, scale 1, decay 1), so one graph
+    serves every population; the eager update skips what no member uses. The norm-clipping factor is
+    computed by the caller: a row reduction inside the compiled function crashes Inductor's CPU code
+    generator (torch 2.14: ``KeyError: 'buf1'``), and it is not elementwise anyway.
     """
     if use_value_clip:  # per element, as the paper's notebook clips; +inf for members that do not clip
         grad.clamp_(min=-value_clip, max=value_clip)
     if use_grad_scale:  # norm clipping: 1 for members that do not clip by norm
         grad.mul_(grad_scale)
     direction = advance_and_direct(grad, state, weights, beta1=beta1, beta2=beta2, eps=eps, bc1=bc1, bc2=bc2)
-    if use_decay:  # decoupled: θ ← θ·(1 − η_t·λ); exactly 1 for members without decay
-        theta.mul_(decay)
-    theta.addcmul_(direction, lr_t, value=-1.0)
+    if use_decay:  # decoupled: θ ← θ·(1 − η_t·λ); exactly 1 for members without decay and frozen ones
+        theta.mul_(torch.where(alive, decay, 1.0))
+    theta.addcmul_(torch.where(alive, direction, 0.0), lr_t, value=-1.0)
 
 
 _COMPILED: Callable[..., None] | None = None
 _COMPILE_FAILED = False
+EAGER_FALLBACKS = 0
+"""Updates this process ran eagerly although compiling was asked for (reported in every EvalResult)."""
 
 
 def _compiled_apply() -> Callable[..., None]:
     """``torch.compile`` of the elementwise update only, built once per process (seconds on a CPU).
 
-    One graph (``fullgraph``), dynamic in P and D so retiring members does not recompile.
+    One graph (``fullgraph``): dynamic in D, and the population dimension is marked unbacked by the
+    caller so that neither retiring members nor P = 1 compiles a second graph.
     """
     global _COMPILED
     if _COMPILED is None:
-        _COMPILED = torch.compile(_apply_rows, dynamic=True, fullgraph=True)
+        _COMPILED = torch.compile(_apply_rows, dynamic=True, fullgraph=True, backend=COMPILE_BACKEND)
     return _COMPILED
 
 
-def _run_update(compiled: bool, *args: Any) -> None:
-    """The compiled update, falling back to eager once and for all if compiling fails here.
+def _mark_population_dim(*tensors: torch.Tensor, dim: int = 0) -> None:
+    """Mark P as unbacked: dynamo then neither specialises P = 1 nor guards on P's value. Inputs must not be
+    views of other tensors (dynamo guards on a view's base's sizes too) unless the base is marked as well."""
+    from torch._dynamo.decorators import mark_unbacked
+
+    for t in tensors:
+        mark_unbacked(t, dim)
+
+
+def _run_update(compiled: bool, *args: Any) -> bool:
+    """The compiled update, falling back to eager once and for all (loudly) if compiling fails here.
 
     Compiling needs a working C++ (CPU) or Triton (GPU) toolchain, which a user's machine may lack;
     a full-graph compile fails before anything runs, so the eager retry applies the step once.
+    Returns whether the update ran eagerly although compiling was asked for.
     """
-    global _COMPILE_FAILED
+    global _COMPILE_FAILED, EAGER_FALLBACKS
     if compiled and not _COMPILE_FAILED:
         try:
-            return _compiled_apply()(*args)
+            _compiled_apply()(*args)
+            return False
         except Exception as e:  # toolchain or compiler bug: the eager path computes the same update
             _COMPILE_FAILED = True
-            warnings.warn(f"compiling the population update failed ({type(e).__name__}: {str(e)[:200]}); "
-                          "using the eager update", RuntimeWarning, stacklevel=3)
+            message = (f"compiling the population update failed ({type(e).__name__}: {str(e)[:200]}); every "
+                       "later update in this process runs eagerly (several times slower)")
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+            logging.getLogger("optsearch").warning(message)
     _apply_rows(*args)
+    if compiled:
+        EAGER_FALLBACKS += 1
+    return compiled
 
 
 class PopulationUpdate:
@@ -92,6 +120,10 @@ class PopulationUpdate:
     Only the primitives some member uses are computed (the others would be multiplied by zero
     anyway); with ``compile_update`` all of them are, so one compiled kernel serves every population
     (the fused kernel is memory-bound: the extra arithmetic is free, a recompile is not).
+
+    The step-dependent coefficients (bias corrections, η_t, the decay factor) of the whole run are one
+    ``[4, steps, P, 1]`` table computed at construction in float64 and rounded once, as the one-genome
+    optimizer computes them in Python floats: a step reads its row, with no kernels and no host values.
     """
 
     def __init__(
@@ -107,17 +139,16 @@ class PopulationUpdate:
         p = len(genomes)
 
         def col(values: Iterable[Any], dt: torch.dtype = dtype) -> torch.Tensor:
-            return torch.tensor(list(values), dtype=dt, device=device).view(p, 1)
+            return torch.tensor([[v] for v in values], dtype=dt, device=device)  # not a view (see apply)
 
         f64 = torch.float64
         self.total_steps = int(total_steps)
         self.dtype = dtype
         self.step_count = 0
+        self.eager_fallbacks = 0
         self.beta1 = col(g.beta1 for g in genomes)
         self.beta2 = col(g.beta2 for g in genomes)
         self.eps = col(g.eps for g in genomes)
-        # Step-dependent factors are computed in float64 and rounded once, as the one-genome
-        # optimizer computes them in Python floats.
         self.beta1_64 = col((g.beta1 for g in genomes), f64)
         self.beta2_64 = col((g.beta2 for g in genomes), f64)
         self.lr = col((g.lr for g in genomes), f64)
@@ -136,6 +167,9 @@ class PopulationUpdate:
         self.weights = {n: col(m.get(n, 0.0) for m in merged) for n in used}
         self.state = {k: torch.zeros(p, num_params, dtype=dtype, device=device) for k in sorted(state_needed(used))}
         self.compiled = compile_update
+        self._identity_columns()
+        steps = torch.arange(1, self.total_steps + 1, dtype=f64, device=device).view(-1, 1, 1)
+        self.table = self._coefficients(steps)  # [4, steps, P, 1]: bc1, bc2, lr_t, decay
 
     _ROW_TENSORS = ("beta1", "beta2", "eps", "beta1_64", "beta2_64", "lr", "wd", "bias_correction", "warmup",
                     "warmup_frac", "cosine", "value_clip", "norm_clip")
@@ -146,28 +180,47 @@ class PopulationUpdate:
             setattr(self, name, getattr(self, name).index_select(0, rows))
         self.weights = {n: w.index_select(0, rows) for n, w in self.weights.items()}
         self.state = {k: s.index_select(0, rows) for k, s in self.state.items()}
+        self.table = self.table.index_select(2, rows)
+        self._identity_columns()
 
-    def coefficients(self, step: int) -> dict[str, torch.Tensor]:
-        """The step-dependent columns at (1-based) ``step``: bias corrections, η_t and the decay factor."""
+    def _identity_columns(self) -> None:
+        self.ones = torch.ones_like(self.value_clip)
+        self.all_alive = torch.ones_like(self.value_clip, dtype=torch.bool)
+
+    def _coefficients(self, step: Any) -> torch.Tensor:
+        """``[4, *step.shape[:-2], P, 1]``: 1−β1^t, 1−β2^t (or 1), η_t and 1−η_t·λ at (1-based) ``step``."""
         bc1, bc2 = bias_corrections(step, self.beta1_64, self.beta2_64, self.bias_correction)
         factor = schedule_factor(step, self.total_steps, self.warmup, self.warmup_frac, self.cosine)
         lr_t = self.lr * factor
         decay = 1.0 - lr_t * self.wd
-        return {k: v.to(self.dtype) for k, v in (("bc1", bc1), ("bc2", bc2), ("lr_t", lr_t), ("decay", decay))}
+        return torch.stack(torch.broadcast_tensors(bc1, bc2, lr_t, decay)).to(self.dtype)
 
-    def apply(self, theta: torch.Tensor, grad: torch.Tensor) -> None:
-        """One update of every row of ``theta`` from ``grad`` (which is clipped in place)."""
+    def coefficients(self, step: int) -> dict[str, torch.Tensor]:
+        """The step-dependent columns at (1-based) ``step``: a row of the table (computed past its end)."""
+        c = self.table[:, step - 1] if 1 <= step <= self.total_steps else self._coefficients(float(step))
+        return dict(zip(("bc1", "bc2", "lr_t", "decay"), c.unbind(0)))
+
+    def apply(self, theta: torch.Tensor, grad: torch.Tensor, alive: torch.Tensor | None = None) -> None:
+        """One update of every row of ``theta`` from ``grad`` (which is clipped in place).
+
+        ``alive`` ([P, 1] bool): rows that are False are left unchanged (default: all are updated).
+        Reads no value back to the host.
+        """
         self.step_count += 1
         c = self.coefficients(self.step_count)
-        scale = self.value_clip  # any [P, 1] tensor; unused unless some member clips by norm
+        alive = self.all_alive if alive is None else alive
+        full = self.compiled  # one compiled graph: every switch on, identity values where unused
+        scale = self.ones
         if self.use_norm_clip:  # per member: its row is all of its parameters (members never mix both clips)
             norm = torch.linalg.vector_norm(grad, dim=1, keepdim=True)
             scale = (self.norm_clip / (norm + NORM_CLIP_EPS)).clamp_(max=1.0)
-        _run_update(
-            self.compiled, theta, grad, self.state, self.weights, self.beta1, self.beta2, self.eps, c["bc1"],
-            c["bc2"], c["lr_t"], c["decay"], self.value_clip, scale, self.use_value_clip, self.use_norm_clip,
-            self.use_decay,
-        )
+        args = (theta, grad, self.state, self.weights, alive, self.beta1, self.beta2, self.eps, c["bc1"], c["bc2"],
+                c["lr_t"], c["decay"], self.value_clip, scale)
+        if full:  # the coefficient rows are views of the table: its population dim is marked as theirs
+            _mark_population_dim(theta, grad, *self.state.values(), *self.weights.values(), *args[4:])
+            _mark_population_dim(self.table, dim=2)
+        self.eager_fallbacks += _run_update(
+            full, *args, full or self.use_value_clip, full or self.use_norm_clip, full or self.use_decay)
 
 
-__all__ = ["PopulationUpdate"]
+__all__ = ["COMPILE_BACKEND", "EAGER_FALLBACKS", "PopulationUpdate"]

@@ -1,0 +1,297 @@
+"""Device check: is the training step right and fast on this device? One script, printing and writing JSON.
+
+    python benchmarks/device_check.py                                   # CUDA, P = 50, the paper's tasks
+    python benchmarks/device_check.py --device cpu --population 4 --tasks digits --steps 6   # CI smoke
+
+Per task (real data when the data directory has it, else random data of the task's shape, which
+costs the same per step):
+
+* sync_free: ``--steps`` steps of the real unit loop with every host read forbidden between
+  checkpoints (and ``torch.cuda.set_sync_debug_mode("error")`` on CUDA);
+* equivalence: the population on this device through the ``vmap`` engine in FP32 against the same
+  genomes in float64 on the CPU (dropout off, since the devices' RNGs differ), and with dropout
+  against one-genome-at-a-time ``GenomeOptimizer`` runs on this device with the same seeds;
+* replay_bitwise: the same unit twice, final parameters compared bit for bit;
+* step_ms (CUDA events on a GPU), peak memory, FLOPs per model-step (``FlopCounterMode``),
+  achieved TFLOP/s, and the top kernels of a few profiled steps.
+
+Then the update's compile count and eager fallbacks, and the paper preset's projected wall time:
+generations × seeds × Σ_task steps × step time at P, plus the measured cost of its evaluations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import resource
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from optsearch.errors import OptsearchError
+from optsearch.genome import NAMED
+from optsearch.optim import GenomeOptimizer
+from optsearch.train import update as update_mod
+from optsearch.train.device import HostReadError, forbid_host_reads, precision_mode, preserve_rng
+from optsearch.train.population import Population
+from optsearch.train.results import PROXY_EXAMPLES
+from optsearch.train.tasks import Arrays, get_task
+from optsearch.train.unit import UnitRun, batch_indices, build_model, data_seed, task_data
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOOTH = ("adam", "sgd_momentum", "adamw")
+
+
+def genomes_for(p: int) -> list:
+    """The named genomes, repeated: a population of P members (the step cost does not depend on which)."""
+    names = list(NAMED)
+    return [NAMED[names[i % len(names)]] for i in range(p)]
+
+
+def synthetic(task):
+    """The task with random data of its shape (when its files are absent): same cost per step."""
+    def read(_root):
+        rng = np.random.default_rng(0)
+        shape = task.input_shape
+        x = rng.standard_normal((6000, *shape)).astype(np.float32)
+        xt = rng.standard_normal((1000, *shape)).astype(np.float32)
+        return Arrays(x, rng.integers(0, task.num_classes, 6000), xt, rng.integers(0, task.num_classes, 1000))
+    return dataclasses.replace(task, read=read, embedded=True, val_size=1000, subsample=None)
+
+
+def load(name: str, dev: torch.device):
+    task = get_task(name)
+    try:
+        return task, task_data(task, device=dev, data_dir=None, subsample=None), "real"
+    except (OptsearchError, OSError):
+        task = synthetic(task)
+        return task, task_data(task, device=dev, data_dir=None, subsample=None), "synthetic"
+
+
+def unit(task, genomes, steps, dev, *, backend=None, compile_update=False, precision="tf32", dtype=torch.float32,
+         checkpoint_every=10):
+    """The real unit loop; returns (its population, its results)."""
+    built = []
+
+    def make(model, ids):
+        built.append(Population([genomes[i] for i in ids], model, steps, backend=backend, members=ids,
+                                compile_update=compile_update, precision=precision))
+        return built[-1]
+
+    run = UnitRun(0, 1, task, 0, list(range(len(genomes))), make, [[] for _ in genomes], set(), steps=steps,
+                  batch_size=task.batch_size, subsample=None, device=dev, data_dir=None, split="val", dtype=dtype,
+                  checkpoint_every=checkpoint_every, callback=lambda cp: None)
+    with preserve_rng(dev):
+        results, _ = run.train()
+    return built[0], results
+
+
+def sync_free(task, genomes, steps, dev, compile_update, precision) -> dict:
+    unit(task, genomes, 2, dev, compile_update=compile_update, precision=precision)  # compile outside the guard
+    reads: list[str] = []
+    try:
+        with forbid_host_reads() as reads:
+            unit(task, genomes, steps, dev, compile_update=compile_update, precision=precision)
+        return {"host_reads": len(reads), "ok": not reads}
+    except (HostReadError, RuntimeError) as e:  # a CUDA sync raises RuntimeError under the debug mode
+        return {"host_reads": max(1, len(reads)), "ok": False, "error": str(e)[:300]}
+
+
+def equivalence(task, data, dev, steps: int = 4) -> dict:
+    genomes = [NAMED[n] for n in SMOOTH]
+    no_dropout = dataclasses.replace(task, build_model=lambda: _without_dropout(task.build_model()))
+    cpu = torch.device("cpu")
+    order = batch_indices(len(data.train_x), 32, steps, data_seed(0, task.name))
+
+    def run(t, device, dtype, backend):
+        pop = Population(genomes, build_model(t, 0, device=device, dtype=dtype), steps, backend=backend,
+                         precision="fp32")
+        for i, idx in enumerate(order):
+            pop.step(data.train_x[idx].to(device, dtype), data.train_y[idx].to(device), seed=1000 + i)
+        return pop
+
+    def diff(a: dict, b: dict) -> float:
+        return max((a[k].double().cpu() - b[k].double().cpu()).abs().max().item() for k in a)
+
+    with precision_mode("fp32"):
+        ref = run(no_dropout, cpu, torch.float64, None)
+        vmap = run(no_dropout, dev, torch.float32, "vmap")
+        with_dropout = run(task, dev, torch.float32, "vmap")
+        gap = 0.0
+        for row, g in enumerate(genomes):  # one genome at a time on this device, same dropout seeds and layout
+            model = build_model(task, 0, device=dev, dtype=torch.float32)
+            if with_dropout.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            opt = GenomeOptimizer(model.parameters(), g, total_steps=steps)
+            for i, idx in enumerate(order):
+                torch.manual_seed(1000 + i)
+                loss = F.cross_entropy(model(data.train_x[idx].to(dev)), data.train_y[idx].to(dev))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            gap = max(gap, diff(with_dropout.parameters_of(row), dict(model.named_parameters())))
+    return {"max_abs_diff": max(diff(vmap.parameters_of(r), ref.parameters_of(r)) for r in range(len(genomes))),
+            "dropout_vs_one_by_one": gap, "steps": steps}
+
+
+def _without_dropout(model):
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd):
+            m.p = 0.0
+    return model
+
+
+def timed_steps(task, data, genomes, dev, n, compile_update, precision) -> dict:
+    pop = Population(genomes, build_model(task, 0, device=dev, dtype=torch.float32), n + 3,
+                     compile_update=compile_update, precision=precision)
+    order = batch_indices(len(data.train_x), task.batch_size, n + 3, data_seed(0, task.name)).to(dev)
+    gen = torch.Generator(device=dev).manual_seed(1)
+
+    def step(i):
+        x = data.train_x[order[i]]
+        if task.augment is not None:
+            x = task.augment(x, gen)
+        pop.step(x, data.train_y[order[i]], seed=i)
+
+    for i in range(3):
+        step(i)
+    cuda = dev.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(dev)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+    t0 = time.perf_counter()
+    for i in range(3, n + 3):
+        step(i)
+    if cuda:
+        end.record()
+        torch.cuda.synchronize()
+        ms = start.elapsed_time(end) / n
+        peak = torch.cuda.max_memory_allocated(dev)
+    else:
+        ms = (time.perf_counter() - t0) * 1e3 / n
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    acts = ProfilerSteps(step, cuda)
+    t0 = time.perf_counter()
+    pop.accuracy(data.val_x, data.val_y)
+    if cuda:
+        torch.cuda.synchronize()
+    eval_s = (time.perf_counter() - t0) / max(1, len(data.val_x))
+    return {"step_ms": ms, "peak_bytes": peak, "top_kernels": acts, "eval_s_per_example": eval_s,
+            "backend": pop.backend}
+
+
+def ProfilerSteps(step, cuda: bool, steps: int = 3, top: int = 8) -> list[dict]:
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        for i in range(steps):
+            step(i)
+        if cuda:
+            torch.cuda.synchronize()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    rows = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0) or 0, reverse=True)[:top]
+    return [{"name": e.key[:80], "ms_per_step": (getattr(e, key, 0) or 0) / 1e3 / steps, "calls": e.count}
+            for e in rows]
+
+
+def flops_per_model_step(task) -> int:
+    """Forward + backward FLOPs of one model on one batch (FlopCounterMode on the CPU)."""
+    with torch.random.fork_rng(devices=[]):
+        model = task.build_model()
+    x = torch.randn(task.batch_size, *task.input_shape)
+    y = torch.randint(0, task.num_classes, (task.batch_size,))
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), y).backward()
+    return int(counter.get_total_flops())
+
+
+def projection(per_task: dict, preset: Path) -> dict:
+    cfg = tomllib.loads(preset.read_text())["search"]
+    gens, seeds, pop = cfg["generations"], len(cfg["seeds"]), cfg["population"]
+    steps, every = cfg["steps"], cfg.get("checkpoint_every", 50)
+    missing = [t for t in cfg["tasks"] if t not in per_task]
+    total = 0.0
+    flops = 0
+    for t in cfg["tasks"]:
+        if t not in per_task:
+            continue
+        r = per_task[t]
+        train = steps * r["step_ms"] / 1e3
+        evals = ((steps // every) * PROXY_EXAMPLES + 5000) * r["eval_s_per_example"]  # proxies + final val
+        total += gens * seeds * (train + evals)
+        flops += gens * seeds * steps * pop * r["flops_per_model_step"]
+    return {"preset": preset.name, "paper_seconds": total, "paper_minutes": total / 60, "tasks_missing": missing,
+            "complete": not missing, "paper_flops": flops,
+            "assumes": f"P = {pop} per generation, every member trained for all {steps} steps (no pruning), "
+                       "the step times measured here"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--population", type=int, default=50)
+    ap.add_argument("--tasks", default="mnist,fashion_mnist,cifar10,digits")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--precision", default="tf32")
+    ap.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                    help="compile the update (auto: on a GPU)")
+    ap.add_argument("--json", default="device_check.json")
+    ap.add_argument("--preset", default=str(ROOT / "studies" / "paper.toml"))
+    args = ap.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)
+    dev = torch.device(args.device)
+    compile_update = args.compile == "on" or (args.compile == "auto" and dev.type == "cuda")
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
+    print(f"# device check — torch {torch.__version__}, {name}, P = {args.population}, precision {args.precision}, "
+          f"compiled update: {compile_update}")
+    torch._dynamo.utils.counters.clear()
+    report: dict = {"device": name, "torch": torch.__version__, "population": args.population,
+                    "precision": args.precision, "tasks": {}}
+    genomes = genomes_for(args.population)
+    for tname in args.tasks.split(","):
+        t0 = time.perf_counter()
+        task, data, source = load(tname.strip(), dev)
+        with precision_mode(args.precision):
+            r = {"data": source, "sync_free": sync_free(task, genomes, args.steps, dev, compile_update, args.precision)}
+            pop_a, _ = unit(task, genomes, args.steps, dev, compile_update=compile_update, precision=args.precision)
+            pop_b, _ = unit(task, genomes, args.steps, dev, compile_update=compile_update, precision=args.precision)
+            r["replay_bitwise"] = bool(torch.equal(pop_a.theta, pop_b.theta))
+            r.update(timed_steps(task, data, genomes, dev, args.steps, compile_update, args.precision))
+        r["equivalence"] = equivalence(task, data, dev)
+        r["flops_per_model_step"] = flops_per_model_step(task)
+        r["tflops_achieved"] = args.population * r["flops_per_model_step"] / (r["step_ms"] / 1e3) / 1e12
+        r["seconds"] = time.perf_counter() - t0
+        report["tasks"][task.name] = r
+        print(f"{task.name:14s} ({source}) {r['backend']:7s} step {r['step_ms']:8.2f} ms  "
+              f"{r['tflops_achieved']:6.2f} TFLOP/s  peak {r['peak_bytes'] / 2**30:6.2f} GiB  "
+              f"host reads {r['sync_free']['host_reads']}  replay bitwise {r['replay_bitwise']}  "
+              f"vmap vs CPU fp64 {r['equivalence']['max_abs_diff']:.1e}  "
+              f"dropout vs one-by-one {r['equivalence']['dropout_vs_one_by_one']:.1e}")
+        for k in r["top_kernels"][:5]:
+            print(f"    {k['ms_per_step']:8.3f} ms/step  {k['calls']:5d} calls  {k['name']}")
+    stats = torch._dynamo.utils.counters["stats"]
+    report["compile"] = {"graphs": int(stats.get("unique_graphs", 0)), "eager_fallbacks": update_mod.EAGER_FALLBACKS}
+    report["projection"] = projection(report["tasks"], Path(args.preset))
+    p = report["projection"]
+    print(f"update graphs compiled: {report['compile']['graphs']}, eager fallbacks: {update_mod.EAGER_FALLBACKS}")
+    print(f"projected {p['preset']} wall time: {p['paper_minutes']:.1f} min"
+          + ("" if p["complete"] else f" (without {', '.join(p['tasks_missing'])}: not measured here)"))
+    Path(args.json).write_text(json.dumps(report, indent=1))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    main()

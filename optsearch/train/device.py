@@ -1,0 +1,203 @@
+"""The device policy of a training call: precision, determinism, RNG isolation, evaluation chunks, host reads.
+
+Precision (``[search] precision``):
+
+* ``fp32``: every matmul and convolution in full FP32 (the reference; what equivalence checks use).
+* ``tf32`` (the default): FP32 tensors, but CUDA matmuls and convolutions may use TF32 tensor cores
+  (10-bit mantissa inputs, FP32 accumulation). It changes nothing on a CPU, and on a GPU it speeds up
+  the forward and backward passes many times over while parameters, gradients and optimizer state stay
+  FP32; the rounding it adds is far below the run-to-run noise of a fitness (initialisation and batch
+  order move accuracies by points), so rankings of genomes do not depend on it.
+* ``bf16``: additionally runs the forward pass (and so its backward) under bfloat16 autocast;
+  parameters and optimizer state stay FP32. Fastest on a GPU, but activations keep 8 bits of mantissa.
+
+Deterministic mode is opt-in: it asks torch for deterministic kernels (slower, and some ops raise
+without one), for when a run must be replayed bit for bit on a GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from optsearch.errors import ConfigError
+
+PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16")
+DEFAULT_PRECISION = "tf32"
+CPU_EVAL_CHUNK = 1024
+"""Examples per evaluation forward pass on a CPU (memory is not the limit there)."""
+CUDA_EVAL_MEMORY_FRACTION = 0.25
+"""Share of the GPU's free memory one evaluation chunk's activations may take."""
+
+
+def check_precision(precision: str, dtype: torch.dtype) -> str:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "bf16" and dtype != torch.float32:
+        raise ConfigError(f"precision 'bf16' needs float32 parameters, got {dtype}")
+    return precision
+
+
+def forward_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast for ``bf16`` (the forward pass only: callers keep backward and update outside)."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def precision_mode(precision: str, *, deterministic: bool = False) -> Iterator[None]:
+    """Set the global TF32 and determinism switches for a training call, and restore them afterwards."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    tf32 = precision != "fp32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = False  # algorithm choice by timing would make runs differ
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for reproducible matmuls
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) = saved[:4]
+        torch.use_deterministic_algorithms(saved[4], warn_only=saved[5])
+
+
+@contextlib.contextmanager
+def preserve_rng(device: torch.device) -> Iterator[None]:
+    """Leave the caller's CPU RNG and *every* GPU's RNG as they were (dropout seeding reseeds them all).
+
+    ``torch.manual_seed`` seeds the CPU and all CUDA devices, so restoring one GPU is not enough.
+    """
+    cuda = torch.cuda.is_available() and (device.type == "cuda" or torch.cuda.is_initialized())
+    cpu_state = torch.get_rng_state()
+    gpu_states = torch.cuda.get_rng_state_all() if cuda else None
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu_state)
+        if gpu_states is not None:
+            torch.cuda.set_rng_state_all(gpu_states)
+
+
+@torch.no_grad()
+def activation_elements(model: nn.Module, example: torch.Tensor) -> int:
+    """Elements of every leaf module's output for one example (an upper bound on live activations)."""
+    total = [0]
+
+    def hook(_m: nn.Module, _i: object, out: object) -> None:
+        if isinstance(out, torch.Tensor):
+            total[0] += out.numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    was_training = model.training
+    try:
+        model.eval()(example)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return max(1, total[0] + example.numel())
+
+
+def eval_chunk(device: torch.device, members: int, elements_per_example: Callable[[], int], element_size: int) -> int:
+    """Examples per evaluation pass: fixed on a CPU; on a GPU, sized so the chunk's activations for all
+    members fit in a quarter of the free memory (read once per call, at a checkpoint)."""
+    if device.type != "cuda":
+        return CPU_EVAL_CHUNK
+    free, _total = torch.cuda.mem_get_info(device)
+    per_example = max(1, members) * elements_per_example() * element_size
+    return int(min(8192, max(32, free * CUDA_EVAL_MEMORY_FRACTION // per_example)))
+
+
+class HostReadError(RuntimeError):
+    """A tensor's value was read back to the host where the training step must not read any."""
+
+
+_READS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__", "__complex__")
+
+
+class _Guard:
+    active = 0  # nesting depth of forbid_host_reads
+    allowed = 0  # nesting depth of host_reads_allowed inside it
+    sync_mode: int | str = 0
+
+
+def _set_sync_mode(mode: int | str) -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.set_sync_debug_mode(mode)
+
+
+@contextlib.contextmanager
+def host_reads_allowed() -> Iterator[None]:
+    """Where the unit loop may read values back (setup, checkpoints, final evaluation).
+
+    A no-op unless :func:`forbid_host_reads` is active; then reads (and, on CUDA, syncs) are allowed
+    again inside, so a check can wrap a whole training call and catch reads in its steps only.
+    """
+    if not _Guard.active:
+        yield
+        return
+    _Guard.allowed += 1
+    _set_sync_mode(0)
+    try:
+        yield
+    finally:
+        _Guard.allowed -= 1
+        if not _Guard.allowed:
+            _set_sync_mode("error")
+
+
+@contextlib.contextmanager
+def forbid_host_reads() -> Iterator[list[str]]:
+    """Make every Python-level read of a tensor's value raise :class:`HostReadError`, except inside
+    :func:`host_reads_allowed`.
+
+    On a CPU this is the test that the step loop asks for no value; on CUDA it also sets
+    ``torch.cuda.set_sync_debug_mode("error")``, which catches syncs made inside torch's C++.
+    Yields the list of attempted reads (each raised as well).
+    """
+    seen: list[str] = []
+    saved = {name: torch.Tensor.__dict__.get(name) for name in _READS}  # None: inherited from the C base
+    original = {name: getattr(torch.Tensor, name) for name in _READS}
+
+    def make(name: str):
+        def read(self: torch.Tensor, *args: object, **kwargs: object) -> object:
+            if _Guard.allowed:
+                return original[name](self, *args, **kwargs)
+            seen.append(name)
+            raise HostReadError(f"host read Tensor.{name} inside a sync-free region")
+        return read
+
+    for name in _READS:
+        setattr(torch.Tensor, name, make(name))
+    _Guard.active += 1
+    outer_allowed, _Guard.allowed = _Guard.allowed, 0
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        _Guard.sync_mode = torch.cuda.get_sync_debug_mode()
+    _set_sync_mode("error")
+    try:
+        yield seen
+    finally:
+        _Guard.active -= 1
+        _Guard.allowed = outer_allowed
+        _set_sync_mode(_Guard.sync_mode)
+        for name, fn in saved.items():
+            if fn is None:
+                delattr(torch.Tensor, name)
+            else:
+                setattr(torch.Tensor, name, fn)
+
+
+__all__ = [
+    "CPU_EVAL_CHUNK", "DEFAULT_PRECISION", "HostReadError", "PRECISIONS", "activation_elements", "check_precision",
+    "eval_chunk", "forbid_host_reads", "forward_context", "host_reads_allowed", "precision_mode", "preserve_rng",
+]
