@@ -265,3 +265,22 @@ def test_intermediate_rounds_every_k_generations_and_no_ablation_before_the_end(
     assert [r.generation for r in funnel.rounds(st)] == [1]
     assert not any(k.startswith("ablation:") for k in st.user_attrs)  # the ablation waits for the final round
     assert funnel.study_winner(st)[2] == "funnel" and funnel.final_round(st).winner.name == "#0"
+
+
+def test_benchmark_takes_the_study_winner(tmp_path, monkeypatch):
+    from optsearch.benchmark import runner
+
+    st, cfg = synthetic_study(tmp_path, POPULATION, k=3)
+    funnel.run_funnels(st, replace(cfg, funnel=replace(cfg.funnel, ablation=False)), device="cpu", data_dir=None,
+                       evaluator=FakeEvaluator())
+    seen = {}
+
+    def fake_run_benchmark(name, evolved, bcfg, **kw):
+        seen.update(evolved=evolved, searched=bcfg.searched)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_benchmark", fake_run_benchmark)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_cli("syn", storage=f"sqlite:///{tmp_path}/syn.db", tasks="digits", seeds=2)
+    label, genome, _ = funnel.study_winner(st)
+    assert seen["evolved"] == [(label, genome)] and label == "syn#2-funnel"
