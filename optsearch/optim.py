@@ -183,7 +183,7 @@ class GenomeOptimizer(torch.optim.Optimizer):
         buffers = sorted(state_needed(tuple(group["alphas"])))
         states = [self._state_for(p, group, buffers) for p in params]
         # Complex tensors as their real views: the update is elementwise over real and imaginary parts.
-        ps = [_real(p) for p in params]
+        ps = [_real(p) for p in params]  # (the grads already are)
         gs = grads
         bufs = [{b: _real(st[b]) for b in buffers} for st in states]
         steps = [st["step"] for st in states]
@@ -213,7 +213,6 @@ class GenomeOptimizer(torch.optim.Optimizer):
         every coefficient below is computed on the device.
         """
         beta1, beta2 = group["betas"]
-        sched = group["schedule"]
         lr_t = _schedule(step, group) * group["lr"]
         if group["weight_decay"] != 0:
             p.mul_(1 - lr_t * group["weight_decay"])

@@ -173,7 +173,7 @@ def _no_host_read(*_args, **_kwargs):
     raise AssertionError("host read in a capturable step")
 
 
-@pytest.mark.parametrize("name", ["adam", "sgd_momentum", "add_sign", "rmsprop"])
+@pytest.mark.parametrize("name", ["adam", "sgd_momentum", "add_sign", "rmsprop", "paper_evolved"])
 def test_differentiable_step_is_differentiable(name):
     """The updated parameters carry a gradient back to the gradient they were updated with (gradcheck)."""
     genome = GENOMES[name]
@@ -267,3 +267,21 @@ def test_state_dict_carries_the_genome_and_refuses_another():
     fresh.load_state_dict(older)
     assert fresh.param_groups[0]["alphas"] == {"adam": 1.0}
     fresh.step()
+
+
+def test_step_peak_temporaries_stay_small():
+    """In-place for-each updates: peak temporaries of a step, in parameter-sized buffers, counted by
+    benchmarks/optim_memory.py (before the in-place core: Adam 4, SGD 2, the paper's genome 5)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "optim_memory.py"
+    spec = importlib.util.spec_from_file_location("optim_memory", path)
+    mem = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mem)
+    n = 40_000
+    assert mem.measure(NAMED["adam"], n, foreach=True) <= 2.0
+    assert mem.measure(NAMED["sgd_momentum"], n, foreach=True) <= 1.0
+    assert mem.measure(NAMED["lion"], n, foreach=True) <= 1.0
+    assert max(mem.measure(g, n, foreach=True) for g in mem.genomes().values()) <= 3.0
+    assert mem.measure(NAMED["adam"], n, foreach=False) <= 1.0  # the loop: per tensor, the largest is half

@@ -55,10 +55,14 @@ class Primitive:
     symbol: str
     needs: frozenset[str]
     fn: Callable[[Moments], Any]
+    m_scale: str = ""
+    """How the term depends on the scale of m: ``linear`` (term(m/c) = term(m)/c), ``invariant`` (only
+    its sign matters) or "" (neither). When every m-reading term is one of the first two, bias
+    correction is folded into their weights and m̂ is never materialised (one buffer less)."""
 
 
-def _p(name: str, symbol: str, needs: str, fn: Callable[[Moments], Any]) -> Primitive:
-    return Primitive(name, symbol, frozenset(needs.split()), fn)
+def _p(name: str, symbol: str, needs: str, fn: Callable[[Moments], Any], m_scale: str = "") -> Primitive:
+    return Primitive(name, symbol, frozenset(needs.split()), fn, m_scale)
 
 
 # Each function returns either one of its inputs (g, m) or a tensor it allocated, and chains in-place
@@ -68,18 +72,20 @@ PRIMITIVES: dict[str, Primitive] = {
     p.name: p
     for p in (
         _p("grad", "g", "", lambda s: s.g),
-        _p("momentum", "m", "m", lambda s: s.m),
+        _p("momentum", "m", "m", lambda s: s.m, "linear"),
         _p("rms_norm", "g/(√v+ε)", "v", lambda s: s.g / s.denom),
-        _p("adam", "m/(√v+ε)", "m v", lambda s: s.m / s.denom),
+        _p("adam", "m/(√v+ε)", "m v", lambda s: s.m / s.denom, "linear"),
         _p("sign_grad", "sign(g)", "", lambda s: s.g.sign()),
         _p("unit_grad", "g/(|g|+ε)", "", lambda s: s.g / s.g.abs().add_(s.eps)),
         _p("nesterov", "(β1·m+(1−β1)·g)", "m", lambda s: s.g.lerp(s.m, s.beta1)),
-        _p("sign_momentum", "sign(m)", "m", lambda s: s.m.sign()),
+        _p("sign_momentum", "sign(m)", "m", lambda s: s.m.sign(), "invariant"),
         _p("lion", "sign(β1·μ+(1−β1)·g)", "mu", lambda s: s.g.lerp(s.mu, s.beta1).sign_()),
         # Bello et al. 2017: the gradient, doubled where it agrees in sign with the momentum and
         # cancelled where it disagrees (AddSign), or scaled by e^{±1} (PowerSign).
-        _p("add_sign", "(1+sign(g)·sign(m))·g", "m", lambda s: s.g.sign().mul_(s.m.sign()).add_(1).mul_(s.g)),
-        _p("power_sign", "e^(sign(g)·sign(m))·g", "m", lambda s: s.g * s.g.sign().mul_(s.m.sign()).exp_()),
+        _p("add_sign", "(1+sign(g)·sign(m))·g", "m", lambda s: s.g.sign().mul_(s.m.sign()).add_(1).mul_(s.g),
+           "invariant"),
+        _p("power_sign", "e^(sign(g)·sign(m))·g", "m", lambda s: s.g * s.g.sign().mul_(s.m.sign()).exp_(),
+           "invariant"),
     )
 }
 """The catalogue. ``none`` (an empty slot) is a genome value, not a primitive."""
@@ -117,8 +123,9 @@ def advance_and_direct(
 ) -> Any:
     """Advance the moment buffers in place with ``g`` and return the direction Σ α_k·prim_k.
 
-    The direction is a new tensor the caller owns (it may scale it in place). Temporaries: m̂ when
-    bias correction is on, √v̂+ε, the running sum and one term at a time.
+    The direction is a new tensor the caller owns (it may scale it in place). Temporaries: √v̂+ε, the
+    running sum and one term at a time, plus m̂ only when a term that is neither linear nor invariant
+    in m's scale (Nesterov) reads it; otherwise 1/bc1 goes into the linear terms' weights.
 
     Args:
         g: gradient (tensor, TensorList or [P, D]); already clipped. Never modified.
@@ -141,20 +148,31 @@ def advance_and_direct(
             v.mul_(beta2).addcmul_(g, g * (1 - beta2))
         else:
             v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-    s = Moments(
-        g=g,
-        m=None if m is None else (m if _is_one(bc1) else m / bc1),
-        denom=None if v is None else (v.sqrt() + eps if _is_one(bc2) else (v.sqrt() / _sqrt(bc2)).add_(eps)),
-        mu=mu,
-        beta1=beta1,
-        eps=eps,
-    )
+    # With autograd on (a differentiable step) nothing autograd saves may change later: the terms read
+    # a copy of m, and √v is not modified in place.
+    in_place = not torch.is_grad_enabled()
+    m_hat = m
+    if m is not None and not _is_one(bc1):
+        scales = {PRIMITIVES[n].m_scale for n in weights if "m" in PRIMITIVES[n].needs}
+        if in_place and scales <= {"linear", "invariant"}:  # fold 1/bc1 into the weights, no m̂ buffer
+            weights = {n: alpha / bc1 if PRIMITIVES[n].m_scale == "linear" else alpha for n, alpha in weights.items()}
+        else:
+            m_hat = m / bc1
+    elif m is not None and not in_place:
+        m_hat = m * 1.0
+    denom = None
+    if v is not None:
+        denom = v.sqrt()
+        if not _is_one(bc2):
+            denom = denom.div_(_sqrt(bc2)) if in_place else denom / _sqrt(bc2)
+        denom = denom.add_(eps) if in_place or not _is_one(bc2) else denom + eps
+    s = Moments(g=g, m=m_hat, denom=denom, mu=mu, beta1=beta1, eps=eps)
     direction = None
     for name, alpha in weights.items():
         term = PRIMITIVES[name].fn(s)
         if direction is None:  # scale the first term in place unless it is an input (g, m)
             direction = term * alpha if term is s.g or term is s.m else term.mul_(alpha)
-        elif isinstance(alpha, torch.Tensor):
+        elif not isinstance(alpha, (int, float)):  # a tensor or TensorList
             direction.addcmul_(term, alpha)
         else:
             direction.add_(term, alpha=alpha)
@@ -250,6 +268,9 @@ class TensorList:
     def __truediv__(self, o: Any) -> "TensorList":
         return TensorList(torch._foreach_div(self.tensors, _operand(o)))
 
+    def __rtruediv__(self, o: Any) -> "TensorList":  # number / list
+        return TensorList(torch._foreach_mul(torch._foreach_reciprocal(self.tensors), o))
+
     def sign(self) -> "TensorList":
         return TensorList(torch._foreach_sign(self.tensors))
 
@@ -272,6 +293,10 @@ class TensorList:
             torch._foreach_add_(self.tensors, _operand(o))
         else:
             torch._foreach_add_(self.tensors, _operand(o), alpha=alpha)
+        return self
+
+    def div_(self, o: Any) -> "TensorList":
+        torch._foreach_div_(self.tensors, _operand(o))
         return self
 
     def sub_(self, o: Any) -> "TensorList":
