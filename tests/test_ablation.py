@@ -69,7 +69,7 @@ def test_ablation_drops_a_useless_term_and_switch_and_keeps_useful_ones(tmp_path
     assert rows["term sign_grad"].dropped and rows["warmup"].dropped and rows["bias correction"].dropped
     assert not rows["term adam"].dropped and rows["term adam"].effect.hi < 0 and rows["term momentum"].effect.hi < 0
     assert not rows["cosine decay"].dropped and rows["cosine decay"].effect.mean == pytest.approx(-0.05, abs=0.005)
-    # the first step also trained the reference on the same units: WINNER − Adam ≈ +0.15 (momentum, cosine decay)
+    # the first step also trained the reference on the same units: simplified − Adam ≈ +0.15 (momentum, cosine decay)
     assert result.vs_reference().mean == pytest.approx(0.15, abs=0.005) and result.vs_reference().sign == 1
     assert runner.calls[0] == (1 + 6 + 1, UNITS[0])  # genome + 6 variants + the reference, one population
     text = "\n".join(ablation.summary(result))

@@ -84,7 +84,10 @@ class Ablation:
     """(task, seed) units each step trained on."""
 
     def vs_reference(self) -> Interval | None:
-        """The start genome − the reference on the first step's fresh units (paired)."""
+        """The simplified genome − the reference on the ablation's fresh units (paired; None without a reference).
+
+        Every step trains on the same units (same initial weights and data order per unit), so the
+        simplified genome's scores from the step that measured it pair with the reference's of step 0."""
         return self.reference_diff
 
 
@@ -133,7 +136,9 @@ def read(study: optuna.Study) -> Ablation | None:
 
 def _replay(start: Genome, reference: Genome | None, stage: Any) -> Ablation | None:
     """Step through the ablation; ``stage(step, genomes, has_reference)`` returns their scores (None: not yet)."""
-    current, rows, step, ref_diff, runs = start, [], 0, None, 0
+    current, rows, step, runs = start, [], 0, 0
+    ref_scores: list[float] | None = None
+    current_scores: list[float] = []
     while True:
         variants = components(current)
         if not variants and step > 0:
@@ -143,18 +148,20 @@ def _replay(start: Genome, reference: Genome | None, stage: Any) -> Ablation | N
         scores = stage(step, genomes, has_ref)
         if scores is None:
             return None
-        runs = len(scores[0])
+        runs, current_scores = len(scores[0]), scores[0]
         if has_ref:
-            ref_diff = paired_difference(scores[0], scores[-1])
+            ref_scores = scores[-1]
         effects = [(label, g, paired_difference(scores[1 + i], scores[0])) for i, (label, g) in enumerate(variants)]
-        free = [e for e in effects if math.isfinite(e[2].hi) and e[2].hi >= 0]
+        free = [j for j, (_, _, eff) in enumerate(effects) if math.isfinite(eff.hi) and eff.hi >= 0]
         if not free:
             rows += [Row(label, eff, False, step) for label, _, eff in effects]
             break
-        label, smaller, eff = max(free, key=lambda e: e[2].mean)
+        i = max(free, key=lambda j: effects[j][2].mean)  # the part whose removal costs least
+        label, smaller, eff = effects[i]
         rows.append(Row(label, eff, True, step))
-        current = smaller
+        current, current_scores = smaller, scores[1 + i]
         step += 1
+    ref_diff = paired_difference(current_scores, ref_scores) if ref_scores is not None else None
     return Ablation(start, current, tuple(rows), step + 1 if not rows or not rows[-1].dropped else step, ref_diff, runs)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import optuna
 from optuna.trial import FrozenTrial
@@ -249,7 +249,8 @@ def headline(study: optuna.Study) -> list[str]:
     fresh = ablation.read(study)
     diff = fresh.vs_reference() if fresh is not None and fresh.start == w.tuned else None
     if diff is not None and math.isfinite(diff.half_width):
-        lines.append(f"winner − Adam (lr-swept) on {diff.n} fresh runs not used to pick it: {diff.fmt(digits=4, signed=True)} "
+        lines.append(f"simplified winner − Adam (lr-swept) on {diff.n} fresh runs not used to pick the winner: "
+                     f"{diff.fmt(digits=4, signed=True)} "
                      f"(95 % paired t-interval; {_verdict(diff)})")
         return lines
     diff = last.vs_reference()
