@@ -134,3 +134,25 @@ def test_old_study_accepts_trials_with_the_new_gene(tmp_path):
     study.tell(trial, 0.5)
     assert Genome.from_params(study.trials[-1].params) == g
     assert all(Genome.from_params(t.params).sign_term == "none" for t in study.trials[:-1] if t.params)
+
+
+def test_crossover_and_mutation_keep_the_sign_term_with_its_weight():
+    import numpy as np
+
+    from optsearch.search.sampler.config import GAConfig
+    from optsearch.search.sampler.crossover import one_point_crossover
+    from optsearch.search.sampler.mutation import mutate_gene
+    from optsearch.search.sampler.space import expressed_genes
+
+    a = dataclasses.replace(NAMED["adam"], sign_term="add_sign", sign_alpha=1.5).to_params()
+    b = dataclasses.replace(NAMED["rmsprop"], sign_term="power_sign", sign_alpha=0.25).to_params()
+    pairs = set()
+    for seed in range(40):
+        child = one_point_crossover(a, b, np.random.default_rng(seed))
+        pairs.add((child["sign_term"], child["sign_alpha"]))
+    assert pairs == {("add_sign", 1.5), ("power_sign", 0.25)}
+    none = NAMED["adam"].to_params()
+    assert "sign_alpha" not in expressed_genes(none) and "sign_term" in expressed_genes(none)
+    mutate_gene(none, "sign_term", np.random.default_rng(0), GAConfig())
+    assert none["sign_term"] in ("add_sign", "power_sign") and 0.0 <= none["sign_alpha"] <= 4.0
+    assert Genome.from_params(none).merged_terms().keys() == {"adam", none["sign_term"]}

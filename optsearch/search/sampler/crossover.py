@@ -22,7 +22,12 @@ def one_point_crossover(a: Params, b: Params, rng: np.random.Generator, *, swap_
         child[f"term_{i}"] = src[f"term_{i}"]
         child[f"alpha_{i}"] = src[f"alpha_{i}"]
     for name in SCALAR_GENES:
-        child[name] = (b if rng.random() < swap_prob else a)[name]
+        if name == "sign_alpha":  # travels with sign_term, like a slot's α
+            continue
+        src = b if rng.random() < swap_prob else a
+        child[name] = src[name]
+        if name == "sign_term":
+            child["sign_alpha"] = src["sign_alpha"]
     return child
 
 
