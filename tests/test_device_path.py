@@ -242,3 +242,21 @@ def test_device_check_runs_on_cpu(tmp_path):
     assert report["compile"]["graphs"] in (0, 1)
     assert report["projection"]["paper_seconds"] > 0
     assert "digits" in proc.stdout
+
+
+def test_precision_is_a_study_setting_passed_to_the_evaluator(monkeypatch):
+    from optsearch.search.config import StudyConfig
+    from optsearch.search import worker as worker_mod
+
+    base = {"search": {"tasks": ["digits"], "population": 4, "generations": 1}}
+    assert StudyConfig.from_dict(base).precision == "tf32"
+    cfg = StudyConfig.from_dict({"search": {**base["search"], "precision": "bf16"}})
+    assert cfg.precision == "bf16" and cfg.to_dict()["precision"] == "bf16"
+    with pytest.raises(ConfigError, match="precision"):
+        StudyConfig.from_dict({"search": {**base["search"], "precision": "fp16"}})
+    seen = {}
+    monkeypatch.setattr("optsearch.train.evaluate.evaluate", lambda *a, **k: seen.update(k))
+    monkeypatch.setattr(worker_mod, "Pruning", lambda *a: None)
+    fake = type("W", (), {"cfg": cfg, "study": None, "device": "cpu", "data_dir": None})()
+    worker_mod.Worker._evaluate(fake, [], [], 0)
+    assert seen["precision"] == "bf16"

@@ -78,6 +78,7 @@ class StudyConfig:
     seed: int = 0
     device: str = "auto"
     checkpoint_every: int = 50
+    precision: str = "tf32"  # fp32 | tf32 | bf16: see optsearch.train.device (tf32 is CPU-neutral, fast on GPUs)
     pruning: PruningConfig = field(default_factory=PruningConfig)
     sampler: Mapping[str, Any] = field(default_factory=dict)
     funnel: FunnelConfig = field(default_factory=FunnelConfig)
@@ -144,6 +145,7 @@ class StudyConfig:
             seed=_int(d, "seed", where, default=0),
             device=_device(d.get("device", "auto"), where),
             checkpoint_every=_int(d, "checkpoint_every", where, lo=1, default=50),
+            precision=_choice(d, "precision", _precisions(), "tf32", where),
             pruning=_pruning(pruning, where, objective=d.get("objective", "aggregate"), stored=stored),
             sampler=dict(sampler),
             funnel=_funnel(d.get("funnel"), tasks, where),
@@ -191,6 +193,12 @@ def _int(d: Mapping[str, Any], key: str, where: str, *, lo: int | None = None, d
 
 def _opt_int(d: Mapping[str, Any], key: str, where: str, *, lo: int) -> int | None:
     return None if d.get(key) is None else _int(d, key, where, lo=lo)
+
+
+def _precisions() -> tuple[str, ...]:
+    from optsearch.train.device import PRECISIONS  # lazily, as the task registry: no torch import for a config
+
+    return PRECISIONS
 
 
 def _choice(d: Mapping[str, Any], key: str, choices: tuple[str, ...], default: str, where: str) -> str:

@@ -141,6 +141,7 @@ class Worker:
             data_dir=self.data_dir,
             checkpoint_every=self.cfg.checkpoint_every,
             callback=pruning,
+            precision=self.cfg.precision,
         )
 
     def _tell(self, trial: optuna.Trial, member: Any, generation: int) -> None:
