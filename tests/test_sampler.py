@@ -583,3 +583,23 @@ def test_a_swapped_strategy_is_used_without_subclassing():
         pa, pb = (by_number[n].params["lr_log10"] for n in c.system_attrs[PARENTS_KEY])
         averaged += c.params["lr_log10"] == pytest.approx((pa + pb) / 2)
     assert averaged >= 3  # (a child that equals a parent gets one more gene changed: that may be its lr)
+
+
+# ----------------------------------------------------------------------------- concurrency (13.3)
+def test_optimize_with_threads_breeds_the_same_genomes_as_one_thread():
+    """``study.optimize(n_jobs=3)`` asks generation g+1 while g still trains; parents wait until g is settled."""
+    import random
+    import time
+
+    def slow(trial: optuna.Trial) -> float:
+        g = define_search_space(trial)
+        time.sleep(random.random() * 0.02)  # members finish in a random order
+        return single(g)
+
+    key = lambda t: (t.system_attrs[GENERATION_KEY], t.system_attrs[MEMBER_KEY])  # noqa: E731
+    one = make_study(population=6, seed=4)
+    one.optimize(slow, n_trials=18)
+    many = make_study(population=6, seed=4)
+    many.optimize(slow, n_trials=18, n_jobs=3)
+    assert {key(t): gene_params(t) for t in many.trials} == {key(t): gene_params(t) for t in one.trials}
+    assert sorted(key(t) for t in many.trials) == [(g, m) for g in range(3) for m in range(6)]

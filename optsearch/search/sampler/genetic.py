@@ -183,7 +183,7 @@ class GeneticSampler(BaseGASampler):
         beats it, whatever generation it came from.
         """
         prev = [
-            t for t in study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,), use_cache=True)
+            t for t in study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,), use_cache=False)
             if trial_generation(t) == generation - 1 and has_genome(t.params)
         ]
         if len(study.directions) == 1:
@@ -201,7 +201,7 @@ class GeneticSampler(BaseGASampler):
             return []
         key = self._get_parent_cache_key_prefix() + str(generation)
         cached = study._storage.get_study_system_attrs(study._study_id).get(key)
-        trials = study._get_trials(deepcopy=False, use_cache=True)
+        trials = study._get_trials(deepcopy=False, use_cache=False)  # not a snapshot older than the wait
         if cached is not None:
             by_id = {t._trial_id: t for t in trials}
             return [by_id[i] for i in cached if i in by_id]
