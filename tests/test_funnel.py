@@ -250,6 +250,7 @@ def test_study_run_show_and_export_with_funnel_and_ablation(tmp_path, capsys):
 
     assert ("| component | effect of removing it (95 % interval) | verdict |" in note) == bool(ablation.read(st).rows)
     assert note.count("optsearch-funnel-begin") == 1 and "# optsearch study `f`" in note  # the config part is kept
+    assert "Then the funnel: the 2 best genomes and Adam" in note
     assert funnel.funnel_markdown(st) in note
 
 

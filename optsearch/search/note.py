@@ -27,6 +27,16 @@ def config_markdown(name: str, config: Mapping[str, Any]) -> str:
             "per-task accuracy/loss/fitness and whether it diverged.",
             "",
         ]
+        funnel = config.get("funnel") or {}
+        if funnel.get("enabled"):
+            lines += [
+                f"Then the funnel: the {funnel.get('k')} best genomes and Adam, each at its lr × 10^"
+                f"({', '.join(f'{o:+g}' for o in funnel.get('lr_sweep') or [])}), are trained again on "
+                f"**{', '.join(funnel.get('tasks') or tasks)}** with {funnel.get('seeds')} fresh seeds; the best is "
+                "the study's answer" + (", simplified by ablation" if funnel.get("ablation") else "")
+                + " (its section below appears when the run ends).",
+                "",
+            ]
     lines += ["## Config", "", "| setting | value |", "|---|---|"]
     for key, value in _flatten(config):
         lines.append(f"| {key} | {_cell(value)} |")
