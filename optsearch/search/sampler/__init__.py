@@ -10,9 +10,14 @@ table), :mod:`.ranking`, :mod:`.selection`, :mod:`.crossover`, :mod:`.mutation`,
 
 * generation 0: the named baselines (:data:`optsearch.genome.BASELINES`, optionally the paper's
   evolved genome) as the first members, the rest uniform over the space;
-* generation g+1: the ``elites`` best of generation g carried over unchanged as the first members
-  (and trained again there), the rest children: two tournament winners, structure-respecting
-  crossover, annealed mutation.
+* generation g+1: the ``elites`` best of its parent pool carried over unchanged as the first members
+  (and measured again there, on that generation's fresh seeds), the rest children: two tournament
+  winners, structure-respecting crossover, annealed mutation. Selection, crossover and mutation are
+  strategy objects passed by keyword (:class:`TournamentSelection`, :class:`OnePointCrossover`,
+  :class:`AnnealedMutation` by default), as ``NSGAIISampler(crossover=…)`` takes them;
+* a slot whose trial FAILs is asked again with the same genome up to ``slot_retries`` times, then
+  filled with a fresh child from a new random stream (the reason is stored in :data:`REPLACED_KEY`),
+  so a genome that always crashes cannot stall the study.
 
 Only generation g's COMPLETE trials are parents: PRUNED and FAIL trials never breed. The run loop
 tells a diverged or pruned member PRUNED, so it never breeds; a trial told the worst fitness
@@ -20,9 +25,12 @@ tells a diverged or pruned member PRUNED, so it never breeds; a trial told the w
 
 **Per-task objectives (NSGA-II) live inside this sampler**, not in ``optuna.samplers.NSGAIISampler``
 with our crossover and mutation. In a multi-objective study the only thing that changes is the
-*ranking* of a generation: non-dominated fronts, each ordered by crowding distance (Optuna's own
-non-dominated sort and crowding distance are reused). Tournament selection on that order is
-NSGA-II's crowded tournament, and the elites are the first fronts. Why not ``NSGAIISampler``:
+*ranking* and *survival*: the parent pool of generation g+1 is the best ``population_size`` of
+generation g's pool and generation g's COMPLETE members together (NSGA-II's (μ+λ) survival), ranked
+by non-dominated front, then each objective's best point, then crowding distance, with ties broken
+by an RNG seeded from (seed, generation) — never by member index (Optuna's own non-dominated sort and
+crowding distance are reused). Tournament selection on that order is NSGA-II's crowded tournament,
+and the elites are the first of it. Why not ``NSGAIISampler``:
 
 * its generation bookkeeping counts only COMPLETE trials, so a generation with PRUNED members never
   fills, and its parent cache returns trials in id order, not rank order;
@@ -32,8 +40,10 @@ NSGA-II's crowded tournament, and the elites are the first fronts. Why not ``NSG
   mutation has no annealing. Replacing all of that through its ``child_generation_strategy`` hook
   would leave little of it but the name.
 
-Determinism: with a seed, the genome of member i of generation g is a function of the seed, g, i and
-generation g−1's results; nothing depends on how many processes ask or in which order.
+Determinism: with a seed, the genome of member i of generation g is a function of the seed, g, i,
+the parent pool and its slot's failure count; nothing depends on how many processes ask or in which
+order. Generation g+1's pool is computed only once generation g has no RUNNING trial (an asker
+waits), and slots are claimed in trial-number order (:mod:`.slots`).
 """
 
 from __future__ import annotations
