@@ -111,3 +111,36 @@ def test_plain_cuda_spreads_workers_over_the_gpus():
     assert study.worker_devices("cuda", 3, 1) == ["cuda"] * 3
     assert study.worker_devices("cuda:1", 2, 4) == ["cuda:1", "cuda:1"]  # an explicit GPU is kept
     assert study.worker_devices("cpu", 2, 4) == ["cpu", "cpu"]
+
+
+def test_a_genome_that_crashes_the_evaluation_is_replaced_after_slot_retries(tmp_path, monkeypatch):
+    """The batch holding the genome fails (reason recorded); after ``slot_retries`` resumes its slots get fresh children."""
+    from optsearch.genome import BASELINES, NAMED
+    from optsearch.search.sampler import REPLACED_KEY
+    from optsearch.search.worker import FAIL_REASON_ATTR
+    import optsearch.train.evaluate as ev
+
+    real = ev.evaluate
+    bad = NAMED[BASELINES[0]].to_params()
+
+    def crashing(genomes, *a, **kw):
+        if any(g.to_params() == bad for g in genomes):
+            raise RuntimeError("this genome crashes the evaluator")
+        return real(genomes, *a, **kw)
+
+    monkeypatch.setattr(ev, "evaluate", crashing)
+    cfg = write_config(tmp_path, steps=10, population=3, generations=1)
+    cfg.write_text(cfg.read_text().replace("[sampler]", "[sampler]\nslot_retries = 1"))
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert main(["study", "create", "c", "--config", str(cfg), "--storage", url]) == 0
+    for _ in range(2):  # the same genome, asked again once (slot_retries = 1), crashes twice
+        with pytest.raises(RuntimeError, match="crashes"):
+            study.run("c", storage=url, progress=False, device="cpu")
+    study.run("c", storage=url, progress=False, device="cpu")  # then its slot holds a fresh child
+    st = optuna.load_study(study_name="c", storage=url)
+    failed = [t for t in st.trials if t.state == TrialState.FAIL]
+    assert len(failed) == 6 and all("RuntimeError: this genome crashes" in t.user_attrs[FAIL_REASON_ATTR] for t in failed)
+    told = [t for t in st.trials if t.state in TOLD]
+    assert sorted(t.system_attrs[MEMBER_KEY] for t in told) == [0, 1, 2]
+    assert all("failed 2 times" in t.system_attrs[REPLACED_KEY] for t in told)
+    assert not any(t.params == bad for t in told)

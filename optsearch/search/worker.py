@@ -27,6 +27,7 @@ from optsearch.search.storage import Heartbeat, fail_dead_trials, mark_worker
 
 POLL_SECONDS = 1.0
 SURPLUS_ATTR = "optsearch:surplus"  # system attr of a trial failed unevaluated: its generation was full
+FAIL_REASON_ATTR = "fail_reason"  # user attr of a trial failed by an exception or Ctrl-C: what happened
 
 
 def make_sampler(cfg: StudyConfig) -> GeneticSampler:
@@ -97,9 +98,10 @@ class Worker:
                 if not trials:
                     return
                 result = self._evaluate([t for t, _ in trials], [g for _, g in trials], target)
-            except BaseException:
-                for t, _ in trials:  # Ctrl-C or a crash: free the slots for the resume
-                    _tell_quietly(self.study, t.number, TrialState.FAIL)
+            except BaseException as e:
+                reason = f"{type(e).__name__}: {e}"[:300]
+                for t, _ in trials:  # Ctrl-C or a crash: free the slots for the resume (slot_retries caps them)
+                    _tell_quietly(self.study, t.number, TrialState.FAIL, reason)
                 raise
         for (trial, genome), member in zip(trials, result.members):
             self._tell(trial, member, target)
@@ -166,8 +168,11 @@ def _finite(x: float) -> float | None:
     return float(x) if x is not None and math.isfinite(x) else None
 
 
-def _tell_quietly(study: optuna.Study, number: int, state: TrialState) -> None:
+def _tell_quietly(study: optuna.Study, number: int, state: TrialState, reason: str | None = None) -> None:
     try:
+        if reason is not None:
+            study._storage.set_trial_user_attr(study._storage.get_trial_id_from_study_id_trial_number(
+                study._study_id, number), FAIL_REASON_ATTR, reason)
         study.tell(number, state=state)
     except Exception:  # already finished, or the storage is gone: nothing more to do
         pass
