@@ -285,3 +285,14 @@ def test_benchmark_takes_the_study_winner(tmp_path, monkeypatch):
         runner.run_cli("syn", storage=f"sqlite:///{tmp_path}/syn.db", tasks="digits", seeds=2)
     label, genome, _ = funnel.study_winner(st)
     assert seen["evolved"] == [(label, genome)] and label == "syn#2-funnel"
+
+
+def test_no_funnel_round_without_a_completed_trial(tmp_path):
+    st, cfg = synthetic_study(tmp_path, [])
+    for g in (ADAM, SIGN):  # a finished generation whose members all diverged
+        st.add_trial(optuna.trial.create_trial(params=g.to_params(), distributions=search_space(),
+                                               state=optuna.trial.TrialState.PRUNED,
+                                               system_attrs={"GeneticSampler:generation": 0}))
+    funnel.run_funnels(st, replace(cfg, population=2), device="cpu", data_dir=None, evaluator=FakeEvaluator())
+    assert funnel.final_round(st) is None and funnel.study_winner(st) is None
+    assert not [k for k in st.user_attrs if k.startswith("funnel:")]

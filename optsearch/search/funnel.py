@@ -191,7 +191,7 @@ def run_round(study: optuna.Study, cfg: StudyConfig, generation: int, *, device:
 def run_funnels(study: optuna.Study, cfg: StudyConfig, *, device: str, data_dir: str | None,
                 evaluator: Callable[..., Any] | None = None, progress: bool = False) -> None:
     """Every round due at the study's current progress, then the winner's ablation once the search ended."""
-    if not cfg.funnel.enabled:
+    if not cfg.funnel.enabled or not best_trials(study, 1):  # nothing completed (every member diverged): no candidates
         return
     done = completed_generations(study, cfg.population)
     due = [g for g in range(cfg.funnel.every, done + 1, cfg.funnel.every)] if cfg.funnel.every else []
