@@ -181,7 +181,7 @@ def timed_steps(task, data, genomes, dev, n, compile_update, precision) -> dict:
     else:
         ms = (time.perf_counter() - t0) * 1e3 / n
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    acts = ProfilerSteps(step, cuda)
+    acts = top_kernels(step, cuda)
     t0 = time.perf_counter()
     pop.accuracy(data.val_x, data.val_y)
     if cuda:
@@ -191,7 +191,7 @@ def timed_steps(task, data, genomes, dev, n, compile_update, precision) -> dict:
             "backend": pop.backend}
 
 
-def ProfilerSteps(step, cuda: bool, steps: int = 3, top: int = 8) -> list[dict]:
+def top_kernels(step, cuda: bool, steps: int = 3, top: int = 8) -> list[dict]:
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])

@@ -24,7 +24,7 @@ class UnitResult:
         accuracy: accuracy on the requested split (NaN if the member diverged).
         loss: mean training loss over the last :data:`~optsearch.train.tasks.LOSS_TAIL` steps it trained (a
             diverging step's loss is not among them; NaN if it diverged at the first step).
-        diverged: its loss became NaN/inf or exploded; it was retired before that step's update.
+        diverged: its loss became NaN/inf or exploded; it was frozen before that step's update.
         fitness: :func:`optsearch.train.tasks.fitness` of the above.
         curve: (step, mean training loss since the previous checkpoint) at every checkpoint.
     """
