@@ -238,6 +238,12 @@ def test_study_run_show_and_export_with_funnel_and_ablation(tmp_path, capsys):
     assert main(["export", "f", "--storage", url, "-o", str(raw), "--unsimplified"]) == 0
     assert Genome.load(raw) == r.winner.tuned
     assert Genome.load(simple) == funnel.study_winner(st)[1]
+    import json
+
+    prov = json.loads(simple.read_text())["provenance"]
+    assert prov["source"] == "simplified" and prov["funnel"]["trial"] == r.winner.number
+    assert prov["funnel"]["genome"] == r.winner.tuned.to_params() and "simplified_minus_adam" in prov
+    assert len(prov["ablation"]) == len(ablation_rows(st))
     assert main(["study", "show", "f", "--storage", url]) == 0
     shown = capsys.readouterr().out
     assert "funnel after generation 1" in shown and "ablation of the funnel winner" in shown
@@ -296,3 +302,9 @@ def test_no_funnel_round_without_a_completed_trial(tmp_path):
     funnel.run_funnels(st, replace(cfg, population=2), device="cpu", data_dir=None, evaluator=FakeEvaluator())
     assert funnel.final_round(st) is None and funnel.study_winner(st) is None
     assert not [k for k in st.user_attrs if k.startswith("funnel:")]
+
+
+def ablation_rows(st: optuna.Study) -> tuple:
+    from optsearch.search import ablation
+
+    return ablation.read(st).rows

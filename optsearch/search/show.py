@@ -5,6 +5,7 @@ simplified by its ablation when they ran, else the best trial (studies without a
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import optuna
@@ -82,13 +83,17 @@ def export(name: str, output: str, *, storage: str | None = None, trial: int | N
     """Write the study's answer (or the given trial's genome) as JSON for GenomeOptimizer.
 
     The answer is :func:`study_winner`'s: the simplified funnel winner unless ``simplified`` is False
-    (then the funnel winner as it was found), or the best trial when no funnel ran."""
+    (then the funnel winner as it was found), or the best trial when no funnel ran. The file also says
+    where the genome came from (``provenance``: the funnel's figures and the ablation table), which
+    :meth:`Genome.load` ignores."""
     study, _ = open_study(name, storage)
+    extra: dict = {}
     if trial is None:
         winner = study_winner(study, simplified=simplified)
         if winner is None:
             raise StudyError(f"study {name!r} has no completed trials to export")
         genome = winner[1]
+        extra = {"provenance": provenance(study, winner[0], winner[2])}
     else:
         matches = [t for t in study.get_trials(deepcopy=False) if t.number == trial]
         if not matches or not matches[0].params:
@@ -96,4 +101,26 @@ def export(name: str, output: str, *, storage: str | None = None, trial: int | N
         genome = Genome.from_params(matches[0].params)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     genome.save(output)
+    if extra:
+        data = json.loads(Path(output).read_text(encoding="utf-8"))
+        Path(output).write_text(json.dumps({**data, **extra}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return genome
+
+
+def provenance(study: optuna.Study, label: str, source: str) -> dict:
+    """Where the study's answer came from, as JSON: the funnel round and the ablation (when they ran)."""
+    out: dict = {"study": study.study_name, "label": label, "source": source}
+    last = final_round(study)
+    if last is not None:
+        w = last.winner
+        out["funnel"] = {"generation": last.generation, "trial": w.number, "runs": [list(u) for u in last.units],
+                         "mean_fitness": w.mean, "told_fitness": w.told, "lr_offset": w.offset,
+                         "genome": w.tuned.to_params()}
+        done = ablation.read(study)
+        if done is not None and done.start == w.tuned:
+            out["ablation"] = [{"component": r.component, "dropped": r.dropped, "step": r.step, **r.effect.to_dict()}
+                               for r in done.rows]
+            diff = done.vs_reference()
+            if diff is not None:
+                out["simplified_minus_adam"] = diff.to_dict()
+    return out
