@@ -82,8 +82,12 @@ def bred_study(name: str, storage: str | None = None, *, population: int = 50, g
     Unlike :func:`synthetic_study`'s i.i.d. random genomes, its trials are what the analysis meets in
     practice: generations of children of earlier winners, with elites re-entered as duplicate genomes,
     and the stored parent links. Each generation is asked as a batch and told back, as the run loop does;
-    diverged members are told PRUNED with ``diverged`` set.
+    diverged members are told PRUNED with ``diverged`` set. The noise model is the run loop's too: each
+    evaluation draws fresh noise, the trial stores its own measurement (``measured``) and the number of
+    evaluations of its genome (``evaluations``), and the value told is the mean over the genome's
+    measurements in earlier generations and this one.
     """
+    from optsearch.search.noise import EVALUATIONS_ATTR, MEASURED_ATTR, combine
     from optsearch.search.sampler import GeneticSampler
 
     rng = np.random.default_rng(seed + 10_000)
@@ -97,8 +101,10 @@ def bred_study(name: str, storage: str | None = None, *, population: int = 50, g
     study.set_user_attr("objectives", objectives)
     study.set_user_attr("tasks", list(SYNTHETIC_TASKS))
     study.set_user_attr("config", {"population": population, "generations": generations})
+    history: dict[tuple, list[list[float]]] = {}  # genome -> measurements of earlier generations
     for generation in range(generations):
         batch = [study.ask() for _ in range(population)]
+        told: list[tuple[tuple, list[float]]] = []
         for trial in batch:
             g = define_search_space(trial)
             fit = synthetic_fitness(g, rng, per_task=per_task, noise=noise)
@@ -109,6 +115,14 @@ def bred_study(name: str, storage: str | None = None, *, population: int = 50, g
                 trial.set_user_attr(f"{task}_fitness", WORST_FITNESS if fit is None else fit[task])
             if fit is None:
                 study.tell(trial, state=TrialState.PRUNED)
-            else:
-                study.tell(trial, [fit[t] for t in SYNTHETIC_TASKS] if per_task else float(np.mean(list(fit.values()))))
+                continue
+            own = [fit[t] for t in SYNTHETIC_TASKS] if per_task else [float(np.mean(list(fit.values())))]
+            key = tuple(sorted(trial.params.items()))
+            earlier = history.get(key, [])
+            trial.set_user_attr(MEASURED_ATTR, own)
+            trial.set_user_attr(EVALUATIONS_ATTR, 1 + len(earlier))
+            study.tell(trial, combine(own, earlier))
+            told.append((key, own))
+        for key, own in told:
+            history.setdefault(key, []).append(own)
     return study

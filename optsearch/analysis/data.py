@@ -2,7 +2,9 @@
 
 :func:`load_study_data` reads a (finished or running) study, picks one objective (the aggregate
 fitness, a task's fitness, or the mean of a per-task study's values) and splits the trials by
-outcome: diverged trials carry a sentinel fitness, not a measurement, so they are kept apart from the
+outcome. Each trial contributes its *own* measurement (the ``measured`` user attr): the value told to
+Optuna is the mean over the genome's evaluations so far, so an elite's told value repeats earlier
+trials' measurements and would count them twice. Diverged trials carry a sentinel fitness, not a measurement, so they are kept apart from the
 analysed ones. Everything later in the analysis (importance, principles, figures, report) reads the
 :class:`StudyData` this returns and nothing else of the study, except the lineage figures, which also
 read the sampler's parent records through :attr:`StudyData.study`.
@@ -20,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from optsearch.errors import GenomeError, StudyError
 from optsearch.genome import LATER_GENES, Genome, search_space
+from optsearch.search.noise import measured
 from optsearch.search.storage import open_existing_study
 from optsearch.train.tasks import WORST_FITNESS
 
@@ -37,12 +40,14 @@ class StudyData:
         objective: ``fitness``, a task name, or ``aggregate`` (mean of a per-task study's values).
         label: how the objective is named in sentences ("fitness", "digits fitness", …).
         objective_names: the study's metric names (one per value).
-        genomes, y, numbers, generation: the analysed trials — complete and not diverged.
-        values: (n, m) the analysed trials' raw objective values (for the Pareto front).
+        genomes, y, numbers, generation: the analysed trials — complete and not diverged; ``y`` is each
+            trial's own measurement of the objective, not the running mean Optuna was told.
+        values: (n, m) the analysed trials' own objective values (for the Pareto front).
         diverged, diverged_generation: trials that diverged (excluded from fitness effects).
         population: (generation, genome) of every trial that has a genome, for term frequencies.
         counts: trial counts by outcome.
         repeats: after :meth:`distinct`, how many analysed trials each row merges (None before).
+        keys: per analysed row, the genome's identity (its parameters), the group of grouped resampling.
     """
 
     study: optuna.Study
@@ -59,6 +64,10 @@ class StudyData:
     population: list[tuple[int, Genome]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     repeats: np.ndarray | None = None
+
+    @property
+    def keys(self) -> list[tuple]:
+        return [genome_key(g) for g in self.genomes]
 
     @property
     def name(self) -> str:
@@ -78,8 +87,7 @@ class StudyData:
         """
         first: dict[tuple, int] = {}
         rows: list[list[int]] = []
-        for i, g in enumerate(self.genomes):
-            key = tuple(sorted(g.to_params().items()))
+        for i, key in enumerate(self.keys):
             if key not in first:
                 first[key] = len(rows)
                 rows.append([])
@@ -92,6 +100,11 @@ class StudyData:
                        repeats=np.array([len(r) for r in rows], dtype=int))
 
 
+def genome_key(g: Genome) -> tuple:
+    """A genome's identity: its parameters (two trials with the same key measured the same genome)."""
+    return tuple(sorted(g.to_params().items()))
+
+
 def trial_generation(t: FrozenTrial) -> int | None:
     """The generation a trial belongs to: the study layer's user attr, else the GA sampler's system attr."""
     g = t.user_attrs.get("generation")
@@ -101,7 +114,7 @@ def trial_generation(t: FrozenTrial) -> int | None:
 
 
 def _objective(study: optuna.Study, objective: str | None) -> tuple[str, str, Any]:
-    """(key, label, value-of-trial function) for the chosen objective."""
+    """(key, label, value function of (trial, its own values)) for the chosen objective."""
     names = list(study.user_attrs.get("objectives") or study.metric_names or ["fitness"])
     if len(names) != len(study.directions):
         names = [f"objective_{i}" for i in range(len(study.directions))]
@@ -110,20 +123,25 @@ def _objective(study: optuna.Study, objective: str | None) -> tuple[str, str, An
         raise StudyError(f"study {study.study_name!r} minimizes an objective; optsearch analyses maximized fitness")
     if objective in (None, AGGREGATE, "fitness", "mean"):
         if len(names) == 1:
-            return names[0], names[0], lambda t: t.values[0]
-        return AGGREGATE, "mean task fitness", lambda t: float(np.mean(t.values))
+            return names[0], names[0], lambda t, v: v[0]
+        return AGGREGATE, "mean task fitness", lambda t, v: float(np.mean(v))
     if objective in names:
         i = names.index(objective)
-        return objective, f"{objective} fitness", lambda t: t.values[i]
-    if objective in tasks:  # single-objective study: the task's fitness is a user attr
-        return objective, f"{objective} fitness", lambda t: t.user_attrs.get(f"{objective}_fitness", math.nan)
+        return objective, f"{objective} fitness", lambda t, v: v[i]
+    if objective in tasks:  # single-objective study: the task's fitness is a user attr (this trial's own)
+        return objective, f"{objective} fitness", lambda t, v: t.user_attrs.get(f"{objective}_fitness", math.nan)
     known = ", ".join(dict.fromkeys([*([AGGREGATE] if len(names) > 1 else []), *names, *tasks]))
     raise StudyError(f"study {study.study_name!r} has no objective {objective!r}; choose one of: {known}")
 
 
 def load_study_data(name: str, storage: str | None = None, objective: str | None = None) -> StudyData:
     """Read a study's trials for the chosen objective (see :class:`StudyData`)."""
-    study = open_existing_study(name, storage)
+    return study_data(open_existing_study(name, storage), objective)
+
+
+def study_data(study: optuna.Study, objective: str | None = None) -> StudyData:
+    """:func:`load_study_data` of an open study (an in-memory one too)."""
+    name = study.study_name
     key, label, value_of = _objective(study, objective)
     cfg = study.user_attrs.get("config") or {}
     pop = cfg.get("population") or (cfg.get("search") or {}).get("population")
@@ -157,7 +175,8 @@ def load_study_data(name: str, storage: str | None = None, objective: str | None
         elif t.state == TrialState.PRUNED:
             counts["pruned"] += 1
         else:
-            v = value_of(t)
+            own = measured(t)
+            v = value_of(t, own)
             if v is None or not math.isfinite(v):
                 continue
             counts["complete"] += 1
@@ -165,7 +184,7 @@ def load_study_data(name: str, storage: str | None = None, objective: str | None
             y.append(float(v))
             numbers.append(t.number)
             gens.append(gen)
-            values.append(list(t.values))
+            values.append(own)
     if len(genomes) < MIN_TRIALS:
         raise StudyError(f"study {name!r} has {len(genomes)} completed, non-diverged trials with a {label}; "
                          f"the analysis needs at least {MIN_TRIALS} (run more generations)")
@@ -174,4 +193,4 @@ def load_study_data(name: str, storage: str | None = None, objective: str | None
                      np.array(values, dtype=float), div, np.array(div_gen, dtype=int), population, counts)
 
 
-__all__ = ["AGGREGATE", "MIN_TRIALS", "StudyData", "load_study_data", "trial_generation"]
+__all__ = ["AGGREGATE", "MIN_TRIALS", "StudyData", "genome_key", "load_study_data", "study_data", "trial_generation"]
