@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 
 import optuna
@@ -56,6 +58,15 @@ def test_components_remove_terms_and_neutralise_switches():
                       "warmup", "cosine decay"]
     only = Genome.named("adam")
     assert [label for label, _ in ablation.components(only)] == ["bias correction"]  # the last term never goes
+
+
+def test_removing_a_sign_term_clears_its_gene():
+    """AddSign/PowerSign live in the sign_term gene, not in the slots: removing it must clear that gene."""
+    g = dataclasses.replace(WINNER, sign_term="add_sign", sign_alpha=0.7)
+    variants = dict(ablation.components(g))
+    without = variants["term add_sign (α 0.7)"]
+    assert without.sign_term == "none" and "add_sign" not in without.merged_terms()
+    assert without.terms == g.terms  # the slot terms stay
 
 
 def test_ablation_drops_a_useless_term_and_switch_and_keeps_useful_ones(tmp_path):

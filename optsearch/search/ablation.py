@@ -5,7 +5,7 @@ because selection cannot tell a neutral gene from a useful one. Lion's search si
 program the same way before using it. Each *step* trains, as one population on the same (task, seed)
 units (paired seeds), the current genome and one variant per component:
 
-* each term with a nonzero weight removed (its slots set to ``none``; the last term is never removed —
+* each term with a nonzero weight removed (its slots set to ``none``, or the sign gene for AddSign/PowerSign; the last term is never removed —
   a genome without terms does not train);
 * each switch set to its neutral value: weight decay off, bias correction off, clipping off, warmup
   off, cosine decay off.
@@ -30,7 +30,6 @@ from typing import Any, Sequence
 import optuna
 
 from optsearch.genome import Genome
-from optsearch.genome.primitives import NONE
 from optsearch.search.staged import RunUnit, Unit, complete_scores, run_stage
 from optsearch.stats import Interval, paired_difference
 
@@ -50,10 +49,8 @@ def components(g: Genome) -> list[tuple[str, Genome]]:
     out: list[tuple[str, Genome]] = []
     merged = g.merged_terms()
     if len(merged) > 1:
-        for term, alpha in merged.items():
-            terms = tuple(NONE if t == term else t for t in g.terms)
-            alphas = tuple(0.0 if t == term else a for t, a in zip(g.terms, g.alphas))
-            out.append((f"term {term} (α {alpha:.3g})", replace(g, terms=terms, alphas=alphas)))
+        for term, alpha in merged.items():  # without(): a sign term (AddSign/PowerSign) lives in its own gene
+            out.append((f"term {term} (α {alpha:.3g})", g.without(term)))
     for label, name, neutral in SWITCHES:
         if getattr(g, name) != neutral:
             out.append((label, replace(g, **{name: neutral})))
