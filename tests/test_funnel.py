@@ -308,3 +308,17 @@ def ablation_rows(st: optuna.Study) -> tuple:
     from optsearch.search import ablation
 
     return ablation.read(st).rows
+
+
+def test_candidates_key_genomes_from_before_the_sign_genes_as_the_same_genome():
+    """A trial without the later sign genes and one with them at "none" measured one genome: one candidate."""
+    g = Genome.named("adam")
+    dists = search_space()
+    full = g.to_params()
+    old = {n: v for n, v in full.items() if n not in ("sign_term", "sign_alpha")}
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(params=old, distributions={n: dists[n] for n in old}, value=0.9))
+    study.add_trial(optuna.trial.create_trial(params=full, distributions=dists, value=0.8))
+    other = replace(g, lr_log10=-2.0).to_params()
+    study.add_trial(optuna.trial.create_trial(params=other, distributions=dists, value=0.7))
+    assert [t.number for t in funnel.candidates(study, 3)] == [0, 2]

@@ -73,7 +73,8 @@ def candidates(study: optuna.Study, k: int) -> list[FrozenTrial]:
     out: list[FrozenTrial] = []
     seen: set[tuple] = set()
     for t in best_trials(study, len(study.get_trials(deepcopy=False))):
-        key = tuple(sorted(t.params.items()))
+        # via Genome: a trial from before the sign genes and a newer one with them "none" are one genome
+        key = tuple(sorted(Genome.from_params(t.params).to_params().items()))
         if key not in seen:
             seen.add(key)
             out.append(t)
