@@ -37,7 +37,7 @@ def batched_supported(model: nn.Module) -> bool:
 
 
 def choose_backend(model: nn.Module, device: torch.device | str) -> str:
-    """The fastest engine for this model on this device (DESIGN §10's measurements).
+    """The fastest engine for this model on this device (`benchmarks/throughput.py` measures the choice).
 
     Small MLPs: ``batched`` matmuls anywhere. Convolutional models: ``looped`` on a CPU, where they
     are compute-bound and grouped/vmapped convolutions are 1.5–3× slower than one model at a time;

@@ -7,7 +7,7 @@ and the genomes' optimizer state (``m``, ``v``, ``mu``) as ``[P, D]`` buffers. E
 all members' gradients with one of three engines and then applies all P genomes' updates with one
 call of the shared update core (:func:`optsearch.genome.primitives.advance_and_direct`), its coefficients
 given as ``[P, 1]`` columns. Why flat buffers: the update is then a dozen in-place elementwise ops
-over one contiguous block instead of a Python loop over parameters and genomes (DESIGN §10).
+over one contiguous block instead of a Python loop over parameters and genomes.
 
 Engines (:mod:`optsearch.train.engines`, chosen by :func:`choose_backend`) compute the gradients:
 ``batched`` matmuls for MLPs, ``vmap`` for any model, ``looped`` for CNNs on a CPU; all share the
