@@ -70,9 +70,13 @@ def _cmd_study_list(a: argparse.Namespace) -> int:
 
 
 def _cmd_study_show(a: argparse.Namespace) -> int:
+    from optsearch.analysis.evolution import generation_summary_text
     from optsearch.search import study
+    from optsearch.search.storage import open_existing_study
 
     print(study.show_text(a.name, storage=a.storage, top=a.top))
+    print()  # the search at a glance, for a terminal without a browser
+    print(generation_summary_text(open_existing_study(a.name, a.storage)))
     return 0
 
 

@@ -177,6 +177,13 @@ def test_generation_summary_text(per_task):
         assert [int(x) for x in row.split()[1:]] == gs.counts[state].tolist()
 
 
+def test_study_show_prints_the_generation_summary(per_task, capsys):
+    capsys.readouterr()
+    assert main(["study", "show", "pt", "--storage", URLS["pt"]]) == 0
+    out = capsys.readouterr().out
+    assert generation_summary_text(per_task) in out and "best fitness per generation" in out
+
+
 def test_sparkline_scales_and_marks_missing():
     assert sparkline([0, 1, 2]) == "▁▅█" and sparkline([1, 1]) == "▁▁" and sparkline([np.nan, 1.0]) == " ▁"
 
