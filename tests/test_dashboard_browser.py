@@ -106,9 +106,10 @@ def test_study_page_shows_the_search_figures(tmp_path):
         # the lineage card draws one marker per ancestor (its edges are lines without markers)
         import optuna
 
-        from optsearch.analysis.evolution import lineage, read_members
+        from optsearch.analysis.evolution import read_members, winner_lineage
 
-        ancestors = lineage(read_members(optuna.load_study(study_name=demo.name, storage=demo.url))).nodes
+        st = optuna.load_study(study_name=demo.name, storage=demo.url)
+        ancestors = winner_lineage(st, read_members(st)).nodes
         points = page.locator('[id="user-defined-plot:optsearch-search-lineage"] .scatterlayer .point')
         assert points.count() == len(ancestors) >= 1
         page.locator('[id="user-defined-plot:optsearch-search-generations"]').scroll_into_view_if_needed()

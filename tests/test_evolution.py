@@ -227,6 +227,22 @@ def test_winner_anatomy_and_curves(single, per_task):
 
 
 # ----------------------------------------------------------------------------- outputs
+def test_the_winner_is_the_funnel_winner_when_a_funnel_ran(single, monkeypatch):
+    """The proxy maximum is one lucky draw: with a funnel round, the anatomy and lineage follow its winner."""
+    from types import SimpleNamespace
+
+    from optsearch.analysis import evolution
+    from optsearch.analysis.evolution import winner_lineage, winner_member
+
+    members = read_members(single)
+    best = best_member(members)
+    assert winner_member(single, members) is best  # no funnel in this study
+    other = next(m for m in members if m.fitness is not None and m.number != best.number)
+    monkeypatch.setattr(evolution, "final_round", lambda study: SimpleNamespace(winner=SimpleNamespace(number=other.number)))
+    assert anatomy(single, members).winner.number == other.number
+    assert winner_lineage(single, members).roots == [other.number]
+
+
 def test_pngs_report_and_dashboard_cards(per_task, tmp_path):
     paths = write_search_figures(per_task, tmp_path)
     assert {p.name for p in paths} == {"search_generations.png", "search_lineage.png", "search_pareto.png",

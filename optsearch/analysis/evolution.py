@@ -25,6 +25,7 @@ from optsearch.analysis.importance import PRIMS, SWITCHES
 from optsearch.analysis.principles import departs, departure_label
 from optsearch.errors import GenomeError
 from optsearch.genome import LATER_GENES, Genome, search_space
+from optsearch.search.funnel import final_round
 from optsearch.train.tasks import WORST_FITNESS
 
 ORIGIN_ATTR = "GeneticSampler:origin"
@@ -238,9 +239,26 @@ class Anatomy:
     curves: dict[str, tuple[list[int], list[float]]]
 
 
+def winner_member(study: optuna.Study, members: Sequence[Member]) -> Member | None:
+    """The funnel winner's trial when a funnel round ran (the study's confirmed answer), else the best member."""
+    last = final_round(study)
+    number = last.winner.number if last is not None else None
+    confirmed = next((m for m in members if m.number == number), None) if number is not None else None
+    return confirmed or best_member(members)
+
+
+def winner_lineage(study: optuna.Study, members: Sequence[Member]) -> Lineage:
+    """The family tree of the study's winner (:func:`winner_member`)."""
+    win = winner_member(study, members)
+    return lineage(members, [win.number] if win is not None else [])
+
+
 def anatomy(study: optuna.Study, members: Sequence[Member]) -> Anatomy | None:
-    """The best member's terms and departing switches with their association, and stored training curves."""
-    win = best_member(members)
+    """The winner's terms and departing switches with their association, and stored training curves.
+
+    The winner is the funnel's (see :func:`winner_member`): the proxy maximum is one lucky draw.
+    """
+    win = winner_member(study, members)
     if win is None or win.genome is None:
         return None
     done = [m for m in members if m.fitness is not None and m.genome is not None]
@@ -309,4 +327,5 @@ def generation_summary_text(study: optuna.Study, *, members: Sequence[Member] | 
 
 
 __all__ = ["Anatomy", "Generations", "Lineage", "Member", "anatomy", "best_member", "fronts_by_generation",
-           "generation_summary_text", "generations", "lineage", "pareto_mask", "read_members", "sparkline"]
+           "generation_summary_text", "generations", "lineage", "pareto_mask", "read_members", "sparkline",
+           "winner_lineage", "winner_member"]

@@ -21,9 +21,9 @@ from optsearch.analysis.evolution import (
     anatomy,
     fronts_by_generation,
     generations,
-    lineage,
     read_members,
     switch_name,
+    winner_lineage,
 )
 
 GRAPH_PREFIX = "optsearch-search-"
@@ -186,7 +186,7 @@ def _build(study: optuna.Study, members: Sequence[Member] | None, draw: dict[str
         return {}
     gs = generations(members)
     figs: dict[str, Any] = {k: draw[k](gs) for k in ("generations", "population") if k in draw}
-    lin = lineage(members)
+    lin = winner_lineage(study, members)
     if lin.nodes:
         figs["lineage"] = draw["lineage"](lin)
     names = list(study.user_attrs.get("objectives") or study.metric_names or [])

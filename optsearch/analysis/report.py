@@ -23,7 +23,7 @@ import numpy as np
 
 from optsearch.errors import OptsearchError
 from optsearch.analysis.data import StudyData, load_study_data
-from optsearch.analysis.evolution import Member, anatomy, fronts_by_generation, generation_summary_text, lineage, read_members
+from optsearch.analysis.evolution import Member, anatomy, fronts_by_generation, generation_summary_text, read_members, winner_lineage
 from optsearch.analysis.evolution_figures import NO_CURVES, save_search_figures, write_search_figures
 from optsearch.analysis.figures import plotly_figures, write_figures
 from optsearch.analysis.importance import Importance, unit_label
@@ -222,7 +222,7 @@ def search_markdown(study: Any, members: Sequence[Member], images: Sequence[str]
         return ""
     lines = ["", "## The search", "", "```", generation_summary_text(study, members=members), "```", ""]
     lines += [f"![{Path(i).stem}]({i})" + "\n" for i in images if "generations" in i]
-    lin = lineage(members)
+    lin = winner_lineage(study, members)
     if lin.nodes:
         lines += ["### Lineage of the best genome", "", "| trial | generation | made by | parents | fitness | formula |",
                   "|---:|---:|---|---|---:|---|"]
