@@ -144,3 +144,31 @@ def test_a_genome_that_crashes_the_evaluation_is_replaced_after_slot_retries(tmp
     assert sorted(t.system_attrs[MEMBER_KEY] for t in told) == [0, 1, 2]
     assert all("failed 2 times" in t.system_attrs[REPLACED_KEY] for t in told)
     assert not any(t.params == bad for t in told)
+
+
+def test_a_workers_share_is_compiled_as_the_whole_generation_would_be(tmp_path, monkeypatch):
+    """Compiled and eager updates round differently, so the choice must not depend on a worker's share.
+
+    A generation of 6 × 2,000 steps compiles (12,000 genome-steps); a worker's share of 2 members alone
+    would not (4,000). Measured on the quick preset before this fix: one worker and three bred different
+    genomes from generation 1 on, because the whole population compiled and the shares did not.
+    """
+    import optsearch.train.evaluate as ev
+    from optsearch.search.storage import open_study
+    from optsearch.search.worker import Worker
+
+    calls = []
+
+    def recording(genomes, *a, **kw):
+        calls.append((len(genomes), kw["compile_update"]))
+        raise KeyboardInterrupt  # nothing needs training: the decision is what is checked
+
+    monkeypatch.setattr(ev, "evaluate", recording)
+    cfg = write_config(tmp_path, steps=2000, population=6, generations=1)
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert main(["study", "create", "w", "--config", str(cfg), "--storage", url]) == 0
+    st, config = open_study("w", url)
+    assert ev.auto_compile(6, config.tasks, 1, 2000) and not ev.auto_compile(2, config.tasks, 1, 2000)
+    with pytest.raises(KeyboardInterrupt):
+        Worker(st, config, device="cpu", data_dir=None, stop_generation=1, chunk=2, progress=False).loop()
+    assert calls == [(2, True)]

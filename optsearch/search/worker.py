@@ -129,13 +129,14 @@ class Worker:
         return trial, genome
 
     def _evaluate(self, trials: Sequence[optuna.Trial], genomes: Sequence[Genome], generation: int):
-        from optsearch.train.evaluate import evaluate
+        from optsearch.train.evaluate import auto_compile, evaluate
 
         pruning = Pruning(self.cfg, trials, self.study, generation)
+        seeds = unit_seeds(self.cfg, generation)
         return evaluate(
             genomes,
             list(self.cfg.tasks),
-            seeds=unit_seeds(self.cfg, generation),
+            seeds=seeds,
             steps=self.cfg.steps,
             batch_size=self.cfg.batch_size,
             subsample=self.cfg.subsample,
@@ -144,6 +145,8 @@ class Worker:
             checkpoint_every=self.cfg.checkpoint_every,
             callback=pruning,
             precision=self.cfg.precision,
+            # decided for the whole generation, so a member's update never depends on its worker's share
+            compile_update=auto_compile(self.cfg.population, list(self.cfg.tasks), len(seeds), self.cfg.steps),
         )
 
     def _tell(self, trial: optuna.Trial, member: Any, generation: int) -> None:

@@ -29,9 +29,20 @@ from optsearch.train.unit import (
 SPLITS = ("val", "test")
 AUTO_COMPILE_GENOME_STEPS = 10_000
 """``compile_update=None`` compiles the update when a call trains at least this many genome-steps.
-Compiling costs 4–8 s once per process (less with Inductor's disk cache); the eager update with
-every primitive in use costs 9.8 ms per step at P = 50 on digits against 1.0 ms compiled
-(benchmarks/throughput.py), so it pays from a few thousand steps of a large population on."""
+Compiling costs seconds once per process (less with Inductor's disk cache) and the compiled update is
+several times faster than the eager one at large P (``benchmarks/throughput.py`` measures both), so it
+pays from a few thousand steps of a large population on."""
+
+
+def auto_compile(population: int, tasks: Sequence[str | Task], seeds: int, steps: int | None = None) -> bool:
+    """The ``compile_update=None`` rule: compile when ``population`` members train this many genome-steps.
+
+    A study's workers decide it once for the whole generation, not for their share of it: the compiled
+    and the eager update round differently, so otherwise a member's result would depend on how many
+    batch-mates its worker happened to train.
+    """
+    per_member = seeds * sum(steps or (get_task(t) if isinstance(t, str) else t).steps for t in tasks)
+    return population * per_member >= AUTO_COMPILE_GENOME_STEPS
 
 
 def evaluate(
@@ -87,7 +98,7 @@ def evaluate(
     dev = torch.device(device) if device is not None else default_device()
     units = [(task, seed) for seed in seeds for task in task_list]
     if compile_update is None:
-        compile_update = len(genomes) * sum(steps or t.steps for t, _ in units) >= AUTO_COMPILE_GENOME_STEPS
+        compile_update = auto_compile(len(genomes), task_list, len(seeds), steps)
     unit_keys = tuple((t.name, s) for t, s in units)
     n = len(genomes)
     done: list[list[UnitResult]] = [[] for _ in range(n)]
@@ -177,6 +188,6 @@ def _aggregate(units: list[UnitResult], task_names: list[str], *, pruned: bool) 
 
 
 __all__ = [
-    "AUTO_COMPILE_GENOME_STEPS", "PROXY_EXAMPLES", "SPLITS", "Callback", "Checkpoint", "EvalResult", "MemberResult", "UnitResult", "batch_indices",
+    "AUTO_COMPILE_GENOME_STEPS", "auto_compile", "PROXY_EXAMPLES", "SPLITS", "Callback", "Checkpoint", "EvalResult", "MemberResult", "UnitResult", "batch_indices",
     "build_model", "data_seed", "default_device", "derive_seed", "evaluate", "init_seed", "task_data",
 ]
