@@ -35,6 +35,8 @@ from optsearch.search.storage import load_study, open_storage
 LOOPBACK = "127.0.0.1"
 REFRESH_S = 10.0
 """Seconds between checks for new finished trials (the search figures are redrawn only when there are)."""
+REFRESHER_JOIN_S = 2.0
+"""How long stopping waits for a search-figure redraw in progress before leaving it (a daemon thread)."""
 
 
 # ----------------------------------------------------------------------------- host policy
@@ -176,7 +178,9 @@ class DashboardServer:
     def shutdown(self) -> None:
         self._stop.set()
         if self._refresher is not None:
-            self._refresher.join(timeout=60)
+            # A daemon thread, and each figure is one storage write: Ctrl-C need not wait for a redraw
+            # in progress (on a busy machine the first one, which imports plotly, can take a minute).
+            self._refresher.join(timeout=REFRESHER_JOIN_S)
             self._refresher = None
         if self._thread is not None:
             self._httpd.shutdown()

@@ -258,6 +258,12 @@ def test_study_run_show_and_export_with_funnel_and_ablation(tmp_path, capsys):
     assert note.count("optsearch-funnel-begin") == 1 and "# optsearch study `f`" in note  # the config part is kept
     assert "Then the funnel: the 2 best genomes and Adam" in note
     assert funnel.funnel_markdown(st) in note
+    # the search figures' winner and lineage are the funnel winner's, not the proxy maximum's
+    from optsearch.analysis.evolution import anatomy, read_members, winner_lineage
+
+    members = read_members(st)
+    assert anatomy(st, members).winner.number == r.winner.number
+    assert r.winner.number in winner_lineage(st, members).roots
 
 
 def test_intermediate_rounds_every_k_generations_and_no_ablation_before_the_end(tmp_path):
@@ -322,9 +328,3 @@ def test_candidates_key_genomes_from_before_the_sign_genes_as_the_same_genome():
     other = replace(g, lr_log10=-2.0).to_params()
     study.add_trial(optuna.trial.create_trial(params=other, distributions=dists, value=0.7))
     assert [t.number for t in funnel.candidates(study, 3)] == [0, 2]
-    # the search figures' winner and lineage are the funnel winner's, not the proxy maximum's
-    from optsearch.analysis.evolution import anatomy, read_members, winner_lineage
-
-    members = read_members(st)
-    assert anatomy(st, members).winner.number == r.winner.number
-    assert r.winner.number in winner_lineage(st, members).roots
