@@ -131,8 +131,11 @@ def test_explicit_all_interfaces_binds_there_with_warning(demo):
 # ----------------------------------------------------------------------------- the CLI process and Ctrl-C
 def start_cli_dashboard(demo: DemoStudy, *extra: str) -> tuple[subprocess.Popen, str]:
     """``python -m optsearch dashboard`` on a free port; returns the process and the URL it printed."""
+    # As from a terminal: a test run started in the background (`… &`) inherits SIGINT ignored, and a
+    # Python started with SIGINT ignored never turns Ctrl-C into KeyboardInterrupt.
     proc = subprocess.Popen([sys.executable, "-m", "optsearch", "dashboard", demo.name, "--storage", demo.url,
-                             "--port", "0", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--port", "0", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     line = proc.stdout.readline()  # serve() prints and flushes the URL once it is listening
     if not line:
         proc.kill()
