@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # for tests.synthetic, the synthetic study builder the analysis tests use
 
 from optsearch.analysis import report as analysis  # noqa: E402
-from optsearch.analysis.importance import compute_importance, fanova, genome_features, ped_anova, surrogate, unit_view  # noqa: E402
-from optsearch.analysis.principles import compute_principles  # noqa: E402
+from optsearch.analysis.importance import fanova, ped_anova, surrogate, unit_view  # noqa: E402
+from optsearch.analysis.result import analyze  # noqa: E402
 from optsearch.analysis.evolution import read_members  # noqa: E402
 from optsearch.analysis.evolution_figures import save_search_figures, search_figures_plotly, write_search_figures  # noqa: E402
 from tests.synthetic import bred_study, synthetic_study  # noqa: E402
@@ -63,14 +63,9 @@ def main() -> None:
         data = analysis.load_study_data("speed", url)
         lap("load study", t)
         t = time.perf_counter()
-        features = genome_features(data.genomes)
-        imp = compute_importance(data.genomes, data.y, features=features)
-        lap("importance (all three)", t)
-        t = time.perf_counter()
-        principles = compute_principles(data.genomes, data.y, diverged=data.diverged, surrogate=imp.surrogate,
-                                        features=features, unit=data.label)
-        lap("principles", t)
-        result = analysis.Analysis(data, features, imp, principles)
+        result = analyze(data)  # what `optsearch analyze` computes: distinct genomes, importances, principles
+        lap("importances + principles", t)
+        features = result.features
         t = time.perf_counter()
         analysis.write_outputs(result, Path(tmp) / "report")
         lap("report + figures", t)
@@ -95,9 +90,9 @@ def main() -> None:
         lap("  search: one dashboard refresh", t)
 
         # The importance step again, method by method, to show where its time goes.
-        view = unit_view(features, data.y)
+        view = unit_view(features, result.distinct.y)
         for name, fn in (("  PED-ANOVA", lambda: ped_anova(view)), ("  fANOVA × 3 seeds", lambda: fanova(view)),
-                         ("  forest, 5-fold CV + permutation", lambda: surrogate(features, data.y))):
+                         ("  forest, 5-fold CV + permutation", lambda: surrogate(features, result.distinct.y))):
             t = time.perf_counter()
             fn()
             lap(name, t)
