@@ -104,7 +104,8 @@ def adjusted_effects(genomes: Sequence[Genome], y: np.ndarray, generation: np.nd
     X, names = design(genomes)
     est = fit(X, y)
     idx = stratified_indices(generation, rng_for(seed, "adjusted"), n_boot)
-    boots = np.concatenate([fit(X, y, bootstrap_counts(chunk, len(y))) for chunk in np.array_split(idx, max(1, n_boot // 250))])
+    chunks = np.array_split(idx, max(1, n_boot // 250))  # 250 replicates per batched solve bounds its memory
+    boots = np.concatenate([fit(X, y, bootstrap_counts(chunk, len(y))) for chunk in chunks])
     out = {}
     for key in (*SWITCHES, *PRIMS):
         j = names.index(key)

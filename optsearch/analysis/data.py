@@ -4,8 +4,8 @@
 fitness, a task's fitness, or the mean of a per-task study's values) and splits the trials by
 outcome. Each trial contributes its *own* measurement (the ``measured`` user attr): the value told to
 Optuna is the mean over the genome's evaluations so far, so an elite's told value repeats earlier
-trials' measurements and would count them twice. Diverged trials carry a sentinel fitness, not a measurement, so they are kept apart from the
-analysed ones. Everything later in the analysis (importance, principles, figures, report) reads the
+trials' measurements and would count them twice. Diverged trials carry a sentinel fitness, not a
+measurement, so they are kept apart from the analysed ones. Everything later in the analysis (importance, principles, figures, report) reads the
 :class:`StudyData` this returns and nothing else of the study, except the lineage figures, which also
 read the sampler's parent records through :attr:`StudyData.study`.
 """
@@ -47,7 +47,7 @@ class StudyData:
         population: (generation, genome) of every trial that has a genome, for term frequencies.
         counts: trial counts by outcome.
         repeats: after :meth:`distinct`, how many analysed trials each row merges (None before).
-        keys: per analysed row, the genome's identity (its parameters), the group of grouped resampling.
+        keys: per analysed row, the genome's identity (its parameters); :meth:`distinct` merges rows by it.
     """
 
     study: optuna.Study

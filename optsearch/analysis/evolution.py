@@ -242,8 +242,7 @@ class Anatomy:
 def winner_member(study: optuna.Study, members: Sequence[Member]) -> Member | None:
     """The funnel winner's trial when a funnel round ran (the study's confirmed answer), else the best member."""
     last = final_round(study)
-    number = last.winner.number if last is not None else None
-    confirmed = next((m for m in members if m.number == number), None) if number is not None else None
+    confirmed = next((m for m in members if last is not None and m.number == last.winner.number), None)
     return confirmed or best_member(members)
 
 

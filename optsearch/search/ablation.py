@@ -5,8 +5,8 @@ because selection cannot tell a neutral gene from a useful one. Lion's search si
 program the same way before using it. Each *step* trains, as one population on the same (task, seed)
 units (paired seeds), the current genome and one variant per component:
 
-* each term with a nonzero weight removed (its slots set to ``none``, or the sign gene for AddSign/PowerSign; the last term is never removed —
-  a genome without terms does not train);
+* each term with a nonzero weight removed (its slots set to ``none``, or the sign gene cleared for
+  AddSign/PowerSign; the last term is never removed — a genome without terms does not train);
 * each switch set to its neutral value: weight decay off, bias correction off, clipping off, warmup
   off, cosine decay off.
 

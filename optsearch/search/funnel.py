@@ -31,6 +31,7 @@ from optsearch.search import ablation
 from optsearch.search.config import StudyConfig
 from optsearch.search.generations import best_trials, completed_generations, scalar_fitness
 from optsearch.search.noise import unit_seeds
+from optsearch.search.sampler.ranking import genome_key
 from optsearch.search.note import write_note_section
 from optsearch.search.staged import Unit, complete_scores, evaluator_unit, run_stage
 from optsearch.stats import Interval, paired_difference
@@ -73,8 +74,7 @@ def candidates(study: optuna.Study, k: int) -> list[FrozenTrial]:
     out: list[FrozenTrial] = []
     seen: set[tuple] = set()
     for t in best_trials(study, len(study.get_trials(deepcopy=False))):
-        # via Genome: a trial from before the sign genes and a newer one with them "none" are one genome
-        key = tuple(sorted(Genome.from_params(t.params).to_params().items()))
+        key = genome_key(t)  # a trial from before the sign genes and a newer one with them "none" are one genome
         if key not in seen:
             seen.add(key)
             out.append(t)
