@@ -98,3 +98,32 @@ def test_a_killed_ablation_resumes_where_it_stopped(tmp_path):
     result = ablation.run(st, WINNER, UNITS, rest)
     assert len(rest.calls) == sum(1 for _ in range(result.steps) for _ in UNITS) - 6
     assert result == ablation.run(st, WINNER, UNITS, Runner(fail_after=0))  # finished: nothing trains again
+
+
+def noisy_warmup(genome: Genome, unit: tuple[str, int]) -> float:
+    """Warmup is worth +0.02 on average, but its per-unit effect swings by ±0.06: with 4 paired runs its
+    removal's interval reaches zero (not shown useful) without being shown harmless."""
+    swing = noise(unit, "warmup") * 6
+    return synthetic(genome, unit) + (0.02 + swing) * genome.warmup
+
+
+def test_a_part_not_shown_harmless_is_kept(tmp_path):
+    def runner(genomes, unit):
+        return [noisy_warmup(g, unit) for g in genomes]
+
+    kept = ablation.run(new_study(tmp_path), WINNER, UNITS, runner)
+    row = next(r for r in kept.rows if r.component == "warmup")
+    assert row.effect.hi >= 0 and row.effect.lo < -ablation.MARGIN  # noisy: neither shown useful nor harmless
+    assert kept.genome.warmup and not row.dropped
+    assert "kept: not shown harmless" in "\n".join(ablation.summary(kept))
+    assert not kept.genome.bias_correction and "sign_grad" not in kept.genome.merged_terms()  # shown harmless: gone
+    # the rule of an ablation stored before the margin (its interval reaches zero) drops it
+    assert ablation.harmless(row.effect, None) and not ablation.harmless(row.effect, ablation.MARGIN)
+
+
+def test_a_resumed_ablation_keeps_the_rule_it_started_with(tmp_path):
+    st = new_study(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        ablation.run(st, WINNER, UNITS, Runner(fail_after=6), margin=0.5)
+    result = ablation.run(st, WINNER, UNITS, Runner())  # the default margin now: the stored 0.5 still rules
+    assert result.margin == 0.5 and ablation.read(st) == result

@@ -167,7 +167,16 @@ def test_funnel_config(tmp_path):
     assert not configs.preset("paper").funnel.enabled or configs.preset("paper").funnel.tasks
     head = make_config(tmp_path).read_text().partition("[funnel]")[0]
     p = tmp_path / "bad.toml"
-    for body in ("seeds = 2", "k = 0", "ablation = 1", "lr_sweep = []", "bogus = 1", 'tasks = ["nope"]', "every = -1"):
+    assert f.ablation_seeds is None and f.ablation_margin == 0.01  # the ablation uses the funnel's seed count
+    assert len(funnel.units_for(cfg, "ablation", f.ablation_seeds)) == 3 * len(f.tasks)
+    p = tmp_path / "abl.toml"
+    p.write_text(make_config(tmp_path).read_text().partition("[funnel]")[0]
+                 + "[funnel]\nablation_seeds = 5\nablation_margin = 0.02\n")
+    more = configs.load(p)
+    assert more.funnel.ablation_margin == 0.02 and configs.StudyConfig.from_dict(more.to_dict()) == more
+    assert len(funnel.units_for(more, "ablation", more.funnel.ablation_seeds)) == 5 * len(more.funnel.tasks)
+    for body in ("seeds = 2", "k = 0", "ablation = 1", "lr_sweep = []", "bogus = 1", 'tasks = ["nope"]', "every = -1",
+                 "ablation_seeds = 2", "ablation_margin = -0.1", 'ablation_margin = "x"'):
         p.write_text(head + "[funnel]\n" + body + "\n")
         with pytest.raises(ConfigError, match="funnel"):
             configs.load(p)

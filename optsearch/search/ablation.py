@@ -11,9 +11,13 @@ units (paired seeds), the current genome and one variant per component:
   off, cosine decay off.
 
 A variant's *effect* is the mean paired difference variant − current over the units, with its 95 %
-paired t-interval. A component whose removal does not hurt beyond the noise (the interval reaches
-zero or above) can go; the one whose removal costs least is dropped, and the next step starts from
-the smaller genome, until every remaining component hurts when removed. The first step also trains
+paired t-interval. A component can go only when its removal is shown harmless: the interval's lower
+end is above −``margin`` (default 0.01 fitness, about one point of accuracy), i.e. with 95 %
+confidence removing it costs less than the margin. "Not shown useful" is not enough: with a few
+paired runs the interval of a part worth two points still reaches zero, and dropping warmup and
+cosine decay on such evidence is what made an earlier winner lose on held-out tasks. Of the parts
+that may go, the one whose removal costs least is dropped, and the next step starts from the smaller
+genome, until no remaining part is shown harmless. The first step also trains
 the reference (Adam at its best funnel lr) on the same fresh units: the headline's comparison on
 seeds that did not pick the winner.
 
@@ -34,6 +38,8 @@ from optsearch.search.staged import RunUnit, Unit, complete_scores, run_stage
 from optsearch.stats import Interval, paired_difference
 
 PREFIX = "ablation:step:"
+MARGIN = 0.01
+"""Default equivalence margin (fitness units): a part may go when removing it costs less than this (95 %)."""
 SWITCHES: tuple[tuple[str, str, Any], ...] = (
     ("weight decay", "weight_decay", False),
     ("bias correction", "bias_correction", False),
@@ -79,6 +85,8 @@ class Ablation:
     reference_diff: Interval | None
     runs: int = 0
     """(task, seed) units each step trained on."""
+    margin: float | None = MARGIN
+    """The equivalence margin the decisions used (None: an ablation stored before it existed)."""
 
     def vs_reference(self) -> Interval | None:
         """The simplified genome − the reference on the ablation's fresh units (paired; None without a reference).
@@ -89,8 +97,13 @@ class Ablation:
 
 
 def run(study: optuna.Study, start: Genome, units: Sequence[Unit], run_unit: RunUnit, *,
-        reference: Genome | None = None, progress: bool = False) -> Ablation:
-    """Run (or resume) the ablation of ``start`` on ``units``; returns the finished result."""
+        reference: Genome | None = None, margin: float = MARGIN, progress: bool = False) -> Ablation:
+    """Run (or resume) the ablation of ``start`` on ``units``; returns the finished result.
+
+    The margin is stored with the steps, so :func:`read` replays the decisions that were made; an
+    ablation already started keeps the rule it started with."""
+    head = study.user_attrs.get(f"{PREFIX}0")
+    rule: float | None = head.get("margin") if isinstance(head, dict) else margin
     bar = None
     if progress:
         from tqdm import tqdm
@@ -101,11 +114,11 @@ def run(study: optuna.Study, start: Genome, units: Sequence[Unit], run_unit: Run
         if bar is not None:
             bar.total = (bar.total or 0) + len(units)
             bar.refresh()
-        return run_stage(study, f"{PREFIX}{step}", genomes, units, run_unit, extra={"reference": has_ref},
-                         progress=bar)
+        return run_stage(study, f"{PREFIX}{step}", genomes, units, run_unit,
+                         extra={"reference": has_ref, "margin": rule}, progress=bar)
 
     try:
-        result = _replay(start, reference, stage)
+        result = _replay(start, reference, rule, stage)
     finally:
         if bar is not None:
             bar.close()
@@ -128,10 +141,20 @@ def read(study: optuna.Study) -> Ablation | None:
             return None
         return got[1]
 
-    return _replay(start, reference, stage)
+    return _replay(start, reference, head.get("margin"), stage)
 
 
-def _replay(start: Genome, reference: Genome | None, stage: Any) -> Ablation | None:
+def harmless(effect: Interval, margin: float | None) -> bool:
+    """May the part behind ``effect`` (variant − genome) go? Its removal costs less than ``margin`` (95 %).
+
+    ``margin`` None: an ablation stored before the margin existed, replayed by its own rule (the
+    interval reaches zero)."""
+    if not math.isfinite(effect.hi):
+        return False
+    return effect.hi >= 0 if margin is None else effect.lo >= -margin
+
+
+def _replay(start: Genome, reference: Genome | None, margin: float | None, stage: Any) -> Ablation | None:
     """Step through the ablation; ``stage(step, genomes, has_reference)`` returns their scores (None: not yet)."""
     current, rows, step, runs = start, [], 0, 0
     ref_scores: list[float] | None = None
@@ -149,7 +172,7 @@ def _replay(start: Genome, reference: Genome | None, stage: Any) -> Ablation | N
         if has_ref:
             ref_scores = scores[-1]
         effects = [(label, g, paired_difference(scores[1 + i], scores[0])) for i, (label, g) in enumerate(variants)]
-        free = [j for j, (_, _, eff) in enumerate(effects) if math.isfinite(eff.hi) and eff.hi >= 0]
+        free = [j for j, (_, _, eff) in enumerate(effects) if harmless(eff, margin)]
         if not free:
             rows += [Row(label, eff, False, step) for label, _, eff in effects]
             break
@@ -159,7 +182,8 @@ def _replay(start: Genome, reference: Genome | None, stage: Any) -> Ablation | N
         current, current_scores = smaller, scores[1 + i]
         step += 1
     ref_diff = paired_difference(current_scores, ref_scores) if ref_scores is not None else None
-    return Ablation(start, current, tuple(rows), step + 1 if not rows or not rows[-1].dropped else step, ref_diff, runs)
+    return Ablation(start, current, tuple(rows), step + 1 if not rows or not rows[-1].dropped else step, ref_diff, runs,
+                    margin)
 
 
 def table(a: Ablation) -> list[str]:
@@ -168,7 +192,8 @@ def table(a: Ablation) -> list[str]:
     for r in a.rows:
         e = r.effect
         interval = f"[{e.lo:+.4f}, {e.hi:+.4f}]" if math.isfinite(e.half_width) else "(no interval)"
-        verdict = f"dropped at step {r.step}" if r.dropped else ("kept: removing it hurts" if e.hi < 0 else "kept")
+        verdict = (f"dropped at step {r.step}" if r.dropped else "kept: removing it hurts" if e.hi < 0
+                   else "kept: not shown harmless")
         out.append(f"| {r.component} | {e.mean:+.4f} {interval} | {verdict} |")
     return out
 
@@ -179,9 +204,11 @@ def summary(a: Ablation) -> list[str]:
     if not a.rows:
         return ["ablation of the funnel winner: nothing to remove (one term, every switch off)",
                 f"simplified: {a.genome.formula()}"]
-    return [f"ablation of the funnel winner on {a.runs} paired runs, {a.steps} step(s): "
+    rule = ("a part goes when its 95 % interval reaches zero" if a.margin is None
+            else f"a part goes when removing it costs < {a.margin:g} with 95 % confidence")
+    return [f"ablation of the funnel winner on {a.runs} paired runs, {a.steps} step(s) ({rule}): "
             + (f"dropped {', '.join(dropped)}" if dropped else "nothing could be dropped"),
             f"simplified: {a.genome.formula()}", *table(a)]
 
 
-__all__ = ["Ablation", "Row", "SWITCHES", "components", "read", "run", "summary", "table"]
+__all__ = ["Ablation", "MARGIN", "Row", "SWITCHES", "components", "harmless", "read", "run", "summary", "table"]

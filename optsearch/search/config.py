@@ -48,7 +48,9 @@ class FunnelConfig:
     table turns it on unless it says ``enabled = false``. ``tasks`` default to the search's tasks,
     ``steps`` to each task's own; ``lr_sweep`` holds log10 offsets of each genome's learning rate;
     ``every`` runs an extra round every that many generations (0: at the end only); ``ablation``
-    simplifies the winner afterwards (:mod:`optsearch.search.ablation`).
+    simplifies the winner afterwards (:mod:`optsearch.search.ablation`) on ``ablation_seeds`` fresh
+    seeds (default: ``seeds``), dropping a part only when removing it costs less than
+    ``ablation_margin`` fitness with 95 % confidence.
     """
 
     enabled: bool = False
@@ -61,6 +63,8 @@ class FunnelConfig:
     batch_size: int | None = None
     subsample: int | None = None
     ablation: bool = True
+    ablation_seeds: int | None = None
+    ablation_margin: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -279,8 +283,16 @@ def _funnel(f: Any, search_tasks: list[str], where: str) -> FunnelConfig:
         seeds=_int(f, "seeds", w, lo=3, default=3), k=_int(f, "k", w, lo=1, default=8),
         lr_sweep=tuple(float(x) for x in sweep), every=_int(f, "every", w, lo=0, default=0),
         batch_size=_opt_int(f, "batch_size", w, lo=1), subsample=_opt_int(f, "subsample", w, lo=1),
-        ablation=f.get("ablation", True),
+        ablation=f.get("ablation", True), ablation_seeds=_opt_int(f, "ablation_seeds", w, lo=3),
+        ablation_margin=_margin(f, w),
     )
+
+
+def _margin(f: dict[str, Any], where: str) -> float:
+    m = f.get("ablation_margin", 0.01)
+    if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m <= 1:
+        raise ConfigError(f"{where}: 'ablation_margin' must be a number in [0, 1] (fitness units), got {m!r}")
+    return float(m)
 
 
 def _check_sampler(cfg: StudyConfig, where: str) -> None:

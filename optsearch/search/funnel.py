@@ -59,8 +59,8 @@ def fresh_seeds(cfg: StudyConfig, tag: str, n: int) -> list[int]:
     return out
 
 
-def units_for(cfg: StudyConfig, tag: str) -> list[Unit]:
-    seeds = fresh_seeds(cfg, tag, cfg.funnel.seeds)
+def units_for(cfg: StudyConfig, tag: str, n_seeds: int | None = None) -> list[Unit]:
+    seeds = fresh_seeds(cfg, tag, n_seeds or cfg.funnel.seeds)
     return [(task, s) for s in seeds for task in cfg.funnel.tasks]
 
 
@@ -207,8 +207,8 @@ def run_funnels(study: optuna.Study, cfg: StudyConfig, *, device: str, data_dir:
                                   subsample=cfg.funnel.subsample, device=device, data_dir=data_dir,
                                   evaluator=evaluator)
         reference = last.reference.tuned if last.reference is not None else None
-        ablation.run(study, last.winner.tuned, units_for(cfg, "ablation"), run_unit, reference=reference,
-                     progress=progress)
+        ablation.run(study, last.winner.tuned, units_for(cfg, "ablation", cfg.funnel.ablation_seeds), run_unit,
+                     reference=reference, margin=cfg.funnel.ablation_margin, progress=progress)
     if last is not None:
         write_note_section(study, "funnel", funnel_markdown(study))
 
