@@ -191,10 +191,18 @@ def test_presets_load_with_a_funnel(name):
 
 
 def test_cpu_preset_uses_cnn_proxies_multi_fidelity_and_a_larger_funnel():
+    from torch import nn
+
+    from optsearch.train.tasks import TASKS
+
     cfg = configs.preset("cpu")
-    assert all(t.endswith("_cnn") for t in cfg.tasks)
+    for t in {*cfg.tasks, *cfg.funnel.tasks}:  # every proxy and funnel model is a CNN
+        assert any(isinstance(m, (nn.Conv1d, nn.Conv2d)) for m in TASKS[t].build_model().modules()), t
+    assert not {"mnist", "fashion_mnist"} & {*cfg.tasks, *cfg.funnel.tasks}  # the held-out tasks stay unseen
+    assert any(TASKS[t].input_shape and len(TASKS[t].input_shape) == 3 for t in cfg.funnel.tasks)  # a 2-D image CNN
     assert cfg.pruning.pruner != "none" and cfg.funnel.ablation
     assert (cfg.funnel.steps or 0) > (cfg.steps or 0)
+    assert cfg.funnel.ablation_margin > 0  # parts are dropped only when shown harmless
 
 
 def _cli(*args: str) -> subprocess.Popen:

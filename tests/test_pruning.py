@@ -82,3 +82,28 @@ def test_generation_zero_is_never_pruned_by_an_optuna_pruner():
         _trial(study, 0, m, [0.9, 0.9], TrialState.COMPLETE)  # batch-mates, already told
     t = _trial(study, 0, 3, [])
     assert Pruning(c, [t], study, generation=0)(mid([0.1])) == []
+
+
+def test_percentile_pruning_stops_only_the_bottom_of_earlier_generations():
+    """A generation drawn on harder seeds sits a little below the earlier median: the median pruner stops
+    all of it, the 25th-percentile pruner only a member below the earlier generations' bottom quarter."""
+    study = optuna.create_study(direction="maximize")
+    for m, v in enumerate([0.40, 0.50, 0.55, 0.60, 0.65, 0.70, 0.75, 0.80]):  # generation 0
+        _trial(study, 0, m, [v, v], TrialState.COMPLETE)
+    members = [_trial(study, 1, m, []) for m in range(3)]
+    hard_seeds = mid([0.60, 0.62, 0.45])  # all below generation 0's median (0.625); one in its bottom quarter
+    median = Pruning(cfg("aggregate", pruner="median", warmup_checkpoints=0), members, study, generation=1)
+    assert median(hard_seeds) == [0, 1, 2]
+    members = [_trial(study, 1, m, []) for m in range(3, 6)]
+    pct = Pruning(cfg("aggregate", pruner="percentile", warmup_checkpoints=0), members, study, generation=1)
+    assert pct.pruner.__class__.__name__ == "PercentilePruner" and pct(hard_seeds) == [2]
+
+
+def test_percentile_setting_is_checked():
+    from optsearch.errors import ConfigError
+
+    assert cfg("aggregate", pruner="percentile", percentile=10).pruning.percentile == 10.0
+    for bad in ({"pruner": "percentile", "percentile": 0}, {"pruner": "percentile", "percentile": "x"},
+                {"pruner": "median", "percentile": 10}):  # ignored by the median pruner
+        with pytest.raises(ConfigError, match="percentile"):
+            cfg("aggregate", **bad)

@@ -15,18 +15,20 @@ from optsearch.errors import ConfigError
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "studies"
 OBJECTIVES = ("aggregate", "per_task")
-OPTUNA_PRUNERS = ("median", "successive_halving", "wilcoxon")
+OPTUNA_PRUNERS = ("median", "percentile", "successive_halving", "wilcoxon")
 PRUNERS = ("none", "chance", *OPTUNA_PRUNERS)
-PRUNING_DEFAULTS = {"warmup_checkpoints": 2, "chance_margin": 0.05}
+PRUNING_DEFAULTS = {"warmup_checkpoints": 2, "chance_margin": 0.05, "percentile": 25.0}
 
 
 @dataclass(frozen=True)
 class PruningConfig:
     """How hopeless members are stopped mid-evaluation (``pruner``; diverged members are always pruned).
 
-    * ``median``, ``successive_halving``, ``wilcoxon`` (single-objective studies only: Optuna forbids
-      ``report`` with several objectives): the Optuna pruner over the intermediate values, one per
-      checkpoint after ``warmup_checkpoints``, compared with earlier generations only.
+    * ``median``, ``percentile``, ``successive_halving``, ``wilcoxon`` (single-objective studies only:
+      Optuna forbids ``report`` with several objectives): the Optuna pruner over the intermediate
+      values, one per checkpoint after ``warmup_checkpoints``, compared with earlier generations only.
+      ``percentile`` prunes only below that percentile of them (default 25): gentler than the median,
+      which with fresh seeds per generation can prune a whole generation drawn on hard seeds.
     * ``chance`` (the default of per-task studies): once a member has finished the first seed of
       every task, it is pruned if its accuracy was within ``chance_margin`` of chance on *every*
       task — a genome good on one task but weak on another is kept, as it may be Pareto-optimal.
@@ -38,6 +40,7 @@ class PruningConfig:
     pruner: str = "median"
     warmup_checkpoints: int = 2
     chance_margin: float = 0.05
+    percentile: float = 25.0
 
 
 @dataclass(frozen=True)
@@ -246,14 +249,18 @@ def _pruning(p: Mapping[str, Any], where: str, *, objective: Any = "aggregate", 
         raise ConfigError(f"{where}: pruning 'chance_margin' must be in [0, 1), got {margin!r}")
     per_task = objective == "per_task"
     pruner = _choice(p, "pruner", PRUNERS, "chance" if per_task else "median", where + " [pruning]")
+    pct = p.get("percentile", PRUNING_DEFAULTS["percentile"])
+    if isinstance(pct, bool) or not isinstance(pct, (int, float)) or not 0 < pct < 100:
+        raise ConfigError(f"{where}: pruning 'percentile' must be in (0, 100), got {pct!r}")
     cfg = PruningConfig(pruner=pruner, warmup_checkpoints=_int(p, "warmup_checkpoints", where, lo=0, default=2),
-                        chance_margin=float(margin))
+                        chance_margin=float(margin), percentile=float(pct))
     if stored:
         return replace(cfg, pruner="chance") if per_task and pruner in OPTUNA_PRUNERS else cfg
     if per_task and pruner in OPTUNA_PRUNERS:
         raise ConfigError(f"{where}: pruner {pruner!r} cannot run in a per_task study (Optuna allows no "
                           "intermediate values with several objectives); use 'chance' or 'none'")
-    used = {"warmup_checkpoints": pruner in OPTUNA_PRUNERS, "chance_margin": pruner == "chance"}
+    used = {"warmup_checkpoints": pruner in OPTUNA_PRUNERS, "chance_margin": pruner == "chance",
+            "percentile": pruner == "percentile"}
     for key, default in PRUNING_DEFAULTS.items():
         if not used[key] and getattr(cfg, key) != default:
             raise ConfigError(f"{where}: pruning {key!r} = {getattr(cfg, key)!r} would be ignored by pruner {pruner!r}")

@@ -123,6 +123,10 @@ def pruner_for(cfg: StudyConfig) -> optuna.pruners.BasePruner:
     p = cfg.pruning
     if p.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=max(1, cfg.population // 2), n_warmup_steps=p.warmup_checkpoints)
+    if p.pruner == "percentile":
+        # Optuna's percentile is the share it keeps (25: keep the top quarter); ours is the share it prunes
+        return optuna.pruners.PercentilePruner(100.0 - p.percentile, n_startup_trials=max(1, cfg.population // 2),
+                                               n_warmup_steps=p.warmup_checkpoints)
     if p.pruner == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, p.warmup_checkpoints))
     if p.pruner == "wilcoxon":
