@@ -14,8 +14,9 @@ A variant's *effect* is the mean paired difference variant − current over the 
 paired t-interval. A component can go only when its removal is shown harmless: the interval's lower
 end is above −``margin`` (default 0.01 fitness, about one point of accuracy), i.e. with 95 %
 confidence removing it costs less than the margin. "Not shown useful" is not enough: with a few
-paired runs the interval of a part worth two points still reaches zero, and dropping warmup and
-cosine decay on such evidence is what made an earlier winner lose on held-out tasks. Of the parts
+paired runs the interval of a part worth two points still reaches zero (an earlier rule dropped
+warmup and cosine decay on such evidence, and that simplified winner lost to Adam on held-out
+tasks; whether because of the drop was not measured). Of the parts
 that may go, the one whose removal costs least is dropped, and the next step starts from the smaller
 genome, until no remaining part is shown harmless. The first step also trains
 the reference (Adam at its best funnel lr) on the same fresh units: the headline's comparison on
@@ -34,11 +35,12 @@ from typing import Any, Sequence
 import optuna
 
 from optsearch.genome import Genome
+from optsearch.search.config import ABLATION_MARGIN
 from optsearch.search.staged import RunUnit, Unit, complete_scores, run_stage
 from optsearch.stats import Interval, paired_difference
 
 PREFIX = "ablation:step:"
-MARGIN = 0.01
+MARGIN = ABLATION_MARGIN
 """Default equivalence margin (fitness units): a part may go when removing it costs less than this (95 %)."""
 SWITCHES: tuple[tuple[str, str, Any], ...] = (
     ("weight decay", "weight_decay", False),

@@ -18,6 +18,8 @@ OBJECTIVES = ("aggregate", "per_task")
 OPTUNA_PRUNERS = ("median", "percentile", "successive_halving", "wilcoxon")
 PRUNERS = ("none", "chance", *OPTUNA_PRUNERS)
 PRUNING_DEFAULTS = {"warmup_checkpoints": 2, "chance_margin": 0.05, "percentile": 25.0}
+ABLATION_MARGIN = 0.01
+"""Default equivalence margin of the ablation (fitness units, about one point of accuracy)."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ class FunnelConfig:
     subsample: int | None = None
     ablation: bool = True
     ablation_seeds: int | None = None
-    ablation_margin: float = 0.01
+    ablation_margin: float = ABLATION_MARGIN
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,17 @@ def _opt_int(d: Mapping[str, Any], key: str, where: str, *, lo: int) -> int | No
     return None if d.get(key) is None else _int(d, key, where, lo=lo)
 
 
+def _number(d: Mapping[str, Any], key: str, where: str, default: float, interval: str) -> float:
+    """``d[key]`` (or ``default``) as a float inside ``interval``, written as in maths: "[0, 1)", "(0, 100)"."""
+    x = d.get(key, default)
+    lo, hi = (float(v) for v in interval[1:-1].split(","))
+    inside = (isinstance(x, (int, float)) and not isinstance(x, bool)
+              and (lo <= x if interval[0] == "[" else lo < x) and (x <= hi if interval[-1] == "]" else x < hi))
+    if not inside:
+        raise ConfigError(f"{where} {key!r} must be a number in {interval}, got {x!r}")
+    return float(x)
+
+
 def _precisions() -> tuple[str, ...]:
     from optsearch.train.device import PRECISIONS  # lazily, as the task registry: no torch import for a config
 
@@ -244,16 +257,12 @@ def _pruning(p: Mapping[str, Any], where: str, *, objective: Any = "aggregate", 
     unknown = sorted(set(p) - set(PruningConfig.__dataclass_fields__))
     if unknown:
         raise ConfigError(f"{where}: unknown [pruning] key(s) {', '.join(unknown)}")
-    margin = p.get("chance_margin", PRUNING_DEFAULTS["chance_margin"])
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1:
-        raise ConfigError(f"{where}: pruning 'chance_margin' must be in [0, 1), got {margin!r}")
+    margin = _number(p, "chance_margin", f"{where}: pruning", PRUNING_DEFAULTS["chance_margin"], "[0, 1)")
     per_task = objective == "per_task"
     pruner = _choice(p, "pruner", PRUNERS, "chance" if per_task else "median", where + " [pruning]")
-    pct = p.get("percentile", PRUNING_DEFAULTS["percentile"])
-    if isinstance(pct, bool) or not isinstance(pct, (int, float)) or not 0 < pct < 100:
-        raise ConfigError(f"{where}: pruning 'percentile' must be in (0, 100), got {pct!r}")
+    pct = _number(p, "percentile", f"{where}: pruning", PRUNING_DEFAULTS["percentile"], "(0, 100)")
     cfg = PruningConfig(pruner=pruner, warmup_checkpoints=_int(p, "warmup_checkpoints", where, lo=0, default=2),
-                        chance_margin=float(margin), percentile=float(pct))
+                        chance_margin=margin, percentile=pct)
     if stored:
         return replace(cfg, pruner="chance") if per_task and pruner in OPTUNA_PRUNERS else cfg
     if per_task and pruner in OPTUNA_PRUNERS:
@@ -291,15 +300,8 @@ def _funnel(f: Any, search_tasks: list[str], where: str) -> FunnelConfig:
         lr_sweep=tuple(float(x) for x in sweep), every=_int(f, "every", w, lo=0, default=0),
         batch_size=_opt_int(f, "batch_size", w, lo=1), subsample=_opt_int(f, "subsample", w, lo=1),
         ablation=f.get("ablation", True), ablation_seeds=_opt_int(f, "ablation_seeds", w, lo=3),
-        ablation_margin=_margin(f, w),
+        ablation_margin=_number(f, "ablation_margin", f"{w}:", ABLATION_MARGIN, "[0, 1]"),
     )
-
-
-def _margin(f: dict[str, Any], where: str) -> float:
-    m = f.get("ablation_margin", 0.01)
-    if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m <= 1:
-        raise ConfigError(f"{where}: 'ablation_margin' must be a number in [0, 1] (fitness units), got {m!r}")
-    return float(m)
 
 
 def _check_sampler(cfg: StudyConfig, where: str) -> None:
