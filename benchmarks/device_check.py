@@ -11,8 +11,9 @@ costs the same per step):
 * equivalence: the population on this device through the ``vmap`` engine in FP32 against the same
   genomes in float64 on the CPU (dropout off, since the devices' RNGs differ), and with dropout
   against one-genome-at-a-time ``GenomeOptimizer`` runs on this device with the same seeds;
-* replay_bitwise: the same unit twice, final parameters compared bit for bit;
-* step_ms (CUDA events on a GPU), peak memory, FLOPs per model-step (``FlopCounterMode``),
+* replay_bitwise: the same unit twice, final parameters compared bit for bit, with the default kernels
+  and with ``deterministic=True`` (what ``evaluate`` offers when a GPU run must replay exactly);
+* step_ms (CUDA events on a GPU), and for a channels-last population the same steps contiguous, peak memory, FLOPs per model-step (``FlopCounterMode``),
   achieved TFLOP/s, and the top kernels of a few profiled steps.
 
 Then the update's compile count and eager fallbacks, and the paper preset's projected wall time:
@@ -106,6 +107,17 @@ def sync_free(task, genomes, steps, dev, compile_update, precision) -> dict:
         return {"host_reads": max(1, len(reads)), "ok": False, "error": str(e)[:300]}
 
 
+def replay(task, genomes, steps, dev, compile_update, precision, deterministic) -> bool | str:
+    """Whether two runs of one unit end with bit-identical parameters (or why they could not run)."""
+    try:
+        with precision_mode(precision, deterministic=deterministic):
+            pop_a, _ = unit(task, genomes, steps, dev, compile_update=compile_update, precision=precision)
+            pop_b, _ = unit(task, genomes, steps, dev, compile_update=compile_update, precision=precision)
+        return bool(torch.equal(pop_a.theta, pop_b.theta))
+    except RuntimeError as e:  # an op with no deterministic kernel raises under deterministic=True
+        return f"error: {str(e)[:200]}"
+
+
 def equivalence(task, data, dev, steps: int = 4) -> dict:
     genomes = [NAMED[n] for n in SMOOTH]
     no_dropout = dataclasses.replace(task, build_model=lambda: _without_dropout(task.build_model()))
@@ -150,9 +162,9 @@ def _without_dropout(model):
     return model
 
 
-def timed_steps(task, data, genomes, dev, n, compile_update, precision) -> dict:
+def timed_steps(task, data, genomes, dev, n, compile_update, precision, channels_last=True) -> dict:
     pop = Population(genomes, build_model(task, 0, device=dev, dtype=torch.float32), n + 3,
-                     compile_update=compile_update, precision=precision)
+                     compile_update=compile_update, precision=precision, channels_last=channels_last)
     order = batch_indices(len(data.train_x), task.batch_size, n + 3, data_seed(0, task.name)).to(dev)
     gen = torch.Generator(device=dev).manual_seed(1)
 
@@ -188,7 +200,7 @@ def timed_steps(task, data, genomes, dev, n, compile_update, precision) -> dict:
         torch.cuda.synchronize()
     eval_s = (time.perf_counter() - t0) / max(1, len(data.val_x))
     return {"step_ms": ms, "peak_bytes": peak, "top_kernels": acts, "eval_s_per_example": eval_s,
-            "backend": pop.backend}
+            "backend": pop.backend, "channels_last": pop.channels_last}
 
 
 def top_kernels(step, cuda: bool, steps: int = 3, top: int = 8) -> list[dict]:
@@ -265,18 +277,24 @@ def main() -> None:
         task, data, source = load(tname.strip(), dev)
         with precision_mode(args.precision):
             r = {"data": source, "sync_free": sync_free(task, genomes, args.steps, dev, compile_update, args.precision)}
-            pop_a, _ = unit(task, genomes, args.steps, dev, compile_update=compile_update, precision=args.precision)
-            pop_b, _ = unit(task, genomes, args.steps, dev, compile_update=compile_update, precision=args.precision)
-            r["replay_bitwise"] = bool(torch.equal(pop_a.theta, pop_b.theta))
             r.update(timed_steps(task, data, genomes, dev, args.steps, compile_update, args.precision))
+            if r["channels_last"]:
+                r["step_ms_contiguous"] = timed_steps(task, data, genomes, dev, args.steps, compile_update,
+                                                      args.precision, channels_last=False)["step_ms"]
+        for deterministic in (False, True):
+            r["replay_bitwise" + ("_deterministic" if deterministic else "")] = replay(
+                task, genomes, args.steps, dev, compile_update, args.precision, deterministic)
         r["equivalence"] = equivalence(task, data, dev)
         r["flops_per_model_step"] = flops_per_model_step(task)
         r["tflops_achieved"] = args.population * r["flops_per_model_step"] / (r["step_ms"] / 1e3) / 1e12
         r["seconds"] = time.perf_counter() - t0
         report["tasks"][task.name] = r
+        Path(args.json).write_text(json.dumps(report, indent=1))  # so far: a run stopped at a limit keeps it
         print(f"{task.name:14s} ({source}) {r['backend']:7s} step {r['step_ms']:8.2f} ms  "
               f"{r['tflops_achieved']:6.2f} TFLOP/s  peak {r['peak_bytes'] / 2**30:6.2f} GiB  "
-              f"host reads {r['sync_free']['host_reads']}  replay bitwise {r['replay_bitwise']}  "
+              + (f"(contiguous {r['step_ms_contiguous']:.2f} ms)  " if "step_ms_contiguous" in r else "")
+              + f"host reads {r['sync_free']['host_reads']}  replay bitwise {r['replay_bitwise']}, "
+              f"deterministic {r['replay_bitwise_deterministic']}  "
               f"vmap vs CPU fp64 {r['equivalence']['max_abs_diff']:.1e}  "
               f"dropout vs one-by-one {r['equivalence']['dropout_vs_one_by_one']:.1e}")
         for k in r["top_kernels"][:5]:

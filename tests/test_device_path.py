@@ -182,6 +182,23 @@ def test_precision_policy(digits):
     assert set(bf16.accuracy(data.val_x, data.val_y).values()) <= {a / len(data.val_x) for a in range(len(data.val_x) + 1)}
 
 
+@pytest.mark.parametrize("backend", ["vmap", "looped"])
+def test_bf16_trains_a_batch_norm_cnn_with_its_norms_in_float32(backend):
+    # vmap's batch-norm rule raised on bfloat16 input with per-member float32 weights (CPU and H200)
+    data = load_data(TINY_CNN)
+    genomes = [NAMED["adam"], NAMED["sgd_momentum"]]
+    pops = {p: Population(genomes, build_model(TINY_CNN, 0, device=CPU, dtype=torch.float32), 6, backend=backend,
+                          precision=p) for p in ("fp32", "bf16")}
+    seen = []
+    pops["bf16"].model[2].register_forward_hook(lambda m, i, o: seen.append((i[0].dtype, o.dtype)))
+    for pop in pops.values():
+        losses = _steps(pop, data, 6, seed=True)
+        assert all(torch.isfinite(x).all() for x in losses)
+    assert seen and set(seen) == {(torch.float32, torch.float32)}  # the batch norm ran in float32
+    gap = (pops["bf16"].theta - pops["fp32"].theta).abs().max().item()
+    assert 0 < gap < 0.05
+
+
 def test_precision_mode_sets_and_restores_the_global_switches():
     before = (torch.backends.cuda.matmul.allow_tf32, torch.are_deterministic_algorithms_enabled())
     with precision_mode("tf32", deterministic=True):

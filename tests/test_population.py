@@ -151,11 +151,11 @@ def test_cnn_backends_match_one_by_one_with_batchnorm_and_dropout(backend, chann
     genomes = [NAMED["adam"], NAMED["paper_evolved"], NAMED["sgd_momentum"]]
     pop = train_population(TINY_CNN, data, genomes, 5, torch.float64, backend=backend, dropout_seed=123,
                            channels_last=channels_last)
-    assert pop.channels_last == channels_last
+    # only the looped engine runs channels-last (under vmap it gained nothing on an H200 and raised with batch norm)
+    assert pop.channels_last == (channels_last and backend == "looped")
     for i, g in enumerate(genomes):
-        # under vmap the dropout masks are drawn in the logical layout, whatever the memory layout
         alone, model = train_alone(TINY_CNN, data, g, 5, torch.float64, dropout_seed=123,
-                                   channels_last=channels_last and backend == "looped")
+                                   channels_last=pop.channels_last)
         assert max_diff(pop.parameters_of(i), alone) < FP64_ATOL, (backend, g.formula())
         # per-member BatchNorm running statistics follow the member's own forward passes
         running = pop.buffers["2.running_mean"][pop.members.index(i)]

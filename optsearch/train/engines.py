@@ -42,12 +42,27 @@ def choose_backend(model: nn.Module, device: torch.device | str) -> str:
     Small MLPs: ``batched`` matmuls anywhere. Convolutional models: ``looped`` on a CPU, where they
     are compute-bound and grouped/vmapped convolutions are 1.5–3× slower than one model at a time;
     ``vmap`` on a GPU, where one small CNN cannot fill the device. Anything else: ``vmap``.
-    (Either convolutional engine runs channels-last when the population asks for it.)
+    (The looped engine runs channels-last when the population asks for it.)
     """
     if batched_supported(model):
         return "batched"
     has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
     return "looped" if has_conv and torch.device(device).type == "cpu" else "vmap"
+
+
+def norms_in_float32(model: nn.Module) -> None:
+    """Run the model's batch norms in float32 under bf16 autocast (usual mixed-precision practice).
+
+    Needed under vmap, whose batch-norm rule multiplies the bfloat16 normalised input by each member's
+    float32 weight and raises (on a CPU in the forward pass, on an H200 in the backward).
+    """
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and _float32_input not in m._forward_pre_hooks.values():
+            m.register_forward_pre_hook(_float32_input)
+
+
+def _float32_input(_module: nn.Module, args: tuple) -> tuple:
+    return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
 
 
 def has_dropout(model: nn.Module) -> bool:
