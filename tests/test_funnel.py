@@ -121,6 +121,33 @@ def test_funnel_picks_the_genome_best_on_meta_validation(tmp_path):
     assert "winner − Adam" in text and "+0.1000 ± 0.0000" in text
 
 
+class CosineEvaluator(FakeEvaluator):
+    """meta_fitness plus 0.05 for cosine decay: the longer task wants a schedule the proxies never rewarded."""
+
+    def __call__(self, genomes, tasks, **kw):
+        out = super().__call__(genomes, tasks, **kw)
+        for m, g in zip(out.members, genomes):
+            m.fitness += 0.05 * g.cosine_decay
+        return out
+
+
+@pytest.mark.parametrize("sweep", [False, True])
+def test_the_cosine_sweep_gives_a_winner_the_schedule_the_meta_task_wants(tmp_path, sweep):
+    st, cfg = synthetic_study(tmp_path, POPULATION, k=3)
+    f = replace(cfg.funnel, ablation=False, cosine_sweep=sweep)
+    fake = CosineEvaluator()
+    funnel.run_funnels(st, replace(cfg, funnel=f), device="cpu", data_dir=None, evaluator=fake)
+    r = funnel.final_round(st)
+    assert r.winner.name == "#2" and r.winner.offset == 0.5
+    assert r.winner.tuned.cosine_decay is sweep and r.reference.tuned.cosine_decay is sweep
+    # each genome at 3 lr offsets, with its own schedule and (swept) the other one
+    assert {len(e.by_variant) for e in (*r.entries, r.reference)} == {6 if sweep else 3}
+    assert r.winner.mean == pytest.approx(funnel.read_round(st.user_attrs, 1).winner.mean)
+    assert ("lr and cosine sweep" in "\n".join(funnel.headline(st))) is sweep
+    _, genome, _ = funnel.study_winner(st)
+    assert genome.cosine_decay is sweep
+
+
 def test_no_funnel_falls_back_to_the_best_trial_and_claims_nothing(tmp_path):
     st, _ = synthetic_study(tmp_path, POPULATION)
     label, genome, source = funnel.study_winner(st)
@@ -171,11 +198,12 @@ def test_funnel_config(tmp_path):
     assert len(funnel.units_for(cfg, "ablation", f.ablation_seeds)) == 3 * len(f.tasks)
     p = tmp_path / "abl.toml"
     p.write_text(make_config(tmp_path).read_text().partition("[funnel]")[0]
-                 + "[funnel]\nablation_seeds = 5\nablation_margin = 0.02\n")
+                 + "[funnel]\nablation_seeds = 5\nablation_margin = 0.02\ncosine_sweep = true\n")
     more = configs.load(p)
-    assert more.funnel.ablation_margin == 0.02 and configs.StudyConfig.from_dict(more.to_dict()) == more
+    assert more.funnel.cosine_sweep and more.funnel.ablation_margin == 0.02 and configs.StudyConfig.from_dict(more.to_dict()) == more
     assert len(funnel.units_for(more, "ablation", more.funnel.ablation_seeds)) == 5 * len(more.funnel.tasks)
-    for body in ("seeds = 2", "k = 0", "ablation = 1", "lr_sweep = []", "bogus = 1", 'tasks = ["nope"]', "every = -1",
+    assert not f.cosine_sweep
+    for body in ("seeds = 2", "k = 0", "ablation = 1", "cosine_sweep = 1", "lr_sweep = []", "bogus = 1", 'tasks = ["nope"]', "every = -1",
                  "ablation_seeds = 2", "ablation_margin = -0.1", 'ablation_margin = "x"'):
         p.write_text(head + "[funnel]\n" + body + "\n")
         with pytest.raises(ConfigError, match="funnel"):

@@ -51,7 +51,9 @@ class FunnelConfig:
 
     Absent from a config, the funnel is off (studies made before it keep their behaviour); a ``[funnel]``
     table turns it on unless it says ``enabled = false``. ``tasks`` default to the search's tasks,
-    ``steps`` to each task's own; ``lr_sweep`` holds log10 offsets of each genome's learning rate;
+    ``steps`` to each task's own; ``lr_sweep`` holds log10 offsets of each genome's learning rate, and
+    ``cosine_sweep`` also measures each genome with cosine decay switched the other way (a winner
+    found on short proxies may lack the schedule the longer task wants);
     ``every`` runs an extra round every that many generations (0: at the end only); ``ablation``
     simplifies the winner afterwards (:mod:`optsearch.search.ablation`) on ``ablation_seeds`` fresh
     seeds (default: ``seeds``), dropping a part only when removing it costs less than
@@ -64,6 +66,7 @@ class FunnelConfig:
     seeds: int = 3
     k: int = 8
     lr_sweep: tuple[float, ...] = (-0.5, 0.0, 0.5)
+    cosine_sweep: bool = False
     every: int = 0
     batch_size: int | None = None
     subsample: int | None = None
@@ -285,7 +288,7 @@ def _funnel(f: Any, search_tasks: list[str], where: str) -> FunnelConfig:
     if unknown:
         raise ConfigError(f"{where}: unknown [funnel] key(s) {', '.join(unknown)}")
     w = f"{where} [funnel]"
-    for key in ("enabled", "ablation"):
+    for key in ("enabled", "ablation", "cosine_sweep"):
         if not isinstance(f.get(key, True), bool):
             raise ConfigError(f"{w}: {key!r} must be true or false, got {f[key]!r}")
     tasks = _str_list(f["tasks"], "tasks", w) if f.get("tasks") not in (None, []) else list(search_tasks)
@@ -297,7 +300,7 @@ def _funnel(f: Any, search_tasks: list[str], where: str) -> FunnelConfig:
     return FunnelConfig(
         enabled=f.get("enabled", True), tasks=tuple(tasks), steps=_opt_int(f, "steps", w, lo=1),
         seeds=_int(f, "seeds", w, lo=3, default=3), k=_int(f, "k", w, lo=1, default=8),
-        lr_sweep=tuple(float(x) for x in sweep), every=_int(f, "every", w, lo=0, default=0),
+        lr_sweep=tuple(float(x) for x in sweep), cosine_sweep=f.get("cosine_sweep", False), every=_int(f, "every", w, lo=0, default=0),
         batch_size=_opt_int(f, "batch_size", w, lo=1), subsample=_opt_int(f, "subsample", w, lo=1),
         ablation=f.get("ablation", True), ablation_seeds=_opt_int(f, "ablation_seeds", w, lo=3),
         ablation_margin=_number(f, "ablation_margin", f"{w}:", ABLATION_MARGIN, "[0, 1]"),

@@ -5,9 +5,10 @@ need not win on the tasks it is meant for. So, as Lion's search did, the top ``k
 (ranked by their told value, already the mean over their evaluations) are trained again on the
 ``[funnel]`` tasks — larger than the proxies: more steps, CNNs, more data — on validation splits, with
 ``seeds`` fresh seeds and a short learning-rate sweep (each genome's lr × 10^offset, offsets
-``lr_sweep``). Each genome scores the mean fitness of its best lr; the best of them is the **funnel
-winner**, the study's answer (:func:`study_winner`). Adam, swept alike, runs beside them as the
-reference of the headline.
+``lr_sweep``; with ``cosine_sweep`` each of them also with cosine decay switched the other way).
+Each genome scores the mean fitness of its best variant; the best of them is the **funnel winner**,
+the study's answer (:func:`study_winner`). Adam, swept alike, runs beside them as the reference of
+the headline.
 
 A round runs at the end of ``study run`` (and every ``every`` generations when configured). Its
 seeds come from (study seed, round) and never equal a search unit seed. Results are stored per unit
@@ -69,6 +70,15 @@ def with_lr_offset(g: Genome, offset: float) -> Genome:
     return replace(g, lr_log10=min(hi, max(lo, g.lr_log10 + offset)))
 
 
+def schedules(g: Genome, sweep: bool) -> tuple[bool, ...]:
+    """The cosine-decay settings a genome is measured with: its own first (it wins ties), then the other."""
+    return (g.cosine_decay, not g.cosine_decay) if sweep else (g.cosine_decay,)
+
+
+def variant(g: Genome, offset: float, cosine: bool) -> Genome:
+    return replace(with_lr_offset(g, offset), cosine_decay=cosine)
+
+
 def candidates(study: optuna.Study, k: int) -> list[FrozenTrial]:
     """The ``k`` best COMPLETE trials with distinct genomes, best told value first."""
     out: list[FrozenTrial] = []
@@ -85,7 +95,7 @@ def candidates(study: optuna.Study, k: int) -> list[FrozenTrial]:
 
 @dataclass(frozen=True)
 class Entry:
-    """One genome's funnel result: its scores per unit at its best learning rate."""
+    """One genome's funnel result: its scores per unit at its best variant (lr offset, cosine decay)."""
 
     name: str
     number: int | None
@@ -93,7 +103,9 @@ class Entry:
     genome: Genome
     offset: float
     scores: tuple[float, ...]
-    by_offset: tuple[tuple[float, float], ...]
+    by_variant: tuple[tuple[float, bool, float], ...]
+    """(lr offset, cosine decay, mean fitness) for every variant measured."""
+    cosine: bool | None = None
 
     @property
     def mean(self) -> float:
@@ -101,8 +113,8 @@ class Entry:
 
     @property
     def tuned(self) -> Genome:
-        """The genome at its best learning rate of the sweep."""
-        return with_lr_offset(self.genome, self.offset)
+        """The genome at its best variant of the sweep."""
+        return variant(self.genome, self.offset, self.genome.cosine_decay if self.cosine is None else self.cosine)
 
 
 @dataclass(frozen=True)
@@ -131,13 +143,19 @@ def read_round(attrs: dict[str, Any], generation: int) -> FunnelRound | None:
         return None
     head, scores = got
     offsets = [float(o) for o in head["offsets"]]
+    sweep = bool(head.get("cosine_sweep"))  # rounds stored before the cosine sweep have none
     entries = []
+    at = 0
     for c, (name, number, told) in enumerate(zip(head["names"], head["numbers"], head["told"])):
-        rows = scores[c * len(offsets):(c + 1) * len(offsets)]
+        genome = Genome.from_params(head["base"][c])
+        keys = [(o, cos) for cos in schedules(genome, sweep) for o in offsets]
+        rows = scores[at:at + len(keys)]
+        at += len(keys)
         means = [sum(r) / len(r) for r in rows]
-        best = max(range(len(offsets)), key=lambda i: (means[i], -abs(offsets[i])))
-        entries.append(Entry(name, number, told, Genome.from_params(head["base"][c]), offsets[best],
-                             tuple(rows[best]), tuple(zip(offsets, means))))
+        # ties: the smaller lr change, then the genome's own schedule
+        best = max(range(len(keys)), key=lambda i: (means[i], -abs(keys[i][0]), -i))
+        entries.append(Entry(name, number, told, genome, keys[best][0], tuple(rows[best]),
+                             tuple((o, cos, m) for (o, cos), m in zip(keys, means)), keys[best][1]))
     ref = entries.pop() if head.get("reference") else None
     ranked = sorted(range(len(entries)), key=lambda i: -entries[i].mean)  # stable: ties keep the told order
     return FunnelRound(int(head["generation"]), tuple((t, int(s)) for t, s in head["units"]),
@@ -165,7 +183,8 @@ def run_round(study: optuna.Study, cfg: StudyConfig, generation: int, *, device:
     if head is None:  # fix the candidates now: later generations must not change a half-run round
         picked = candidates(study, f.k)
         base = [Genome.from_params(t.params) for t in picked] + [Genome.named(REFERENCE)]
-        extra = {"generation": generation, "offsets": list(f.lr_sweep), "base": [g.to_params() for g in base],
+        extra = {"generation": generation, "offsets": list(f.lr_sweep), "cosine_sweep": f.cosine_sweep,
+                 "base": [g.to_params() for g in base],
                  "names": [f"#{t.number}" for t in picked] + [REFERENCE],
                  "numbers": [t.number for t in picked] + [None],
                  "told": [scalar_fitness(t) for t in picked] + [None], "reference": True}
@@ -175,7 +194,8 @@ def run_round(study: optuna.Study, cfg: StudyConfig, generation: int, *, device:
         extra = {k: v for k, v in head.items() if k not in ("params", "units")}
         units = [(t, int(s)) for t, s in head["units"]]
     offsets = [float(o) for o in extra["offsets"]]
-    genomes = [with_lr_offset(g, o) for g in base for o in offsets]
+    sweep = bool(extra.get("cosine_sweep"))
+    genomes = [variant(g, o, cos) for g in base for cos in schedules(g, sweep) for o in offsets]
     run_unit = evaluator_unit(steps=f.steps, batch_size=f.batch_size, subsample=f.subsample, device=device,
                               data_dir=data_dir, evaluator=evaluator)
     bar = _bar(progress, len(units), f"funnel after generation {generation}")
@@ -245,7 +265,7 @@ def headline(study: optuna.Study) -> list[str]:
     n = len(last.units)
     lines = [f"funnel after generation {last.generation}: {len(last.entries)} genomes × {n} runs "
              f"({', '.join(dict.fromkeys(t for t, _ in last.units))}; {n // max(1, len({t for t, _ in last.units}))} "
-             f"fresh seeds, lr sweep); winner trial #{w.number}: mean fitness {w.mean:.4f} "
+             f"fresh seeds, {'lr and cosine' if _cosine_swept(last) else 'lr'} sweep); winner trial #{w.number}: mean fitness {w.mean:.4f} "
              f"(told {w.told:.4f} on the proxies)"]
     fresh = ablation.read(study)
     diff = fresh.vs_reference() if fresh is not None and fresh.start == w.tuned else None
@@ -261,6 +281,10 @@ def headline(study: optuna.Study) -> list[str]:
     else:
         lines.append("no interval for winner − Adam (too few runs): no comparison claimed")
     return lines
+
+
+def _cosine_swept(r: FunnelRound) -> bool:
+    return any(len({cos for _, cos, _ in e.by_variant}) > 1 for e in r.entries)
 
 
 def _verdict(i: Interval) -> str:
@@ -305,5 +329,5 @@ def _bar(progress: bool, total: int, desc: str) -> Any:
 
 
 __all__ = ["Entry", "FunnelRound", "REFERENCE", "candidates", "final_round", "fresh_seeds", "funnel_markdown", "funnel_table",
-           "headline", "read_round", "round_key", "rounds", "run_funnels", "run_round", "study_winner",
-           "with_lr_offset"]
+           "headline", "read_round", "round_key", "rounds", "run_funnels", "run_round", "schedules", "study_winner",
+           "variant", "with_lr_offset"]

@@ -31,7 +31,8 @@ def config_markdown(name: str, config: Mapping[str, Any]) -> str:
         if funnel.get("enabled"):
             lines += [
                 f"Then the funnel: the {funnel.get('k')} best genomes and Adam, each at its lr × 10^"
-                f"({', '.join(f'{o:+g}' for o in funnel.get('lr_sweep') or [])}), are trained again on "
+                f"({', '.join(f'{o:+g}' for o in funnel.get('lr_sweep') or [])})"
+                + (", with and without cosine decay," if funnel.get("cosine_sweep") else ",") + " are trained again on "
                 f"**{', '.join(funnel.get('tasks') or tasks)}** with {funnel.get('seeds')} fresh seeds; the best is "
                 "the study's answer" + (", simplified by ablation" if funnel.get("ablation") else "")
                 + " (its section below appears when the run ends).",
