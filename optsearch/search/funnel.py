@@ -267,6 +267,10 @@ def headline(study: optuna.Study) -> list[str]:
              f"({', '.join(dict.fromkeys(t for t, _ in last.units))}; {n // max(1, len({t for t, _ in last.units}))} "
              f"fresh seeds, {'lr and cosine' if _cosine_swept(last) else 'lr'} sweep); winner trial #{w.number}: mean fitness {w.mean:.4f} "
              f"(told {w.told:.4f} on the proxies)"]
+    edge = _sweep_edge(w)
+    if edge is not None:
+        lines.append(f"the winner did best at the sweep's {edge} lr (×10^{w.offset:+g}): its best lr may lie further "
+                     "out, and candidates were compared at a truncated sweep; widen [funnel] lr_sweep")
     fresh = ablation.read(study)
     diff = fresh.vs_reference() if fresh is not None and fresh.start == w.tuned else None
     if diff is not None and math.isfinite(diff.half_width):
@@ -281,6 +285,14 @@ def headline(study: optuna.Study) -> list[str]:
     else:
         lines.append("no interval for winner − Adam (too few runs): no comparison claimed")
     return lines
+
+
+def _sweep_edge(e: Entry) -> str | None:
+    """'lowest' or 'highest' when the entry's best lr offset is an end of a sweep of several offsets."""
+    offsets = sorted({o for o, _, _ in e.by_variant})
+    if len(offsets) < 2 or e.offset not in (offsets[0], offsets[-1]):
+        return None
+    return "lowest" if e.offset == offsets[0] else "highest"
 
 
 def _cosine_swept(r: FunnelRound) -> bool:
