@@ -13,8 +13,9 @@ costs the same per step):
   against one-genome-at-a-time ``GenomeOptimizer`` runs on this device with the same seeds;
 * replay_bitwise: the same unit twice, final parameters compared bit for bit, with the default kernels
   and with ``deterministic=True`` (what ``evaluate`` offers when a GPU run must replay exactly);
-* step_ms (CUDA events on a GPU), and for a channels-last population the same steps contiguous, peak memory, FLOPs per model-step (``FlopCounterMode``),
-  achieved TFLOP/s, and the top kernels of a few profiled steps.
+* step_ms (CUDA events on a GPU), and for a channels-last population the same steps contiguous,
+  peak memory, FLOPs per model-step (``FlopCounterMode``), achieved TFLOP/s, and the top kernels of
+  a few profiled steps.
 
 Then the update's compile count and eager fallbacks, and the paper preset's projected wall time:
 generations × seeds × Σ_task steps × step time at P, plus the measured cost of its evaluations.

@@ -300,7 +300,8 @@ def _funnel(f: Any, search_tasks: list[str], where: str) -> FunnelConfig:
     return FunnelConfig(
         enabled=f.get("enabled", True), tasks=tuple(tasks), steps=_opt_int(f, "steps", w, lo=1),
         seeds=_int(f, "seeds", w, lo=3, default=3), k=_int(f, "k", w, lo=1, default=8),
-        lr_sweep=tuple(float(x) for x in sweep), cosine_sweep=f.get("cosine_sweep", False), every=_int(f, "every", w, lo=0, default=0),
+        lr_sweep=tuple(float(x) for x in sweep), cosine_sweep=f.get("cosine_sweep", False),
+        every=_int(f, "every", w, lo=0, default=0),
         batch_size=_opt_int(f, "batch_size", w, lo=1), subsample=_opt_int(f, "subsample", w, lo=1),
         ablation=f.get("ablation", True), ablation_seeds=_opt_int(f, "ablation_seeds", w, lo=3),
         ablation_margin=_number(f, "ablation_margin", f"{w}:", ABLATION_MARGIN, "[0, 1]"),

@@ -103,9 +103,9 @@ class Entry:
     genome: Genome
     offset: float
     scores: tuple[float, ...]
+    cosine: bool
     by_variant: tuple[tuple[float, bool, float], ...]
     """(lr offset, cosine decay, mean fitness) for every variant measured."""
-    cosine: bool | None = None
 
     @property
     def mean(self) -> float:
@@ -114,7 +114,7 @@ class Entry:
     @property
     def tuned(self) -> Genome:
         """The genome at its best variant of the sweep."""
-        return variant(self.genome, self.offset, self.genome.cosine_decay if self.cosine is None else self.cosine)
+        return variant(self.genome, self.offset, self.cosine)
 
 
 @dataclass(frozen=True)
@@ -154,8 +154,9 @@ def read_round(attrs: dict[str, Any], generation: int) -> FunnelRound | None:
         means = [sum(r) / len(r) for r in rows]
         # ties: the smaller lr change, then the genome's own schedule
         best = max(range(len(keys)), key=lambda i: (means[i], -abs(keys[i][0]), -i))
-        entries.append(Entry(name, number, told, genome, keys[best][0], tuple(rows[best]),
-                             tuple((o, cos, m) for (o, cos), m in zip(keys, means)), keys[best][1]))
+        offset, cosine = keys[best]
+        entries.append(Entry(name, number, told, genome, offset, tuple(rows[best]), cosine,
+                             tuple((o, cos, m) for (o, cos), m in zip(keys, means))))
     ref = entries.pop() if head.get("reference") else None
     ranked = sorted(range(len(entries)), key=lambda i: -entries[i].mean)  # stable: ties keep the told order
     return FunnelRound(int(head["generation"]), tuple((t, int(s)) for t, s in head["units"]),
@@ -265,7 +266,8 @@ def headline(study: optuna.Study) -> list[str]:
     n = len(last.units)
     lines = [f"funnel after generation {last.generation}: {len(last.entries)} genomes × {n} runs "
              f"({', '.join(dict.fromkeys(t for t, _ in last.units))}; {n // max(1, len({t for t, _ in last.units}))} "
-             f"fresh seeds, {'lr and cosine' if _cosine_swept(last) else 'lr'} sweep); winner trial #{w.number}: mean fitness {w.mean:.4f} "
+             f"fresh seeds, {'lr and cosine' if _cosine_swept(last) else 'lr'} sweep); "
+             f"winner trial #{w.number}: mean fitness {w.mean:.4f} "
              f"(told {w.told:.4f} on the proxies)"]
     edge = _sweep_edge(w)
     if edge is not None:
@@ -306,6 +308,7 @@ def _verdict(i: Interval) -> str:
 def funnel_table(r: FunnelRound) -> list[str]:
     """The round's candidates as text rows, best first."""
     rows = [f"funnel after generation {r.generation}: mean validation fitness at each genome's best lr "
+            f"{'and schedule ' if _cosine_swept(r) else ''}"
             f"over {len(r.units)} runs", "  rank  genome     told     funnel   lr offset  formula"]
     for i, e in enumerate([*r.entries, *([r.reference] if r.reference else [])]):
         rank = f"{i + 1:>4}" if i < len(r.entries) else " ref"

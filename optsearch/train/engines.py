@@ -62,7 +62,8 @@ def norms_in_float32(model: nn.Module) -> None:
 
 
 def _float32_input(_module: nn.Module, args: tuple) -> tuple:
-    return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+    """Half-precision input to float32; anything else (outside autocast, float64 models) as it is."""
+    return tuple(a.float() if torch.is_tensor(a) and a.dtype in (torch.bfloat16, torch.float16) else a for a in args)
 
 
 def has_dropout(model: nn.Module) -> bool:
