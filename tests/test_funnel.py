@@ -119,14 +119,16 @@ def test_funnel_picks_the_genome_best_on_meta_validation(tmp_path):
     # the headline compares it with lr-swept Adam with an interval (Adam at -3.0 is swept to -2.5: diff 0.1)
     text = "\n".join(funnel.headline(st))
     assert "winner − Adam" in text and "+0.1000 ± 0.0000" in text
-    assert "best at the sweep's highest lr (×10^+0.5)" in text  # its best lr may lie beyond the sweep
+    assert "winner did best at the sweep's highest lr (×10^+0.5)" in text  # its best lr may lie beyond the sweep
+    assert "Adam did best at the sweep's highest lr (×10^+0.5)" in text  # so may the reference's: under-tuned
 
 
-def test_no_sweep_warning_when_the_winner_is_inside_the_sweep(tmp_path):
+def test_no_sweep_warning_when_the_winner_and_adam_are_inside_the_sweep(tmp_path):
     st, cfg = synthetic_study(tmp_path, POPULATION, k=3)
     f = replace(cfg.funnel, ablation=False, lr_sweep=(-0.5, 0.0, 0.5, 1.0))
     funnel.run_funnels(st, replace(cfg, funnel=f), device="cpu", data_dir=None, evaluator=FakeEvaluator())
-    assert funnel.final_round(st).winner.offset == 0.5
+    r = funnel.final_round(st)
+    assert r.winner.offset == 0.5 and r.reference.offset == 0.5  # both inside the wider sweep
     assert "lr_sweep" not in "\n".join(funnel.headline(st))
 
 

@@ -273,6 +273,10 @@ def headline(study: optuna.Study) -> list[str]:
     if edge is not None:
         lines.append(f"the winner did best at the sweep's {edge} lr (×10^{w.offset:+g}): its best lr may lie further "
                      "out, and candidates were compared at a truncated sweep; widen [funnel] lr_sweep")
+    ref_edge = _sweep_edge(last.reference) if last.reference is not None else None
+    if ref_edge is not None:
+        lines.append(f"Adam did best at the sweep's {ref_edge} lr (×10^{last.reference.offset:+g}): the comparison "
+                     "below may be with an under-tuned Adam; widen [funnel] lr_sweep")
     fresh = ablation.read(study)
     diff = fresh.vs_reference() if fresh is not None and fresh.start == w.tuned else None
     if diff is not None and math.isfinite(diff.half_width):
