@@ -370,7 +370,7 @@ def _fake_result(contenders, diverged=(), searched=frozenset(), collapsed=()):
                                            0.1, 0.9, False, curve) for k in range(2)]
               for i, c in enumerate(contenders)}
     cfg = BenchmarkConfig(tasks=("digits",), searched=frozenset(searched), seeds=2)
-    task = TaskResult(task="digits", group=SEARCHED if "digits" in searched else HELD_OUT,
+    task = TaskResult(task="digits", group=SEARCHED if cfg.searched_through("digits") else HELD_OUT,
                                 seeds=cfg.final_seeds, tuned=tuned, scores=scores)
     return BenchmarkResult(name="x", config=cfg, contenders=list(contenders), tasks={"digits": task})
 
@@ -397,6 +397,28 @@ def test_report_names_every_searched_task_even_when_only_held_out_ones_are_bench
     assert "evo was searched on: cifar10, mnist1d. Here, searched tasks: none; held-out tasks: digits." in md
     md = markdown(_fake_result(default_contenders([("evo", EVOLVED)]), searched={"digits"}))
     assert "Here, searched tasks: digits; held-out tasks: none." in md and "### digits (searched)" in md
+
+
+def test_a_task_whose_training_data_the_search_saw_is_not_held_out(tmp_path, monkeypatch):
+    """cifar10_small trains on CIFAR-10's images, digits_cnn on the digits: after a search on them, cifar10 and
+    digits are searched tasks (a different model, the same data), mnist stays held-out — in the runner's
+    groups, the aggregates and the report."""
+    cfg = BenchmarkConfig(tasks=("cifar10", "digits", "mnist"), searched=frozenset({"cifar10_small", "digits_cnn"}),
+                          seeds=2)
+    assert [cfg.searched_through(t) for t in cfg.tasks] == ["cifar10_small", "digits_cnn", None]
+    assert BenchmarkConfig(tasks=("digits",), searched=frozenset({"digits"})).searched_through("digits") == "digits"
+    cs = default_contenders([("evo", EVOLVED)])[:2]
+    monkeypatch.setattr(runner, "tune", lambda cs, task, cfg, st, log: {
+        c.name: Tuned(params=c.default_params(), value=0.5, study_name="s", complete_trials=1, new_trials=0) for c in cs})
+    monkeypatch.setattr(runner, "evaluate_settings", lambda task, settings, seeds, cfg, split: [
+        [UnitScore(0.9 + 0.01 * i + 0.001 * k, 0.1, 0.9, False) for k in range(len(seeds))] for i in range(len(settings))])
+    result = runner.run_benchmark("x", [("evo", EVOLVED)], cfg, storage=f"sqlite:///{tmp_path}/b.db", contenders=cs)
+    assert {t: r.group for t, r in result.tasks.items()} == {"cifar10": SEARCHED, "digits": SEARCHED, "mnist": HELD_OUT}
+    assert result.groups() == {HELD_OUT: ["mnist"], SEARCHED: ["cifar10", "digits"]}
+    md = markdown(result)
+    assert ("Here, searched tasks: cifar10 (its training data, through cifar10_small), digits (its training data, "
+            "through digits_cnn); held-out tasks: mnist.") in md
+    assert "### cifar10 (searched)" in md and "### mnist (held-out)" in md
 
 
 def test_a_contender_whose_tuning_all_diverged_is_marked_in_table_and_figures(tmp_path, monkeypatch):

@@ -41,6 +41,18 @@ class BenchmarkConfig:
 
         return max(1, (self.steps or get_task(task).steps) // self.curve_points)
 
+    def searched_through(self, task: str) -> str | None:
+        """The searched task that trained on ``task``'s data (``task`` itself when searched), or None: held-out.
+
+        A task whose training examples the search saw through another model (``cifar10`` after a search on
+        ``cifar10_small``) is not held-out, though its test split never was used.
+        """
+        from optsearch.train.tasks import dataset_of
+
+        if task in self.searched:
+            return task
+        return next((s for s in sorted(self.searched) if dataset_of(s) == dataset_of(task)), None)
+
     @property
     def final_seeds(self) -> tuple[int, ...]:
         return tuple(range(FINAL_SEED_BASE, FINAL_SEED_BASE + self.seeds))

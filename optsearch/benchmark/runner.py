@@ -87,7 +87,7 @@ def run_benchmark(name: str, evolved: Sequence[tuple[str, Genome]], cfg: Benchma
         tuned = tune(cs, task, cfg, st, log=log)
         log(f"scoring {len(cs)} contenders on {task} ({cfg.seeds} seeds, test split)")
         scores = evaluate_settings(task, [(c, tuned[c.name].params) for c in cs], cfg.final_seeds, cfg, split="test")
-        tasks[task] = TaskResult(task=task, group=SEARCHED if task in cfg.searched else HELD_OUT,
+        tasks[task] = TaskResult(task=task, group=SEARCHED if cfg.searched_through(task) else HELD_OUT,
                                  seeds=cfg.final_seeds, tuned=tuned,
                                  scores={c.name: scored(s, task) for c, s in zip(cs, scores)})
     result = BenchmarkResult(name=name, config=cfg, contenders=cs, tasks=tasks)

@@ -93,6 +93,8 @@ class Task:
         subsample: default number of training examples kept (None: all).
         embedded: True when no files are needed.
         input_shape: one example's shape (without the batch dimension).
+        dataset: the data it reads, when another task reads the same (``cifar10_small`` reads ``cifar10``'s
+            images): a benchmark counts a task whose data the search trained on as searched, not held-out.
     """
 
     name: str
@@ -107,6 +109,7 @@ class Task:
     embedded: bool = False
     description: str = field(default="", compare=False)
     input_shape: tuple[int, ...] = ()
+    dataset: str = ""
 
     @cached_property
     def traits(self) -> ModelTraits:
@@ -153,6 +156,12 @@ def get_task(name: str) -> Task:
         return TASKS[name]
     except KeyError:
         raise ConfigError(f"unknown task {name!r}; known: {', '.join(TASKS)}") from None
+
+
+def dataset_of(name: str) -> str:
+    """The dataset a task trains on (its own name unless it shares one); unknown names are their own."""
+    task = TASKS.get(name)
+    return (task.dataset or task.name) if task is not None else name
 
 
 def data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
@@ -386,11 +395,12 @@ def cifar_small_cnn() -> nn.Module:
 
 
 register(Task(name="digits_cnn", build_model=digits_cnn, read=_read_digits, steps=300, batch_size=128, val_size=287,
-              embedded=True, input_shape=(64,), description="scikit-learn 8×8 digits, CNN conv16-conv32-pool-fc10"))
+              embedded=True, dataset="digits", input_shape=(64,),
+              description="scikit-learn 8×8 digits, CNN conv16-conv32-pool-fc10"))
 register(Task(name="mnist1d_cnn", build_model=mnist1d_cnn, read=_read_mnist1d, steps=300, batch_size=128,
-              val_size=800, embedded=True, input_shape=(40,),
+              val_size=800, embedded=True, dataset="mnist1d", input_shape=(40,),
               description="MNIST-1D (generated offline), 1-D CNN conv32-conv32-pool-fc10"))
 register(Task(name="cifar10_small", build_model=cifar_small_cnn, read=_real("cifar10", _CIFAR_MEAN, _CIFAR_STD),
-              steps=400, batch_size=128, subsample=10_000, input_shape=(3, 32, 32),
+              steps=400, batch_size=128, subsample=10_000, input_shape=(3, 32, 32), dataset="cifar10",
               augment=crop_flip(4, tuple(-m / s for m, s in zip(_CIFAR_MEAN, _CIFAR_STD))),
               description="CIFAR-10 (10,000 training images), narrow CNN conv16-pool-conv32-pool-fc10"))
