@@ -47,11 +47,11 @@ class BenchmarkConfig:
         A task whose training examples the search saw through another model (``cifar10`` after a search on
         ``cifar10_small``) is not held-out, though its test split never was used.
         """
-        from optsearch.train.tasks import dataset_of
+        from optsearch.train.tasks import same_data
 
         if task in self.searched:
             return task
-        return next((s for s in sorted(self.searched) if dataset_of(s) == dataset_of(task)), None)
+        return next((s for s in sorted(self.searched) if same_data(s, task)), None)
 
     @property
     def final_seeds(self) -> tuple[int, ...]:

@@ -56,11 +56,11 @@ def markdown(result: BenchmarkResult) -> str:
     if cfg.seeds < 5:
         lines += ["", f"**Warning:** only {cfg.seeds} seeds; intervals are wide and fragile (use ≥ 5)."]
     lines.append("")
-    searched = [t if cfg.searched_through(t) == t else f"{t} (its training data, through {cfg.searched_through(t)})"
-                for t in cfg.tasks if cfg.searched_through(t)]
+    through = {t: cfg.searched_through(t) for t in cfg.tasks}
+    searched = [t if s == t else f"{t} (its training data, through {s})" for t, s in through.items() if s]
     lines.append(f"{ref} was searched on: {', '.join(sorted(cfg.searched)) or 'unknown (no study given, so every task counts as held-out)'}. Here, searched tasks: "
                  f"{', '.join(searched) or 'none'}; held-out tasks: "
-                 f"{', '.join(t for t in cfg.tasks if not cfg.searched_through(t)) or 'none'}.")
+                 f"{', '.join(t for t, s in through.items() if not s) or 'none'}.")
     if any(c.name == PAPER for c in result.contenders):
         lines.append(f"`{PAPER}` was selected by its authors on mnist, fashion_mnist and cifar10 (their test splits).")
     for group, ts in result.groups().items():

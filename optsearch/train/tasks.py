@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -93,8 +93,6 @@ class Task:
         subsample: default number of training examples kept (None: all).
         embedded: True when no files are needed.
         input_shape: one example's shape (without the batch dimension).
-        dataset: the data it reads, when another task reads the same (``cifar10_small`` reads ``cifar10``'s
-            images): a benchmark counts a task whose data the search trained on as searched, not held-out.
     """
 
     name: str
@@ -109,7 +107,6 @@ class Task:
     embedded: bool = False
     description: str = field(default="", compare=False)
     input_shape: tuple[int, ...] = ()
-    dataset: str = ""
 
     @cached_property
     def traits(self) -> ModelTraits:
@@ -158,10 +155,11 @@ def get_task(name: str) -> Task:
         raise ConfigError(f"unknown task {name!r}; known: {', '.join(TASKS)}") from None
 
 
-def dataset_of(name: str) -> str:
-    """The dataset a task trains on (its own name unless it shares one); unknown names are their own."""
-    task = TASKS.get(name)
-    return (task.dataset or task.name) if task is not None else name
+def same_data(a: str, b: str) -> bool:
+    """Whether two tasks train on the same dataset, i.e. share a reader (``cifar10_small`` reads ``cifar10``'s
+    images): a benchmark counts a task whose data the search trained on as searched, not held-out."""
+    ta, tb = TASKS.get(a), TASKS.get(b)
+    return a == b or (ta is not None and tb is not None and ta.read is tb.read)
 
 
 def data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
@@ -349,7 +347,9 @@ def crop_flip(pad: int = 4, fill: tuple[float, ...] = (0.0,)) -> Callable[[torch
     return augment
 
 
+@cache
 def _real(name: str, mean: tuple[float, ...], std: tuple[float, ...]) -> Callable[[Path | None], Arrays]:
+    """The reader of one real dataset; cached, so tasks on the same data share it (see :func:`same_data`)."""
     def read(root: Path | None) -> Arrays:
         raw = datasets.read_dataset(name, root)
         return Arrays(raw["x_train"], raw["y_train"], raw["x_test"], raw["y_test"], mean=mean, std=std)
@@ -395,12 +395,11 @@ def cifar_small_cnn() -> nn.Module:
 
 
 register(Task(name="digits_cnn", build_model=digits_cnn, read=_read_digits, steps=300, batch_size=128, val_size=287,
-              embedded=True, dataset="digits", input_shape=(64,),
-              description="scikit-learn 8×8 digits, CNN conv16-conv32-pool-fc10"))
+              embedded=True, input_shape=(64,), description="scikit-learn 8×8 digits, CNN conv16-conv32-pool-fc10"))
 register(Task(name="mnist1d_cnn", build_model=mnist1d_cnn, read=_read_mnist1d, steps=300, batch_size=128,
-              val_size=800, embedded=True, dataset="mnist1d", input_shape=(40,),
+              val_size=800, embedded=True, input_shape=(40,),
               description="MNIST-1D (generated offline), 1-D CNN conv32-conv32-pool-fc10"))
 register(Task(name="cifar10_small", build_model=cifar_small_cnn, read=_real("cifar10", _CIFAR_MEAN, _CIFAR_STD),
-              steps=400, batch_size=128, subsample=10_000, input_shape=(3, 32, 32), dataset="cifar10",
+              steps=400, batch_size=128, subsample=10_000, input_shape=(3, 32, 32),
               augment=crop_flip(4, tuple(-m / s for m, s in zip(_CIFAR_MEAN, _CIFAR_STD))),
               description="CIFAR-10 (10,000 training images), narrow CNN conv16-pool-conv32-pool-fc10"))
