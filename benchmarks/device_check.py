@@ -47,6 +47,7 @@ from optsearch.train.device import HostReadError, forbid_host_reads, precision_m
 from optsearch.train.population import Population
 from optsearch.train.results import PROXY_EXAMPLES
 from optsearch.train.tasks import Arrays, get_task
+from optsearch.train.spec import RunSpec
 from optsearch.train.unit import UnitRun, batch_indices, build_model, data_seed, task_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,9 +90,9 @@ def unit(task, genomes, steps, dev, *, backend=None, compile_update=False, preci
                                 compile_update=compile_update, precision=precision))
         return built[-1]
 
-    run = UnitRun(0, 1, task, 0, list(range(len(genomes))), make, [[] for _ in genomes], set(), steps=steps,
-                  batch_size=task.batch_size, subsample=None, device=dev, data_dir=None, split="val", dtype=dtype,
-                  checkpoint_every=checkpoint_every, callback=lambda cp: None)
+    spec = RunSpec(steps=steps, device=str(dev), dtype=dtype, precision=precision, checkpoint_every=checkpoint_every)
+    run = UnitRun(0, 1, task, 0, list(range(len(genomes))), make, [[] for _ in genomes], set(), spec,
+                  callback=lambda cp: None)
     with preserve_rng(dev):
         results, _ = run.train()
     return built[0], results

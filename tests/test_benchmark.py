@@ -184,7 +184,7 @@ def test_single_model_trainer_matches_the_batched_evaluator_for_adam():
     batched = evaluate_genomes([Genome.named("adam")], "digits", seeds, cfg, split="test")[0]
     for s, b in zip(seeds, batched):
         one = train_single("digits", lambda m, _: torch.optim.Adam(m.parameters(), lr=1e-3), seed=s,
-                                     steps=60, device="cpu", split="test")
+                           spec=cfg.run_spec("digits", split="test"))
         assert one.accuracy == b.accuracy  # same test accuracy, example for example
         assert one.loss == pytest.approx(b.loss, abs=1e-4)
         assert not one.diverged

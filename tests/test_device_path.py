@@ -23,6 +23,7 @@ from optsearch.train.device import HostReadError, check_precision, eval_chunk, f
 from optsearch.train.evaluate import batch_indices, build_model, data_seed, evaluate
 from optsearch.train.population import Population
 from optsearch.train.single import train_optimizer
+from optsearch.train.spec import RunSpec
 from optsearch.train.tasks import crop_flip, get_task, load_data
 from optsearch.train.update import PopulationUpdate
 from test_population import DROPOUT_MLP, TINY_CNN, break_the_compiler, random_genomes, unchecked
@@ -68,14 +69,17 @@ def test_the_guard_catches_a_read(digits):
 
 def test_a_whole_call_reads_only_at_checkpoints_and_gives_the_same_result():
     genomes = [NAMED["adam"], unchecked(NAMED["adam"], lr_log10=1.0), NAMED["sgd_momentum"]]
-    kw = dict(seeds=[0], steps=12, subsample=300, device="cpu", checkpoint_every=5, compile_update=False,
-              callback=lambda cp: [2] if cp.step == 10 else None)
-    free = evaluate(genomes, ["digits"], **kw)
+    spec = RunSpec(steps=12, subsample=300, device="cpu", checkpoint_every=5, compile_update=False)
+
+    def prune(cp):
+        return [2] if cp.step == 10 else None
+
+    free = evaluate(genomes, ["digits"], [0], spec, callback=prune)
     with forbid_host_reads() as reads:
-        guarded = evaluate(genomes, ["digits"], **kw)
+        guarded = evaluate(genomes, ["digits"], [0], spec, callback=prune)
         # (SGD: a non-capturable Adam reads its CPU step count, which is no GPU sync but trips this CPU guard)
         single = train_optimizer("digits", lambda m, t: torch.optim.SGD(m.parameters(), 0.1, momentum=0.9), seed=0,
-                                 steps=7, subsample=300, device="cpu", checkpoint_every=3)
+                                 spec=RunSpec(steps=7, subsample=300, device="cpu", checkpoint_every=3))
     assert reads == []
     assert repr(guarded) == repr(free)  # (repr: NaN accuracies compare unequal)
     assert free.members[1].diverged and free.members[2].pruned and not free.members[0].diverged
@@ -161,7 +165,7 @@ def test_precision_policy(digits):
     with pytest.raises(ConfigError, match="bf16"):
         check_precision("bf16", torch.float64)
     with pytest.raises(ConfigError, match="precision"):
-        evaluate([NAMED["adam"]], ["digits"], steps=2, device="cpu", precision="half")
+        evaluate([NAMED["adam"]], ["digits"], [0], RunSpec(steps=2, device="cpu", precision="half"))
     genomes = [NAMED["adam"], NAMED["sgd_momentum"]]
     pops = {p: Population(genomes, build_model(task, 0, device=CPU, dtype=torch.float32), 10, precision=p)
             for p in ("fp32", "tf32", "bf16")}
@@ -237,10 +241,10 @@ def test_evaluation_chunk_is_sized_to_gpu_memory(monkeypatch):
 def test_eager_fallback_is_counted_in_the_result(monkeypatch):
     break_the_compiler(monkeypatch)
     with pytest.warns(RuntimeWarning, match="runs eagerly"):
-        result = evaluate([NAMED["adam"], NAMED["lion"]], ["digits"], steps=4, subsample=200, device="cpu",
-                          compile_update=True)
+        result = evaluate([NAMED["adam"], NAMED["lion"]], ["digits"], [0],
+                          RunSpec(steps=4, subsample=200, device="cpu", compile_update=True))
     assert result.eager_updates == 4
-    assert evaluate([NAMED["adam"]], ["digits"], steps=2, subsample=200, device="cpu").eager_updates == 0
+    assert evaluate([NAMED["adam"]], ["digits"], [0], RunSpec(steps=2, subsample=200, device="cpu")).eager_updates == 0
 
 
 def test_device_check_runs_on_cpu(tmp_path):
@@ -273,8 +277,9 @@ def test_precision_is_a_study_setting_passed_to_the_evaluator(monkeypatch):
     with pytest.raises(ConfigError, match="precision"):
         StudyConfig.from_dict({"search": {**base["search"], "precision": "fp16"}})
     seen = {}
-    monkeypatch.setattr("optsearch.train.evaluate.evaluate", lambda *a, **k: seen.update(k))
     monkeypatch.setattr(worker_mod, "Pruning", lambda *a: None)
+    monkeypatch.setattr("optsearch.train.evaluate.evaluate", lambda *a, **k: seen.update(spec=a[3]))
     fake = type("W", (), {"cfg": cfg, "study": None, "device": "cpu", "data_dir": None})()
     worker_mod.Worker._evaluate(fake, [], [], 0)
-    assert seen["precision"] == "bf16"
+    assert seen["spec"].precision == "bf16"
+    assert cfg.funnel_spec(device="cpu", data_dir=None).precision == "bf16"  # the funnel and ablation follow it

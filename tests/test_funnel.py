@@ -68,8 +68,8 @@ class FakeEvaluator:
         self.units: list[tuple[str, int]] = []
         self.fail_after = fail_after
 
-    def __call__(self, genomes, tasks, *, seeds, split, **kw):
-        assert split == "val" and len(tasks) == 1 and len(seeds) == 1
+    def __call__(self, genomes, tasks, seeds, spec):
+        assert spec.split == "val" and len(tasks) == 1 and len(seeds) == 1
         if self.fail_after is not None and len(self.units) >= self.fail_after:
             raise KeyboardInterrupt  # as if the process were killed here
         self.units.append((tasks[0], seeds[0]))
@@ -135,8 +135,8 @@ def test_no_sweep_warning_when_the_winner_and_adam_are_inside_the_sweep(tmp_path
 class CosineEvaluator(FakeEvaluator):
     """meta_fitness plus 0.05 for cosine decay: the longer task wants a schedule the proxies never rewarded."""
 
-    def __call__(self, genomes, tasks, **kw):
-        out = super().__call__(genomes, tasks, **kw)
+    def __call__(self, genomes, tasks, seeds, spec):
+        out = super().__call__(genomes, tasks, seeds, spec)
         for m, g in zip(out.members, genomes):
             m.fitness += 0.05 * g.cosine_decay
         return out

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from optsearch.errors import ConfigError
+
+if TYPE_CHECKING:
+    from optsearch.train.spec import RunSpec
 
 DEFAULT_HELD_OUT: tuple[str, ...] = ("mnist", "fashion_mnist")
 TUNE_SEEDS: tuple[int, ...] = (0, 1)
@@ -35,6 +38,14 @@ class BenchmarkConfig:
     sampler_seed: int = 0
     curve_points: int = 25
     """Points per learning curve (the evaluator's checkpoint spacing; no pruning callback is used)."""
+
+    def run_spec(self, task: str, *, split: str) -> "RunSpec":
+        """How every contender trains on ``task``: one budget for all; every seed scored (no early stop)."""
+        from optsearch.train.spec import RunSpec
+
+        return RunSpec(steps=self.steps, batch_size=self.batch_size, subsample=self.subsample, device=self.device,
+                       data_dir=self.data_dir, split=split, checkpoint_every=self.checkpoint_every(task),
+                       stop_diverged=False)
 
     def checkpoint_every(self, task: str) -> int:
         from optsearch.train.tasks import get_task
@@ -79,6 +90,8 @@ class BenchmarkConfig:
                               f"got {len(set(self.tune_seeds))}")
         if set(self.final_seeds) & set(self.tune_seeds):
             raise ConfigError("final seeds must differ from the tuning seeds")
+        for task in self.tasks:  # device, split-independent budget: checked before any tuning trial is asked
+            self.run_spec(task, split="val").validate()
 
     def unit_settings(self, task: str) -> dict[str, Any]:
         """What a tuning result depends on besides the contender (part of the study key)."""

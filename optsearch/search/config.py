@@ -7,17 +7,23 @@ A config is validated when the study is created and stored with it (study user a
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import MISSING, asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 from optsearch.errors import ConfigError
+from optsearch.train.spec import PRECISIONS, RunSpec, check_device_string
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "studies"
-OBJECTIVES = ("aggregate", "per_task")
+OBJECTIVES = ("aggregate", "per_task", "aggregate+memory", "per_task+memory")
+MEMORY_OBJECTIVE = "state_floats"
+"""The last objective of a ``+memory`` study: the genome's optimizer state in floats per parameter, minimised."""
 OPTUNA_PRUNERS = ("median", "percentile", "successive_halving", "wilcoxon")
 PRUNERS = ("none", "chance", *OPTUNA_PRUNERS)
-PRUNING_DEFAULTS = {"warmup_checkpoints": 2, "chance_margin": 0.05, "percentile": 25.0}
+MULTI_OBJECTIVE_PRUNERS = ("percentile",)
+"""Curve pruners that also run with several objectives (our own rule: :mod:`optsearch.search.pruning`)."""
+PER_TASK_PRUNER = "chance"
+"""The default pruner of per-task studies (Optuna's pruners need intermediate values, which they lack)."""
 ABLATION_MARGIN = 0.01
 """Default equivalence margin of the ablation (fitness units, about one point of accuracy)."""
 
@@ -89,19 +95,51 @@ class StudyConfig:
     objective: str = "aggregate"
     seed: int = 0
     device: str = "auto"
-    checkpoint_every: int = 50
-    precision: str = "tf32"  # fp32 | tf32 | bf16: see optsearch.train.device (tf32 is CPU-neutral, fast on GPUs)
+    checkpoint_every: int = RunSpec.checkpoint_every
+    precision: str = RunSpec.precision  # fp32 | tf32 | bf16: see optsearch.train.device
     pruning: PruningConfig = field(default_factory=PruningConfig)
     sampler: Mapping[str, Any] = field(default_factory=dict)
     funnel: FunnelConfig = field(default_factory=FunnelConfig)
 
     @property
     def per_task(self) -> bool:
-        return self.objective == "per_task"
+        return self.objective.startswith("per_task")
+
+    @property
+    def memory(self) -> bool:
+        """The study also minimises the optimizer state (:data:`MEMORY_OBJECTIVE`, its last objective)."""
+        return self.objective.endswith("+memory")
+
+    @property
+    def fitness_names(self) -> list[str]:
+        """The measured objectives: one per task, or the aggregate fitness."""
+        return list(self.tasks) if self.per_task else ["fitness"]
 
     @property
     def objective_names(self) -> list[str]:
-        return list(self.tasks) if self.per_task else ["fitness"]
+        return self.fitness_names + ([MEMORY_OBJECTIVE] if self.memory else [])
+
+    @property
+    def directions(self) -> list[str]:
+        return ["maximize"] * len(self.fitness_names) + (["minimize"] if self.memory else [])
+
+    def run_spec(self, *, device: str | None, data_dir: str | None) -> RunSpec:
+        """How the search trains a generation: the study's budget and precision on this worker's device.
+
+        ``compile_update`` is decided once for the whole generation (not per worker's share), since the
+        compiled and the eager update round differently.
+        """
+        from optsearch.train.evaluate import auto_compile
+
+        return RunSpec(steps=self.steps, batch_size=self.batch_size, subsample=self.subsample, device=device,
+                       data_dir=data_dir, checkpoint_every=self.checkpoint_every, precision=self.precision,
+                       compile_update=auto_compile(self.population, list(self.tasks), len(self.seeds), self.steps))
+
+    def funnel_spec(self, *, device: str | None, data_dir: str | None) -> RunSpec:
+        """How the funnel and the ablation train: the funnel's budget, the study's precision, validation splits."""
+        f = self.funnel
+        return RunSpec(steps=f.steps, batch_size=f.batch_size, subsample=f.subsample, device=device,
+                       data_dir=data_dir, checkpoint_every=0, precision=self.precision, split="val")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -145,6 +183,8 @@ class StudyConfig:
         sampler = d.get("sampler", {})
         if not isinstance(sampler, dict):
             raise ConfigError(f"{where}: [sampler] must be a table")
+        if str(d.get("objective", "")).endswith("+memory"):  # the front's zero-state end (see GAConfig.seed_sgd)
+            sampler = {"seed_sgd": True, **sampler}
         cfg = cls(
             tasks=tuple(tasks),
             population=_int(d, "population", where, lo=2),
@@ -154,10 +194,10 @@ class StudyConfig:
             batch_size=_opt_int(d, "batch_size", where, lo=1),
             subsample=_opt_int(d, "subsample", where, lo=1),
             objective=_choice(d, "objective", OBJECTIVES, "aggregate", where),
-            seed=_int(d, "seed", where, default=0),
-            device=_device(d.get("device", "auto"), where),
-            checkpoint_every=_int(d, "checkpoint_every", where, lo=1, default=50),
-            precision=_choice(d, "precision", _precisions(), "tf32", where),
+            seed=_int(d, "seed", where, default=_default(cls, "seed")),
+            device=_device(d.get("device", _default(cls, "device")), where),
+            checkpoint_every=_int(d, "checkpoint_every", where, lo=1, default=_default(cls, "checkpoint_every")),
+            precision=_choice(d, "precision", PRECISIONS, _default(cls, "precision"), where),
             pruning=_pruning(pruning, where, objective=d.get("objective", "aggregate"), stored=stored),
             sampler=dict(sampler),
             funnel=_funnel(d.get("funnel"), tasks, where),
@@ -218,10 +258,10 @@ def _number(d: Mapping[str, Any], key: str, where: str, default: float, interval
     return float(x)
 
 
-def _precisions() -> tuple[str, ...]:
-    from optsearch.train.device import PRECISIONS  # lazily, as the task registry: no torch import for a config
-
-    return PRECISIONS
+def _default(cls: type, key: str) -> Any:
+    """A dataclass field's declared default: parsers take defaults from the fields, never restate them."""
+    f = cls.__dataclass_fields__[key]
+    return f.default if f.default is not MISSING else f.default_factory()
 
 
 def _choice(d: Mapping[str, Any], key: str, choices: tuple[str, ...], default: str, where: str) -> str:
@@ -248,9 +288,10 @@ def _check_tasks(tasks: list[str], where: str) -> None:
 
 
 def _device(x: Any, where: str) -> str:
-    if not isinstance(x, str) or not (x in ("auto", "cpu", "cuda") or (x.startswith("cuda:") and x[5:].isdigit())):
-        raise ConfigError(f"{where}: 'device' must be auto, cpu, cuda or cuda:K, got {x!r}")
-    return x
+    try:
+        return check_device_string(x)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def _pruning(p: Mapping[str, Any], where: str, *, objective: Any = "aggregate", stored: bool = False) -> PruningConfig:
@@ -260,21 +301,23 @@ def _pruning(p: Mapping[str, Any], where: str, *, objective: Any = "aggregate", 
     unknown = sorted(set(p) - set(PruningConfig.__dataclass_fields__))
     if unknown:
         raise ConfigError(f"{where}: unknown [pruning] key(s) {', '.join(unknown)}")
-    margin = _number(p, "chance_margin", f"{where}: pruning", PRUNING_DEFAULTS["chance_margin"], "[0, 1)")
-    per_task = objective == "per_task"
-    pruner = _choice(p, "pruner", PRUNERS, "chance" if per_task else "median", where + " [pruning]")
-    pct = _number(p, "percentile", f"{where}: pruning", PRUNING_DEFAULTS["percentile"], "(0, 100)")
-    cfg = PruningConfig(pruner=pruner, warmup_checkpoints=_int(p, "warmup_checkpoints", where, lo=0, default=2),
-                        chance_margin=margin, percentile=pct)
+    default = {k: _default(PruningConfig, k) for k in PruningConfig.__dataclass_fields__}
+    margin = _number(p, "chance_margin", f"{where}: pruning", default["chance_margin"], "[0, 1)")
+    several = objective in OBJECTIVES and objective != "aggregate"  # no trial.report with several objectives
+    pruner = _choice(p, "pruner", PRUNERS, PER_TASK_PRUNER if several else default["pruner"], where + " [pruning]")
+    pct = _number(p, "percentile", f"{where}: pruning", default["percentile"], "(0, 100)")
+    cfg = PruningConfig(pruner=pruner, chance_margin=margin, percentile=pct,
+                        warmup_checkpoints=_int(p, "warmup_checkpoints", where, lo=0, default=default["warmup_checkpoints"]))
+    single_only = several and pruner in OPTUNA_PRUNERS and pruner not in MULTI_OBJECTIVE_PRUNERS
     if stored:
-        return replace(cfg, pruner="chance") if per_task and pruner in OPTUNA_PRUNERS else cfg
-    if per_task and pruner in OPTUNA_PRUNERS:
-        raise ConfigError(f"{where}: pruner {pruner!r} cannot run in a per_task study (Optuna allows no "
-                          "intermediate values with several objectives); use 'chance' or 'none'")
+        return replace(cfg, pruner=PER_TASK_PRUNER) if single_only else cfg
+    if single_only:
+        raise ConfigError(f"{where}: pruner {pruner!r} cannot run in a {objective} study (Optuna allows no "
+                          "intermediate values with several objectives); use 'percentile', 'chance' or 'none'")
     used = {"warmup_checkpoints": pruner in OPTUNA_PRUNERS, "chance_margin": pruner == "chance",
             "percentile": pruner == "percentile"}
-    for key, default in PRUNING_DEFAULTS.items():
-        if not used[key] and getattr(cfg, key) != default:
+    for key in used:
+        if not used[key] and getattr(cfg, key) != default[key]:
             raise ConfigError(f"{where}: pruning {key!r} = {getattr(cfg, key)!r} would be ignored by pruner {pruner!r}")
     return cfg
 
@@ -293,18 +336,22 @@ def _funnel(f: Any, search_tasks: list[str], where: str) -> FunnelConfig:
             raise ConfigError(f"{w}: {key!r} must be true or false, got {f[key]!r}")
     tasks = _str_list(f["tasks"], "tasks", w) if f.get("tasks") not in (None, []) else list(search_tasks)
     _check_tasks(tasks, w)
-    sweep = f.get("lr_sweep", [-0.5, 0.0, 0.5])
+    sweep = f.get("lr_sweep", list(_default(FunnelConfig, "lr_sweep")))
     if (not isinstance(sweep, list) or not sweep or len(set(sweep)) != len(sweep)
             or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and abs(x) <= 2 for x in sweep)):
         raise ConfigError(f"{w}: 'lr_sweep' must be a non-empty list of distinct log10 offsets in [-2, 2], got {sweep!r}")
+
+    def default(key: str) -> Any:
+        return _default(FunnelConfig, key)
+
     return FunnelConfig(
         enabled=f.get("enabled", True), tasks=tuple(tasks), steps=_opt_int(f, "steps", w, lo=1),
-        seeds=_int(f, "seeds", w, lo=3, default=3), k=_int(f, "k", w, lo=1, default=8),
-        lr_sweep=tuple(float(x) for x in sweep), cosine_sweep=f.get("cosine_sweep", False),
-        every=_int(f, "every", w, lo=0, default=0),
+        seeds=_int(f, "seeds", w, lo=3, default=default("seeds")), k=_int(f, "k", w, lo=1, default=default("k")),
+        lr_sweep=tuple(float(x) for x in sweep), cosine_sweep=f.get("cosine_sweep", default("cosine_sweep")),
+        every=_int(f, "every", w, lo=0, default=default("every")),
         batch_size=_opt_int(f, "batch_size", w, lo=1), subsample=_opt_int(f, "subsample", w, lo=1),
-        ablation=f.get("ablation", True), ablation_seeds=_opt_int(f, "ablation_seeds", w, lo=3),
-        ablation_margin=_number(f, "ablation_margin", f"{w}:", ABLATION_MARGIN, "[0, 1]"),
+        ablation=f.get("ablation", default("ablation")), ablation_seeds=_opt_int(f, "ablation_seeds", w, lo=3),
+        ablation_margin=_number(f, "ablation_margin", f"{w}:", default("ablation_margin"), "[0, 1]"),
     )
 
 

@@ -35,7 +35,7 @@ from optsearch.search.noise import unit_seeds
 from optsearch.search.sampler.ranking import genome_key
 from optsearch.search.note import write_note_section
 from optsearch.search.staged import Unit, complete_scores, evaluator_unit, run_stage
-from optsearch.stats import Interval, paired_difference
+from optsearch.stats import Interval, paired_difference, verdict
 
 PREFIX = "funnel:"
 REFERENCE = "adam"
@@ -197,8 +197,7 @@ def run_round(study: optuna.Study, cfg: StudyConfig, generation: int, *, device:
     offsets = [float(o) for o in extra["offsets"]]
     sweep = bool(extra.get("cosine_sweep"))
     genomes = [variant(g, o, cos) for g in base for cos in schedules(g, sweep) for o in offsets]
-    run_unit = evaluator_unit(steps=f.steps, batch_size=f.batch_size, subsample=f.subsample, device=device,
-                              data_dir=data_dir, evaluator=evaluator)
+    run_unit = evaluator_unit(cfg.funnel_spec(device=device, data_dir=data_dir), evaluator=evaluator)
     bar = _bar(progress, len(units), f"funnel after generation {generation}")
     try:
         run_stage(study, key, genomes, units, run_unit, extra=extra, progress=bar)
@@ -224,9 +223,7 @@ def run_funnels(study: optuna.Study, cfg: StudyConfig, *, device: str, data_dir:
             run_round(study, cfg, g, device=device, data_dir=data_dir, evaluator=evaluator, progress=progress)
     last = final_round(study)
     if cfg.funnel.ablation and last is not None and last.generation >= cfg.generations:
-        run_unit = evaluator_unit(steps=cfg.funnel.steps, batch_size=cfg.funnel.batch_size,
-                                  subsample=cfg.funnel.subsample, device=device, data_dir=data_dir,
-                                  evaluator=evaluator)
+        run_unit = evaluator_unit(cfg.funnel_spec(device=device, data_dir=data_dir), evaluator=evaluator)
         reference = last.reference.tuned if last.reference is not None else None
         ablation.run(study, last.winner.tuned, units_for(cfg, "ablation", cfg.funnel.ablation_seeds), run_unit,
                      reference=reference, margin=cfg.funnel.ablation_margin, progress=progress)
@@ -280,14 +277,17 @@ def headline(study: optuna.Study) -> list[str]:
     fresh = ablation.read(study)
     diff = fresh.vs_reference() if fresh is not None and fresh.start == w.tuned else None
     if diff is not None and math.isfinite(diff.half_width):
-        lines.append(f"simplified winner − Adam (lr-swept) on {diff.n} fresh runs not used to pick the winner: "
-                     f"{diff.fmt(digits=4, signed=True)} "
-                     f"(95 % paired t-interval; {_verdict(diff)})")
+        simplified_here = any(r.dropped for r in fresh.rows)  # the parts to drop were chosen on these runs
+        lines.append(f"simplified winner − Adam (lr-swept) on {diff.n} fresh runs not used to pick the winner"
+                     f"{' (its simplification was chosen on them)' if simplified_here else ''}: "
+                     f"{diff.fmt(digits=4, signed=True)} (95 % paired t-interval; "
+                     f"{verdict(diff, selected_on_these_runs=simplified_here, reference_at_edge=ref_edge is not None).text('Adam')})")
         return lines
     diff = last.vs_reference()
     if diff is not None and math.isfinite(diff.half_width):
         lines.append(f"winner − Adam (lr-swept) on the funnel's {diff.n} runs: {diff.fmt(digits=4, signed=True)} "
-                     f"(95 % paired t-interval; {_verdict(diff)}; the winner was picked on these runs, so this favours it)")
+                     f"(95 % paired t-interval; "
+                     f"{verdict(diff, selected_on_these_runs=True, reference_at_edge=ref_edge is not None).text('Adam')})")
     else:
         lines.append("no interval for winner − Adam (too few runs): no comparison claimed")
     return lines
@@ -303,10 +303,6 @@ def _sweep_edge(e: Entry) -> str | None:
 
 def _cosine_swept(r: FunnelRound) -> bool:
     return any(len({cos for _, cos, _ in e.by_variant}) > 1 for e in r.entries)
-
-
-def _verdict(i: Interval) -> str:
-    return {1: "better than Adam", -1: "worse than Adam", 0: "not established"}[i.sign]
 
 
 def funnel_table(r: FunnelRound) -> list[str]:

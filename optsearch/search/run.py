@@ -108,13 +108,7 @@ def _cuda_count() -> int:
 
 
 def _device(spec: str) -> str:
-    import torch
+    """The device all workers use, checked before any trial is asked (a typo must not fail a generation)."""
+    from optsearch.train.spec import resolve_device
 
-    if spec == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {spec!r} requested but CUDA is not available on this machine")
-    index = spec.partition(":")[2]
-    if spec.startswith("cuda:") and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
-        raise ConfigError(f"device {spec!r}: this machine has {torch.cuda.device_count()} GPU(s) (cuda:0 …)")
-    return spec
+    return resolve_device(spec)

@@ -22,6 +22,7 @@ import optuna
 
 from optsearch.errors import StudyError
 from optsearch.genome import Genome
+from optsearch.train.spec import RunSpec
 
 Unit = tuple[str, int]
 RunUnit = Callable[[Sequence[Genome], Unit], Sequence[float]]
@@ -80,15 +81,17 @@ def complete_scores(attrs: dict[str, Any], key: str) -> tuple[dict[str, Any], li
     return head, [[float(c[m]) for c in cols] for m in range(len(head["params"]))]  # type: ignore[index]
 
 
-def evaluator_unit(*, steps: int | None, batch_size: int | None, subsample: int | None, device: str,
-                   data_dir: str | None, evaluator: Callable[..., Any] | None = None) -> RunUnit:
-    """A :data:`RunUnit` over :func:`optsearch.train.evaluate.evaluate` on validation splits (or a stand-in)."""
+def evaluator_unit(spec: RunSpec, *, evaluator: Callable[..., Any] | None = None) -> RunUnit:
+    """A :data:`RunUnit` over :func:`optsearch.train.evaluate.evaluate` with ``spec`` (or a stand-in).
+
+    ``spec`` is the stage's whole training contract (e.g. :meth:`StudyConfig.funnel_spec`), so the funnel
+    and the ablation run at the study's precision on validation splits like every other call.
+    """
     if evaluator is None:
         from optsearch.train.evaluate import evaluate as evaluator
 
     def run(genomes: Sequence[Genome], unit: Unit) -> list[float]:
-        result = evaluator(list(genomes), [unit[0]], seeds=[unit[1]], steps=steps, batch_size=batch_size,
-                           subsample=subsample, device=device, data_dir=data_dir, checkpoint_every=0, split="val")
+        result = evaluator(list(genomes), [unit[0]], [unit[1]], spec)
         return [m.fitness for m in result.members]
 
     return run

@@ -129,25 +129,11 @@ class Worker:
         return trial, genome
 
     def _evaluate(self, trials: Sequence[optuna.Trial], genomes: Sequence[Genome], generation: int):
-        from optsearch.train.evaluate import auto_compile, evaluate
+        from optsearch.train.evaluate import evaluate
 
         pruning = Pruning(self.cfg, trials, self.study, generation)
-        seeds = unit_seeds(self.cfg, generation)
-        return evaluate(
-            genomes,
-            list(self.cfg.tasks),
-            seeds=seeds,
-            steps=self.cfg.steps,
-            batch_size=self.cfg.batch_size,
-            subsample=self.cfg.subsample,
-            device=self.device,
-            data_dir=self.data_dir,
-            checkpoint_every=self.cfg.checkpoint_every,
-            callback=pruning,
-            precision=self.cfg.precision,
-            # decided for the whole generation, so a member's update never depends on its worker's share
-            compile_update=auto_compile(self.cfg.population, list(self.cfg.tasks), len(seeds), self.cfg.steps),
-        )
+        spec = self.cfg.run_spec(device=self.device, data_dir=self.data_dir)
+        return evaluate(genomes, list(self.cfg.tasks), unit_seeds(self.cfg, generation), spec, callback=pruning)
 
     def _tell(self, trial: optuna.Trial, member: Any, generation: int) -> None:
         """Tell one member: PRUNED if it diverged or was pruned, else the mean over its genome's evaluations."""
@@ -164,7 +150,10 @@ class Worker:
             earlier = earlier_measurements(self.study, trial.params, generation)
             trial.set_user_attr(MEASURED_ATTR, [float(v) for v in own])
             trial.set_user_attr(EVALUATIONS_ATTR, 1 + len(earlier))
-            self.study.tell(trial, combine(own, earlier))
+            told = combine(own, earlier)
+            if self.cfg.memory:  # a property of the genome, not measured: not in MEASURED_ATTR, not averaged
+                told.append(float(Genome.from_params(trial.params).state_floats()))
+            self.study.tell(trial, told)
 
 
 def _finite(x: float) -> float | None:

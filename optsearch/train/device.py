@@ -26,9 +26,8 @@ import torch
 from torch import nn
 
 from optsearch.errors import ConfigError
+from optsearch.train.spec import DEFAULT_PRECISION, PRECISIONS  # declared once, torch-free
 
-PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16")
-DEFAULT_PRECISION = "tf32"
 CPU_EVAL_CHUNK = 1024
 """Examples per evaluation forward pass on a CPU (memory is not the limit there)."""
 CUDA_EVAL_MEMORY_FRACTION = 0.25

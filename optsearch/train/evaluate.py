@@ -18,15 +18,15 @@ import torch
 
 from optsearch.errors import ConfigError
 from optsearch.genome import Genome
-from optsearch.train.device import DEFAULT_PRECISION, check_precision, precision_mode, preserve_rng
+from optsearch.train.device import precision_mode, preserve_rng
 from optsearch.train.population import Population
 from optsearch.train.results import PROXY_EXAMPLES, Callback, Checkpoint, EvalResult, MemberResult, UnitResult
+from optsearch.train.spec import SPLITS, RunSpec
 from optsearch.train.tasks import WORST_FITNESS, Task, get_task
 from optsearch.train.unit import (
     UnitRun, batch_indices, build_model, data_seed, default_device, derive_seed, init_seed, task_data,
 )
 
-SPLITS = ("val", "test")
 AUTO_COMPILE_GENOME_STEPS = 10_000
 """``compile_update=None`` compiles the update when a call trains at least this many genome-steps.
 Compiling costs seconds once per process (less with Inductor's disk cache) and the compiled update is
@@ -48,22 +48,10 @@ def auto_compile(population: int, tasks: Sequence[str | Task], seeds: int, steps
 def evaluate(
     genomes: Sequence[Genome],
     tasks: Sequence[str | Task],
-    *,
     seeds: Sequence[int] = (0,),
-    steps: int | None = None,
-    batch_size: int | None = None,
-    subsample: int | None = None,
-    device: str | torch.device | None = None,
-    data_dir: str | None = None,
-    checkpoint_every: int = 50,
+    spec: RunSpec | None = None,
+    *,
     callback: Callback | None = None,
-    split: str = "val",
-    backend: str | None = None,
-    compile_update: bool | None = None,
-    dtype: torch.dtype = torch.float32,
-    stop_diverged: bool = True,
-    precision: str = DEFAULT_PRECISION,
-    deterministic: bool = False,
 ) -> EvalResult:
     """Train every genome on every (task, seed) unit, all members of a unit at once, and score them.
 
@@ -71,34 +59,23 @@ def evaluate(
         genomes: the population.
         tasks: task names (or :class:`~optsearch.train.tasks.Task` objects).
         seeds: each seed is one more run of every task (initial weights and data order differ).
-        steps, batch_size: the budget per unit (default: each task's own).
-        subsample: training examples kept (see :func:`~optsearch.train.tasks.load_data`).
-        device: default CUDA when available, else CPU.
-        data_dir: the real datasets' folder (default ``$OPTSEARCH_DATA_DIR``).
-        checkpoint_every: steps between mid-unit checkpoints (0: only at each unit's end).
+        spec: how every unit is trained (budget, device, split, precision, …; default ``RunSpec()``).
         callback: called at every checkpoint; returns member indices to prune (or None).
-        split: ``val`` for the search; ``test`` only for the final benchmark.
-        backend: passed to :class:`~optsearch.train.population.Population` (None: chosen per model and device).
-        compile_update: compile the population update; None: when the call trains at least
-            :data:`AUTO_COMPILE_GENOME_STEPS` genome-steps (tiny runs would spend longer compiling).
-        dtype: parameter precision (float64 for exactness checks).
-        stop_diverged: a member that diverges is not trained on later units (its fitness is already the
-            worst, and studies prune it), saving their compute.
-        precision: ``fp32``, ``tf32`` (default) or ``bf16`` (see :mod:`optsearch.train.device`).
-        deterministic: ask torch for deterministic kernels (GPU replays bit for bit; slower).
 
     Returns:
         An :class:`EvalResult`; nothing is logged (progress is the callback's business).
     """
+    spec = (spec or RunSpec()).validate()
     genomes = list(genomes)
     task_list = [get_task(t) if isinstance(t, str) else t for t in tasks]
     seeds = [int(s) for s in seeds]
-    _check(genomes, task_list, seeds, steps, batch_size, checkpoint_every, split)
-    check_precision(precision, dtype)
-    dev = torch.device(device) if device is not None else default_device()
+    _check(genomes, task_list, seeds)
+    dev = spec.torch_device()
+    dtype = spec.torch_dtype
     units = [(task, seed) for seed in seeds for task in task_list]
+    compile_update = spec.compile_update
     if compile_update is None:
-        compile_update = auto_compile(len(genomes), task_list, len(seeds), steps)
+        compile_update = auto_compile(len(genomes), task_list, len(seeds), spec.steps)
     unit_keys = tuple((t.name, s) for t, s in units)
     n = len(genomes)
     done: list[list[UnitResult]] = [[] for _ in range(n)]
@@ -107,24 +84,21 @@ def evaluate(
     fallbacks = 0
 
     # dropout seeding must not disturb the caller's RNG (torch.manual_seed reseeds every GPU)
-    with preserve_rng(dev), precision_mode(precision, deterministic=deterministic):
+    with preserve_rng(dev), precision_mode(spec.precision, deterministic=spec.deterministic):
         for u, (task, seed) in enumerate(units):
-            members = [i for i in range(n) if i not in pruned and not (stop_diverged and i in diverged)]
+            members = [i for i in range(n) if i not in pruned and not (spec.stop_diverged and i in diverged)]
             if not members:
                 break
-            unit_steps = steps or task.steps
+            unit_steps = spec.steps or task.steps
             built: list[Population] = []
 
             def make(model: torch.nn.Module, ids: list[int], unit_steps: int = unit_steps,
                      built: list[Population] = built) -> Population:
-                built.append(Population([genomes[i] for i in ids], model, unit_steps, backend=backend,
-                                        compile_update=compile_update, members=ids, precision=precision))
+                built.append(Population([genomes[i] for i in ids], model, unit_steps, backend=spec.backend,
+                                        compile_update=compile_update, members=ids, precision=spec.precision))
                 return built[-1]
 
-            run = UnitRun(u, len(units), task, seed, members, make, done, diverged, steps=unit_steps,
-                          batch_size=batch_size or task.batch_size, subsample=subsample, device=dev,
-                          data_dir=data_dir, split=split, dtype=dtype, checkpoint_every=checkpoint_every,
-                          callback=callback)
+            run = UnitRun(u, len(units), task, seed, members, make, done, diverged, spec, callback=callback)
             results, newly_pruned = run.train()
             fallbacks += sum(pop.update.eager_fallbacks for pop in built)
             pruned |= newly_pruned
@@ -139,12 +113,11 @@ def evaluate(
     if fallbacks:
         logging.getLogger("optsearch").warning(
             "%d population updates ran eagerly although compiling was asked for", fallbacks)
-    return EvalResult(members=member_results, units=unit_keys, per_unit=per_unit, split=split,
+    return EvalResult(members=member_results, units=unit_keys, per_unit=per_unit, split=spec.split,
                       eager_updates=fallbacks)
 
 
-def _check(genomes: list, tasks: list[Task], seeds: list[int], steps: int | None, batch_size: int | None,
-           checkpoint_every: int, split: str) -> None:
+def _check(genomes: list, tasks: list[Task], seeds: list[int]) -> None:
     if not tasks:
         raise ConfigError("evaluate needs at least one task")
     if not seeds:
@@ -153,13 +126,6 @@ def _check(genomes: list, tasks: list[Task], seeds: list[int], steps: int | None
         raise ConfigError(f"seeds must be distinct, got {seeds}")
     if not all(isinstance(g, Genome) for g in genomes):
         raise ConfigError("evaluate takes Genome objects")
-    for name, value in (("steps", steps), ("batch_size", batch_size)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 0:
-        raise ConfigError(f"checkpoint_every must be an integer ≥ 0, got {checkpoint_every!r}")
-    if split not in SPLITS:
-        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
 
 
 def _nanmean(values: Iterable[float]) -> float:
@@ -188,6 +154,6 @@ def _aggregate(units: list[UnitResult], task_names: list[str], *, pruned: bool) 
 
 
 __all__ = [
-    "AUTO_COMPILE_GENOME_STEPS", "auto_compile", "PROXY_EXAMPLES", "SPLITS", "Callback", "Checkpoint", "EvalResult", "MemberResult", "UnitResult", "batch_indices",
+    "AUTO_COMPILE_GENOME_STEPS", "auto_compile", "PROXY_EXAMPLES", "RunSpec", "SPLITS", "Callback", "Checkpoint", "EvalResult", "MemberResult", "UnitResult", "batch_indices",
     "build_model", "data_seed", "default_device", "derive_seed", "evaluate", "init_seed", "task_data",
 ]

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from optsearch.errors import ConfigError
 from optsearch.train.device import (
     DEFAULT_PRECISION, activation_elements, check_precision, eval_chunk, forward_context, precision_mode,
     preserve_rng,
@@ -22,7 +21,8 @@ from optsearch.train.device import (
 from optsearch.train.population import accuracy_by_member
 from optsearch.train.results import UnitResult
 from optsearch.train.tasks import Task, get_task
-from optsearch.train.unit import UnitRun, default_device
+from optsearch.train.spec import RunSpec
+from optsearch.train.unit import UnitRun
 
 
 class StepOptimizer(Protocol):
@@ -94,43 +94,24 @@ class OptimizerTrainee:
                                       chunk=chunk)
 
 
-def train_optimizer(
-    task: str | Task,
-    make_optimizer: OptimizerFactory,
-    *,
-    seed: int,
-    steps: int | None = None,
-    batch_size: int | None = None,
-    subsample: int | None = None,
-    device: str | torch.device | None = None,
-    data_dir: str | None = None,
-    split: str = "val",
-    checkpoint_every: int = 50,
-    dtype: torch.dtype = torch.float32,
-    precision: str = DEFAULT_PRECISION,
-    deterministic: bool = False,
-) -> UnitResult:
+def train_optimizer(task: str | Task, make_optimizer: OptimizerFactory, *, seed: int,
+                    spec: RunSpec | None = None) -> UnitResult:
     """Train one model with ``make_optimizer(model, steps)`` on one (task, seed) unit and score it.
 
     The unit is the one :func:`~optsearch.train.evaluate.evaluate` would run for a genome with the
-    same task, seed and budget (unit index 0, member 0), under the same precision policy
-    (:mod:`optsearch.train.device`).
+    same task, seed and :class:`~optsearch.train.spec.RunSpec` (unit index 0, member 0), under the same
+    precision policy (:mod:`optsearch.train.device`). ``spec`` defaults to ``RunSpec()``.
     """
     t = get_task(task) if isinstance(task, str) else task
-    if split not in ("val", "test"):
-        raise ConfigError(f"split must be one of val, test, got {split!r}")
-    check_precision(precision, dtype)
-    n_steps = steps or t.steps
-    dev = torch.device(device) if device is not None else default_device()
+    spec = (spec or RunSpec()).validate()
+    n_steps = spec.steps or t.steps
 
     def make(model: nn.Module, ids: list[int]) -> OptimizerTrainee:
-        return OptimizerTrainee(model, make_optimizer(model, n_steps), ids[0], precision=precision)
+        return OptimizerTrainee(model, make_optimizer(model, n_steps), ids[0], precision=spec.precision)
 
-    run = UnitRun(0, 1, t, int(seed), [0], make, [[]], set(), steps=n_steps, batch_size=batch_size or t.batch_size,
-                  subsample=subsample, device=dev, data_dir=data_dir, split=split, dtype=dtype,
-                  checkpoint_every=checkpoint_every, callback=None)
+    run = UnitRun(0, 1, t, int(seed), [0], make, [[]], set(), spec)
     # dropout seeding must not disturb the caller's RNG (on any GPU either)
-    with preserve_rng(dev), precision_mode(precision, deterministic=deterministic):
+    with preserve_rng(run.device), precision_mode(spec.precision, deterministic=spec.deterministic):
         results, _ = run.train()
     return results[0]
 

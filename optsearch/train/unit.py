@@ -32,6 +32,7 @@ from torch import nn
 from optsearch.errors import ConfigError
 from optsearch.train.device import host_reads_allowed
 from optsearch.train.results import PROXY_EXAMPLES, Callback, Checkpoint, UnitResult
+from optsearch.train.spec import RunSpec, resolve_device
 from optsearch.train.tasks import DIVERGENCE_LOSS, LOSS_TAIL, WORST_FITNESS, Task, TaskData, fitness, load_data
 from optsearch.train.tasks import data_dir as resolve_data_dir
 
@@ -95,7 +96,7 @@ def build_model(task: Task, seed: int, *, device: torch.device, dtype: torch.dty
 
 
 def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(resolve_device("auto"))
 
 
 Trainee = Any
@@ -108,6 +109,7 @@ class UnitRun:
 
     Attributes:
         make_trainee: builds the trainee from the unit's initial model and its member ids.
+        spec: how the unit is trained (its steps and batch size default to the task's own).
         done: every member's finished unit results so far (indexed by member; read for checkpoints).
         diverged_before: members that diverged in earlier units.
     """
@@ -120,19 +122,23 @@ class UnitRun:
     make_trainee: Callable[[nn.Module, list[int]], Trainee]
     done: list[list[UnitResult]]
     diverged_before: set[int]
-    steps: int
-    batch_size: int
-    subsample: int | None
-    device: torch.device
-    data_dir: str | None
-    split: str
-    dtype: torch.dtype
-    checkpoint_every: int
-    callback: Callback | None
+    spec: RunSpec
+    callback: Callback | None = None
     losses: dict[int, list[float]] = field(default_factory=dict)
     curves: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
     marks: dict[int, int] = field(default_factory=dict)
     diverged: set[int] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        spec = self.spec
+        self.steps = spec.steps or self.task.steps
+        self.batch_size = spec.batch_size or self.task.batch_size
+        self.subsample = spec.subsample
+        self.device = spec.torch_device()
+        self.data_dir = spec.data_dir
+        self.split = spec.split
+        self.dtype = spec.torch_dtype
+        self.checkpoint_every = spec.checkpoint_every
 
     def train(self) -> tuple[list[UnitResult], set[int]]:
         """Train the unit; returns the finished members' results and the members pruned in it."""
