@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import optuna
 import pytest
@@ -107,3 +108,86 @@ def test_percentile_setting_is_checked():
                 {"pruner": "median", "percentile": 10}):  # ignored by the median pruner
         with pytest.raises(ConfigError, match="percentile"):
             cfg("aggregate", **bad)
+
+
+# ----------------------------------------------------------------------------- several objectives (issue 27)
+def _told(study, generation, member, curves, values, genome=None):
+    """A trial of an earlier (or the same) generation, told COMPLETE with its stored curves."""
+    from optsearch.search.pruning import CURVES_ATTR
+
+    t = _asked(study, generation, member, genome)
+    t.set_user_attr(CURVES_ATTR, curves)
+    study.tell(t, values)
+    return t
+
+
+def _asked(study, generation, member, genome=None):
+    from optsearch.genome import Genome, define_search_space
+
+    if genome is not None:
+        study.enqueue_trial(genome.to_params())
+    t = study.ask()
+    study._storage.set_trial_system_attr(t._trial_id, GENERATION_KEY, generation)
+    study._storage.set_trial_system_attr(t._trial_id, MEMBER_KEY, member)
+    if genome is not None:
+        assert define_search_space(t) == genome
+    return t
+
+
+def at(task: str, fitness: list[float], unit: int = 0) -> Checkpoint:
+    return Checkpoint(unit_index=unit, task=task, seed=0, step=10, is_unit_end=False, active=tuple(range(len(fitness))),
+                      proxy_accuracy=tuple(fitness), proxy_fitness=tuple(fitness), mean_fitness=(math.nan,) * len(fitness),
+                      diverged=(), num_units=2)
+
+
+@pytest.mark.parametrize("mate_finished_first", [False, True])
+def test_percentile_with_several_objectives_prunes_only_below_on_every_task(mate_finished_first):
+    """Optuna forbids trial.report with several objectives (RFC #3450): our rule keeps each task's curve and
+    prunes a member only when it is below the earlier generations' 25th percentile on every task."""
+    c = cfg("per_task", pruner="percentile", warmup_checkpoints=0)
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    for m, v in enumerate([0.4, 0.5, 0.6, 0.7]):  # generation 0: both tasks' curves at v
+        _told(study, 0, m, {"digits": [v, v], "mnist1d": [v, v]}, [v, v])
+    if mate_finished_first:  # far better batch-mates, already told by another worker: they change nothing
+        for m in (3, 4):
+            _told(study, 1, m, {"digits": [0.99, 0.99], "mnist1d": [0.99, 0.99]}, [0.99, 0.99])
+    members = [_asked(study, 1, m) for m in range(3)]
+    p = Pruning(c, members, study, generation=1)
+    # member 0 weak on both, member 1 weak on digits only, member 2 weak on mnist1d only
+    assert p(at("digits", [0.3, 0.3, 0.8])) == []  # mnist1d not trained yet: not below on *every* task
+    assert p(at("digits", [0.3, 0.3, 0.8])) == []
+    assert p(at("mnist1d", [0.3, 0.8, 0.3], unit=1)) == [0]
+    # the last unit's end stores the survivors' curves for later generations (no intermediate values exist
+    # with several objectives)
+    assert p(replace(at("mnist1d", [math.nan, 0.8, 0.3], unit=1), active=(1, 2), is_unit_end=True)) == []
+    stored = [study.trials[t.number].user_attrs.get("curves") for t in members]
+    assert stored == [None, {"digits": [0.3, 0.3], "mnist1d": [0.8, 0.8]}, {"digits": [0.8, 0.8], "mnist1d": [0.3, 0.3]}]
+
+
+def test_percentile_in_a_memory_study_compares_only_with_no_more_state():
+    """The memory objective is no curve and never prunes, but plain SGD is measured against earlier genomes of
+    no more optimizer state, so the zero-state end of the accuracy–memory front survives Adam's higher curves."""
+    from optsearch.genome import NAMED
+
+    c = cfg("aggregate+memory", pruner="percentile", warmup_checkpoints=0)
+    assert c.objective_names == ["fitness", "state_floats"] and c.directions == ["maximize", "minimize"]
+    study = optuna.create_study(directions=c.directions)
+    for m, v in enumerate([0.8, 0.85, 0.9, 0.95, 0.97, 0.99]):
+        _told(study, 0, m, {"fitness": [v]}, [v, 2.0])  # Adam-like, 2 floats per parameter
+    for m, v in enumerate([0.3, 0.35], start=6):
+        _told(study, 0, m, {"fitness": [v]}, [v, 0.0])  # plain SGD-like, no state
+    members = [_asked(study, 1, 0, NAMED["sgd"]), _asked(study, 1, 1, NAMED["adam"])]
+    p = Pruning(c, members, study, generation=1)
+    assert p.state == [0.0, 2.0]
+    # 0.5: above the stateless genomes, below the 25th percentile of all (0.69): only Adam is pruned
+    assert p(at("digits", [0.5, 0.5])) == [1]
+
+
+def test_percentile_is_allowed_with_several_objectives_and_the_chance_rule_stays_the_default():
+    from optsearch.errors import ConfigError
+
+    for objective in ("per_task", "aggregate+memory", "per_task+memory"):
+        assert cfg(objective).pruning.pruner == "chance"
+        assert cfg(objective, pruner="percentile", percentile=10).pruning.percentile == 10.0
+        with pytest.raises(ConfigError, match="cannot run in a .* study.*'percentile'"):
+            cfg(objective, pruner="median")

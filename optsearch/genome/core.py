@@ -18,7 +18,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
 from optsearch.errors import GenomeError
-from optsearch.genome.primitives import NONE, PRIMITIVES, SIGN_PRIMITIVES, TERM_CHOICES
+from optsearch.genome.primitives import NONE, PRIMITIVES, SIGN_PRIMITIVES, TERM_CHOICES, state_needed
 
 K = 4
 """Number of term slots."""
@@ -100,6 +100,16 @@ class Genome:
             if t != NONE:
                 out[t] = out.get(t, 0.0) + a
         return {t: a for t, a in out.items() if a != 0.0}
+
+    def state_floats(self) -> int:
+        """Optimizer state in floats per parameter: one per buffer its active terms declare (``needs``).
+
+        Read from the primitive registry, as the optimizers allocate it, so a primitive added later is
+        counted by declaring its state: 0 for plain SGD, 1 for momentum/Lion/signum, 2 for Adam. Inactive
+        terms (α = 0 or ``none``) cost nothing; the switches keep no per-parameter state (the step count
+        behind bias correction and the schedule is one number per tensor).
+        """
+        return len(state_needed(tuple(self.merged_terms())))
 
     @classmethod
     def single(cls, term: str, alpha: float = 1.0, **genes: Any) -> "Genome":
@@ -292,6 +302,8 @@ def _none_slots(*terms: tuple[str, float]) -> dict[str, tuple]:
 
 
 NAMED: dict[str, Genome] = {
+    # Plain SGD, torch.optim.SGD without momentum: no optimizer state (the zero end of a memory front).
+    "sgd": Genome(**_none_slots(("grad", 1.0)), lr_log10=-1.0, bias_correction=False),
     # SGD with momentum in EMA form: torch.optim.SGD(momentum=μ, dampening=μ).
     "sgd_momentum": Genome(**_none_slots(("momentum", 1.0)), lr_log10=-1.0, beta1=0.9, bias_correction=False),
     "adam": Genome(**_none_slots(("adam", 1.0)), lr_log10=-3.0, beta1=0.9, beta2=0.999, eps_log10=-8.0),

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from optsearch.search.noise import measured
 from optsearch.search.sampler.slots import GENERATION_KEY
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -78,9 +79,16 @@ def completed_generations(study: optuna.Study, population: int) -> int:
     return s.generation + 1 if s.done(population) else s.generation
 
 
+def fitness_values(t: FrozenTrial) -> list[float]:
+    """A COMPLETE trial's told fitness values: its values less a ``+memory`` study's last one (the optimizer
+    state is a property of the genome, not a measurement, so it has no entry in the measured attr)."""
+    return list(t.values[: len(measured(t))])
+
+
 def scalar_fitness(t: FrozenTrial) -> float:
-    """A trial's aggregate fitness (the mean of per-task values in per-task studies)."""
-    return sum(t.values) / len(t.values)
+    """A trial's aggregate fitness (the mean of per-task values in per-task studies; never the memory)."""
+    values = fitness_values(t)
+    return sum(values) / len(values)
 
 
 def best_trials(study: optuna.Study, n: int = 1) -> list[FrozenTrial]:

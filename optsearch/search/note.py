@@ -11,11 +11,14 @@ import optuna
 def config_markdown(name: str, config: Mapping[str, Any]) -> str:
     """The study config as Markdown: a sentence saying what is searched, then every setting in a table."""
     tasks = list(config.get("tasks") or [])
-    per_task = config.get("objective") == "per_task"
+    per_task = str(config.get("objective")).startswith("per_task")
     lines = [f"# optsearch study `{name}`", ""]
     if tasks:
         mode = ("one objective per task (NSGA-II; see the Pareto front)" if per_task
                 else "one objective: fitness, the mean over tasks and seeds")
+        if str(config.get("objective")).endswith("+memory"):
+            mode += ("; plus the optimizer state in floats per parameter, minimised (NSGA-II: the "
+                     "accuracy–memory Pareto front)")
         seeds = config.get("seeds")
         lines += [
             f"Evolves optimizers on **{', '.join(tasks)}**: population {config.get('population')} × "

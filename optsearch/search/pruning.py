@@ -10,11 +10,17 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from optsearch.search.config import OPTUNA_PRUNERS, StudyConfig
+from optsearch.genome import Genome
+from optsearch.search.config import MULTI_OBJECTIVE_PRUNERS, OPTUNA_PRUNERS, StudyConfig
 from optsearch.search.sampler.slots import trial_generation
+
+CURVES_ATTR = "curves"
+"""Trial user attr of a study with several objectives: fitness objective -> its checkpoint values (Optuna
+stores no intermediate values there), for the percentile rule of later generations."""
 
 
 class PastGenerations:
@@ -68,7 +74,16 @@ class Pruning:
       checkpoint index, the same schedule for every member of every generation), and the pruner
       decides against :class:`PastGenerations` — the generation's own members are never compared
       with each other, so who finishes first does not matter.
-    * ``chance``: when the first seed of every task is done (units run ``for seed: for task``), a
+    * ``percentile`` with several objectives (per-task or ``+memory`` studies; Optuna RFC #3450): each
+      fitness objective's curve is kept (a per-task study's task, else the aggregate fitness; the memory
+      objective is no curve and never prunes) and stored with the trial (:data:`CURVES_ATTR`). A member
+      is pruned when, on *every* fitness objective, its best value so far is below ``percentile`` of
+      the earlier generations' COMPLETE curves at the same checkpoint of that objective, as Optuna's
+      PercentilePruner does for one; an objective needs ``warmup_checkpoints`` values first, so
+      nothing is pruned before every task has been trained a while. In a ``+memory`` study a member is
+      compared only with earlier members holding no more optimizer state than it does: plain SGD is not
+      pruned for trailing Adam, which it may still beat on the memory axis of the front.
+    * ``chance`` (the default with several objectives): when the first seed of every task is done (units run ``for seed: for task``), a
       member whose accuracy was within ``chance_margin`` of chance on *every* task did not learn
       anything and is pruned; one good on some task is kept (it may be Pareto-optimal).
     * ``none``: nothing is pruned (values are still reported where Optuna allows it: the dashboard
@@ -80,8 +95,17 @@ class Pruning:
         self.cfg = cfg
         self.trials = trials
         self.count = 0
-        self.pruner = pruner_for(cfg) if cfg.pruning.pruner in OPTUNA_PRUNERS and not cfg.per_task else None
-        self.past = PastGenerations(study, generation) if self.pruner is not None and study is not None else None
+        self.single = len(cfg.objective_names) == 1
+        self.pruner = pruner_for(cfg) if cfg.pruning.pruner in OPTUNA_PRUNERS and self.single else None
+        multi = not self.single and cfg.pruning.pruner in MULTI_OBJECTIVE_PRUNERS
+        # member -> fitness objective -> its values so far (several objectives and a curve pruner only)
+        self.curves: list[dict[str, list[float]]] | None = [{} for _ in trials] if multi else None
+        self.past = (PastGenerations(study, generation) if (self.pruner is not None or multi) and study is not None
+                     else None)
+        self._earlier: dict[tuple[str, int, float], list[float]] = {}  # (objective, index, state) -> values
+        # each member's optimizer state: in a +memory study it compares only with members of no more
+        self.state = ([float(Genome.from_params(t.params).state_floats()) for t in trials]
+                      if multi and cfg.memory else [math.inf] * len(trials))
         self.first_round: dict[int, dict[str, float]] = {}  # member -> task -> accuracy on the first seed
 
     def __call__(self, cp: Any) -> list[int]:
@@ -89,14 +113,55 @@ class Pruning:
         prune: list[int] = []
         for i in cp.active:
             value = float(cp.proxy_fitness[i])
-            if not self.cfg.per_task and math.isfinite(value):
+            if self.single and math.isfinite(value):
                 self.trials[i].report(value, step=self.count - 1)
             if self.pruner is not None and self.past is not None and self.count > self.cfg.pruning.warmup_checkpoints:
                 if self.pruner.prune(self.past, self.trials[i]._get_latest_trial()):
                     prune.append(i)
+            if self.curves is not None:
+                self.curves[i].setdefault(cp.task if self.cfg.per_task else "fitness", []).append(value)
+                if self._below_everywhere(i):
+                    prune.append(i)
         if self.cfg.pruning.pruner == "chance" and cp.is_unit_end:
             prune += self._chance(cp)
+        if self.curves is not None and cp.is_unit_end and cp.unit_index == cp.num_units - 1:
+            self.save_curves(cp.active)  # the last unit's end: these members' curves are complete
         return prune
+
+    def _below_everywhere(self, i: int) -> bool:
+        """Member ``i`` is below the percentile of earlier generations on every fitness objective."""
+        if self.past is None or self.curves is None:
+            return False
+        p = self.cfg.pruning
+        for name in self.cfg.fitness_names:
+            curve = self.curves[i].get(name, [])
+            if len(curve) <= p.warmup_checkpoints:
+                return False
+            earlier = self._earlier_values(name, len(curve) - 1, self.state[i])
+            if len(earlier) < max(1, self.cfg.population // 2):  # n_startup_trials, as pruner_for's
+                return False
+            best = max((v for v in curve if math.isfinite(v)), default=math.nan)
+            if not best < float(np.percentile(earlier, p.percentile)):
+                return False
+        return True
+
+    def _earlier_values(self, name: str, index: int, state: float) -> list[float]:
+        """The earlier generations' COMPLETE members' values of objective ``name`` at its checkpoint ``index``
+        (in a ``+memory`` study only those whose optimizer state, their last value, is at most ``state``)."""
+        key = (name, index, state)
+        if key not in self._earlier:
+            assert self.past is not None
+            done = self.past.get_trials(states=(TrialState.COMPLETE,))
+            curves = [t.user_attrs.get(CURVES_ATTR) or {} for t in done if not self.cfg.memory or t.values[-1] <= state]
+            self._earlier[key] = [float(c[name][index]) for c in curves
+                                  if len(c.get(name) or ()) > index and math.isfinite(c[name][index])]
+        return self._earlier[key]
+
+    def save_curves(self, members: Sequence[int]) -> None:
+        """Store these members' fitness curves with their trials (one write each), for later generations' pruning."""
+        if self.curves is not None:
+            for i in members:
+                self.trials[i].set_user_attr(CURVES_ATTR, self.curves[i])
 
     def _chance(self, cp: Any) -> list[int]:
         from optsearch.train.tasks import get_task

@@ -34,7 +34,7 @@ def create(name: str, *, preset: str | None = None, config_path: str | None = No
     st = open_storage(storage)
     try:
         study = optuna.create_study(
-            study_name=name, storage=st, directions=["maximize"] * len(cfg.objective_names), load_if_exists=False
+            study_name=name, storage=st, directions=cfg.directions, load_if_exists=False
         )
     except optuna.exceptions.DuplicatedStudyError:
         raise StudyError(f"a study named {name!r} already exists in {resolve_url(storage)}; "
@@ -45,6 +45,8 @@ def create(name: str, *, preset: str | None = None, config_path: str | None = No
     study.set_user_attr("tasks", list(cfg.tasks))
     _write_dashboard_note(study, cfg)
     mode = "per-task objectives (NSGA-II)" if cfg.per_task else "aggregate fitness"
+    if cfg.memory:
+        mode += " and optimizer state (minimised; NSGA-II)"
     return (f"created study {name!r} in {resolve_url(storage)}: {', '.join(cfg.tasks)}; population {cfg.population} × "
             f"{cfg.generations} generations; {mode}")
 

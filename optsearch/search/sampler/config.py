@@ -42,6 +42,9 @@ class GAConfig:
     """Generation 0 starts with the named baselines (SGD-momentum, Adam, AdamW, RMSProp)."""
     seed_paper_evolved: bool = False
     """Generation 0 also contains the paper's published evolved genome."""
+    seed_sgd: bool = False
+    """Generation 0 also contains plain SGD (no optimizer state; on by default in ``+memory`` studies, whose
+    front needs that end: the baselines hold 1 or 2 floats per parameter)."""
     slot_retries: int = 2
     """Times a member slot whose trial FAILs is asked again with the same genome; after that many
     retries the slot is filled with a fresh child from a new random stream (the reason is stored)."""
@@ -55,6 +58,8 @@ class GAConfig:
         names = list(BASELINES) if self.seed_baselines else []
         if self.seed_paper_evolved:
             names.append("paper_evolved")
+        if self.seed_sgd:
+            names.append("sgd")
         return [(n, NAMED[n]) for n in names]
 
     def check_population(self, population: int) -> None:
@@ -96,6 +101,7 @@ _RULES: dict[str, tuple[str, float, float, bool]] = {
     "beta_step": ("float", 0.0, 1.0, True),
     "seed_baselines": ("bool", 0, 0, True),
     "seed_paper_evolved": ("bool", 0, 0, True),
+    "seed_sgd": ("bool", 0, 0, True),
     "slot_retries": ("int", 0, math.inf, True),
 }
 
