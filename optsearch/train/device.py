@@ -4,13 +4,13 @@ Precision (``[search] precision``):
 
 * ``fp32``: every matmul and convolution in full FP32 (the reference; what equivalence checks use).
 * ``tf32`` (the default): FP32 tensors, but CUDA matmuls and convolutions may use TF32 tensor cores
-  (10-bit mantissa inputs, FP32 accumulation). It changes nothing on a CPU; on an H200 a population
-  step ran 1.1× (MNIST) to 1.75× (CIFAR-10) faster than ``fp32`` while parameters, gradients and
-  optimizer state stay FP32; the rounding it adds is far below the run-to-run noise of a fitness
-  (initialisation and batch order move accuracies by points), so rankings of genomes do not depend on it.
+  (10-bit mantissa inputs, FP32 accumulation). It changes nothing on a CPU and is faster on a GPU
+  (docs/measurements.md) while parameters, gradients and optimizer state stay FP32; the rounding it adds
+  is far below the run-to-run noise of a fitness (initialisation and batch order move accuracies by
+  points), so rankings of genomes do not depend on it.
 * ``bf16``: additionally runs the forward pass (and so its backward) under bfloat16 autocast, batch
-  norms in float32; parameters and optimizer state stay FP32. Fastest on a GPU (4 % faster than
-  ``tf32`` on an H200), but activations keep 8 bits of mantissa.
+  norms in float32; parameters and optimizer state stay FP32. The fastest on a GPU, but activations keep
+  8 bits of mantissa.
 
 Deterministic mode is opt-in: it asks torch for deterministic kernels (slower, and some ops raise
 without one), for when a run must be replayed bit for bit on a GPU.
