@@ -10,6 +10,9 @@ optimizer state and batched update (:mod:`optsearch.train.update`).
   BatchNorm buffers batched along).
 * ``looped``: each member's forward/backward in turn, its parameters and gradients views of row i
   (compute-bound CNNs on a CPU, where batched convolutions are slower than one at a time).
+* ``fused``: an ``nn.Sequential`` CNN or MLP as one wide network in the HFTA layout
+  (:mod:`optsearch.train.fused`): grouped convolutions, one batch norm over all members' channels,
+  batched matmuls; optionally compiled as one forward/backward graph over a padded population.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from optsearch.errors import ConfigError
+from optsearch.train.fused import ELEMENTWISE, draw_masks, dropout_shapes, fused_forward, fused_losses, padded_size
 
-BACKENDS: tuple[str, ...] = ("batched", "vmap", "looped")
+BACKENDS: tuple[str, ...] = ("batched", "vmap", "looped", "fused")
 
-_ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.Softplus, nn.Mish, nn.Identity)
+FUSED_COMPILE_BACKEND: Any = "inductor"
+"""The ``torch.compile`` backend of the fused step (tests use ``aot_eager``: the same graphs, no codegen)."""
 
 
 def batched_supported(model: nn.Module) -> bool:
@@ -33,7 +38,7 @@ def batched_supported(model: nn.Module) -> bool:
         return False
     if not all(p.requires_grad for p in model.parameters()):
         return False
-    return all(isinstance(m, (nn.Linear, nn.Flatten, nn.Dropout, *_ELEMENTWISE)) for m in model)
+    return all(isinstance(m, (nn.Linear, nn.Flatten, nn.Dropout, *ELEMENTWISE)) for m in model)
 
 
 def choose_backend(model: nn.Module, device: torch.device | str) -> str:
@@ -226,6 +231,86 @@ class LoopedEngine(Engine):
                             for row, params in enumerate(self.leaves)])
 
 
-ENGINES: dict[str, type[Engine]] = {"batched": BatchedEngine, "vmap": VmapEngine, "looped": LoopedEngine}
+class FusedEngine(Engine):
+    """The population as one wide network (:mod:`optsearch.train.fused`); leaves are views of ``pop.theta``.
+
+    With ``pop.compile_model`` the loss (forward; AOTAutograd compiles its backward) runs under
+    ``torch.compile(fullgraph=True)`` on a population padded to :func:`padded_size` rows: ``pop.theta``,
+    ``pop.grad`` and ``pop.buffers`` become the first A rows of padded buffers whose extra rows are dead
+    (zero parameters, their losses masked out of the sum), so retiring members recompiles nothing until
+    the population fits a smaller padded size.
+    """
+
+    def __init__(self, pop: Any):
+        from optsearch.train.fused import fused_supported
+
+        if not fused_supported(pop.model):
+            raise ConfigError("the fused backend needs an nn.Sequential of Conv1d/Conv2d, BatchNorm, pooling, "
+                              "Flatten, Unflatten, Linear, Dropout and activation layers")
+        self._dropout_shapes: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+        self._compiled = None
+        if pop.compile_model:
+            import functools
+
+            self._compiled = torch.compile(functools.partial(fused_losses, pop.model), fullgraph=True,
+                                           backend=FUSED_COMPILE_BACKEND)
+        super().__init__(pop)
+
+    def rebuild(self) -> None:
+        pop = self.pop
+        a = len(pop.members)
+        self.live: torch.Tensor | None = None
+        if self._compiled is not None:
+            cap = padded_size(a)
+
+            def pad(t: torch.Tensor) -> torch.Tensor:
+                full = t.new_zeros(cap, *t.shape[1:])
+                full[:a] = t
+                return full
+
+            theta, grad = pad(pop.theta), pad(pop.grad)
+            buffers = {n: pad(b) for n, b in pop.buffers.items()}
+            pop.theta, pop.grad = theta[:a], grad[:a]
+            pop.buffers = {n: b[:a] for n, b in buffers.items()}
+            self.live = torch.arange(cap, device=pop.device) < a
+        else:
+            theta, grad, buffers = pop.theta, pop.grad, pop.buffers
+        self.buffers = buffers
+        self.leaves = {n: v.detach().requires_grad_() for n, v in pop.row_views(theta).items()}
+        self.leaf_list = list(self.leaves.values())
+        self.grad_views = list(pop.row_views(grad).values())
+
+    def _masks(self, x: torch.Tensor, seed: int | None) -> list[torch.Tensor] | None:
+        pop = self.pop
+        if not (pop.dropout and pop.model.training):
+            return None
+        key = tuple(x.shape)
+        if key not in self._dropout_shapes:
+            self._dropout_shapes[key] = dropout_shapes(pop.model, key)
+        if seed is not None:
+            torch.manual_seed(seed)
+        return draw_masks(pop.model, self._dropout_shapes[key], pop.dtype, x.device)
+
+    def loss_and_grad(self, x: torch.Tensor, y: torch.Tensor, seed: int | None) -> torch.Tensor:
+        pop = self.pop
+        masks = self._masks(x, seed)
+        with torch.enable_grad():
+            with pop.forward_context():
+                if self._compiled is not None:
+                    losses, total = self._compiled(self.leaves, self.buffers, x, y, masks, self.live)
+                else:
+                    losses, total = fused_losses(pop.model, self.leaves, self.buffers, x, y, masks)
+            grads = torch.autograd.grad(total, self.leaf_list)
+        torch._foreach_copy_(self.grad_views, list(grads))
+        return losses.detach()[:len(pop.members)]
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        pop = self.pop
+        return fused_forward(pop.model, pop.row_views(pop.theta), pop.buffers, x, self._masks(x, None),
+                             pop.model.training)
+
+
+ENGINES: dict[str, type[Engine]] = {"batched": BatchedEngine, "vmap": VmapEngine, "looped": LoopedEngine,
+                                    "fused": FusedEngine}
 
 __all__ = ["BACKENDS", "ENGINES", "Engine", "batched_supported", "choose_backend", "has_dropout", "prepare_input"]

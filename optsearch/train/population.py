@@ -10,8 +10,9 @@ given as ``[P, 1]`` columns. Why flat buffers: the update is then a dozen in-pla
 over one contiguous block instead of a Python loop over parameters and genomes.
 
 Engines (:mod:`optsearch.train.engines`, chosen by :func:`choose_backend`) compute the gradients:
-``batched`` matmuls for MLPs, ``vmap`` for any model, ``looped`` for CNNs on a CPU; all share the
-state and the update (:mod:`optsearch.train.update`).
+``batched`` matmuls for MLPs, ``vmap`` for any model, ``looped`` for CNNs on a CPU, ``fused`` (the
+HFTA layout, :mod:`optsearch.train.fused`) for sequential CNNs and MLPs; all share the state and the
+update (:mod:`optsearch.train.update`).
 
 Divergence, without reading anything back to the host: a step writes its per-member losses into a
 device tensor and ANDs ``loss <= DIVERGENCE_LOSS`` (False for NaN) into a device-side ``alive`` mask;
@@ -33,6 +34,7 @@ from torch import nn
 
 from optsearch.errors import ConfigError
 from optsearch.genome import Genome
+from optsearch.genome.primitives import Layout
 from optsearch.train.device import (
     DEFAULT_PRECISION, activation_elements, check_precision, eval_chunk, forward_context,
 )
@@ -51,7 +53,7 @@ class Population:
         model: the architecture *and* the common initial weights (every member starts from them);
             its device and dtype are the population's. It is used as a template and is not trained.
         total_steps: the run's length (for warmup and cosine schedules).
-        backend: ``batched``, ``vmap`` or ``looped``; None chooses with :func:`choose_backend`.
+        backend: ``batched``, ``vmap``, ``looped`` or ``fused``; None chooses with :func:`choose_backend`.
         compile_update: ``torch.compile`` the elementwise update (faster per step on CPU after a
             one-time compile of seconds; worth it for long runs, not for tests).
         members: the member ids (default ``0..P-1``), used in reports and by :meth:`retire`.
@@ -61,6 +63,8 @@ class Population:
             it raised (cuDNN clones the input in that layout, which vmap cannot do).
         precision: ``fp32``, ``tf32`` or ``bf16`` (:mod:`optsearch.train.device`); only ``bf16`` changes
             what the population does itself (autocast around the forward pass).
+        compile_model: ``torch.compile`` the fused engine's forward and backward as one graph over a
+            population padded to a few fixed sizes (only with ``backend="fused"``).
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class Population:
         members: Sequence[int] | None = None,
         channels_last: bool = True,
         precision: str = DEFAULT_PRECISION,
+        compile_model: bool = False,
     ):
         if not genomes:
             raise ConfigError("a population needs at least one genome")
@@ -91,6 +96,9 @@ class Population:
             raise ConfigError(f"unknown backend {self.backend!r}; known: {', '.join(BACKENDS)}")
         if self.backend == "batched" and not batched_supported(model):
             raise ConfigError("the batched backend needs an nn.Sequential of Linear/Flatten/Dropout/activation layers")
+        if compile_model and self.backend != "fused":
+            raise ConfigError(f"compile_model needs backend='fused', not {self.backend!r}")
+        self.compile_model = compile_model
         # Looped convolutions run fastest with input *and* weights channels-last (measured here: 94 ms
         # vs 113 ms contiguous and 136 ms with only the input channels-last). A 4-D weight is therefore
         # stored in its row as (out, kh, kw, in) and viewed back as a channels-last [out, in, kh, kw].
@@ -115,7 +123,8 @@ class Population:
         self.buffers = {n: b.detach().unsqueeze(0).repeat(p_count, *([1] * b.dim())).clone()
                         for n, b in [*model.named_buffers(), *frozen]}
         self.update = PopulationUpdate(genomes, self.num_params, total_steps, device=self.device, dtype=self.dtype,
-                                       compile_update=compile_update)
+                                       compile_update=compile_update,
+                                       layout=Layout(tuple(tuple(sh) for sh in self.shapes)))
         self.dropout = has_dropout(model)
         self.alive = torch.ones(p_count, 1, dtype=torch.bool, device=self.device)
         self.diverged: list[int] = []
