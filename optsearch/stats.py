@@ -1,4 +1,4 @@
-"""Small-sample statistics for the benchmark: t-intervals over seeds and paired differences.
+"""Small-sample statistics: t-intervals over seeds, paired differences, and the one verdict rule.
 
 A benchmark has few seeds (5–10), so the interval is Student's t, not a normal approximation: with
 n = 5 the 95 % half-width is 2.776·s/√n, not 1.96·s/√n. Contenders are run on the same seeds (same
@@ -59,6 +59,53 @@ class Interval:
         return f"{m} ± {self.half_width * scale:.{digits}f}"
 
 
+NOT_ESTABLISHED = "not established"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A comparison's verdict word (``better``, ``worse``, ``not established``) and, when not established, why."""
+
+    word: str
+    reason: str = ""
+
+    @property
+    def established(self) -> bool:
+        return self.word != NOT_ESTABLISHED
+
+    def text(self, than: str = "") -> str:
+        """``better than Adam`` / ``not established (interval includes 0)``: the phrase every printer uses."""
+        if self.established:
+            return f"{self.word} than {than}" if than else self.word
+        return f"{self.word} ({self.reason})"
+
+
+def verdict(diff: Interval | None, *, selected_on_these_runs: bool, reference_at_edge: bool) -> Verdict:
+    """The one rule behind every "better"/"worse" the tool prints (study run/show, funnel, ablation, benchmark).
+
+    A difference earns a word only from a 95 % interval on runs that were *not* used to pick the
+    subject (the maximum of several noisy scores is biased upward on the runs that picked it) against
+    a reference whose tuned learning rate is interior to its sweep (one at an end may be under-tuned,
+    so the gap could be the tuning's, not the rule's). Otherwise the verdict is "not established" with
+    the first failing condition as its reason.
+
+    Args:
+        diff: subject − reference, paired per run (None: no such interval).
+        selected_on_these_runs: the subject was chosen on these very runs.
+        reference_at_edge: the reference's best lr (or the subject's tuning optimum) is an end of its
+            sweep or window.
+    """
+    if diff is None or diff.n < 2 or not math.isfinite(diff.half_width):
+        return Verdict(NOT_ESTABLISHED, "too few runs for an interval")
+    if selected_on_these_runs:
+        return Verdict(NOT_ESTABLISHED, "picked on these runs")
+    if reference_at_edge:
+        return Verdict(NOT_ESTABLISHED, "a best lr at an end of its sweep")
+    if diff.sign == 0:
+        return Verdict(NOT_ESTABLISHED, "interval includes 0")
+    return Verdict("better" if diff.sign > 0 else "worse")
+
+
 def t_quantile(level: float, df: int) -> float:
     """The two-sided Student-t critical value t_{(1+level)/2, df}."""
     from scipy.stats import t
@@ -93,4 +140,4 @@ def paired_difference(a: Sequence[float], b: Sequence[float], level: float = LEV
     return t_interval(xa - xb, level)
 
 
-__all__ = ["Interval", "LEVEL", "paired_difference", "t_interval", "t_quantile"]
+__all__ = ["Interval", "LEVEL", "NOT_ESTABLISHED", "Verdict", "verdict", "paired_difference", "t_interval", "t_quantile"]

@@ -31,8 +31,12 @@ from optsearch.analysis.evolution import (
     sparkline,
 )
 from optsearch.analysis.evolution_figures import (
+    CURVE_X,
+    CURVE_Y,
     GRAPH_PREFIX,
     NO_CURVES,
+    anatomy_plotly,
+    anatomy_png,
     lineage_plotly,
     save_search_figures,
     search_figures_plotly,
@@ -83,8 +87,10 @@ def per_task(tmp_path_factory) -> optuna.Study:
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory) -> optuna.Study:
-    """A real 3-generation single-objective study on digits, population 6 (median pruner: curves stored)."""
-    url = run_study(tmp_path_factory.mktemp("evo1"), "one", tasks=["digits"], objective="aggregate", population=6)
+    """A real 3-generation single-objective study on digits and mnist1d, population 6 (median pruner: curves
+    stored, two tasks' checkpoints numbered in one sequence)."""
+    url = run_study(tmp_path_factory.mktemp("evo1"), "one", tasks=["digits", "mnist1d"], objective="aggregate",
+                    population=6)
     return optuna.load_study(study_name="one", storage=url)
 
 
@@ -217,13 +223,33 @@ def test_winner_anatomy_and_curves(single, per_task):
     done = sum(m.fitness is not None for m in members)
     assert all(n_with + n_without == done for *_, n_with, n_without in an.parts)
     stored = single.trials[win.number].intermediate_values
-    assert bool(an.curves) == bool(stored)
-    if stored:
-        assert an.curves[f"winner #{win.number}"][1] == pytest.approx([stored[s] for s in sorted(stored)])
+    assert sorted(stored) == [0, 1, 2, 3]  # 2 checkpoints (steps 10, 20) × 2 tasks, numbered as one sequence
+    mine = [c for c in an.curves if c.label == f"winner #{win.number}"]
+    # split back into the tasks' own runs: digits' checkpoints first, then mnist1d's, each at steps 10 and 20
+    assert [(c.task, c.seed, c.steps) for c in mine] == [("digits", 0, [10, 20]), ("mnist1d", 0, [10, 20])]
+    assert [v for c in mine for v in c.values] == pytest.approx([stored[s] for s in sorted(stored)])
+    assert any(c.label.startswith("Adam seed") and c.label.endswith("(untuned)") for c in an.curves)
     # a per-task study stores no intermediate values: the figure says so instead of drawing nothing
-    assert anatomy(per_task, read_members(per_task)).curves == {}
+    assert anatomy(per_task, read_members(per_task)).curves == []
     fig = search_figures_plotly(per_task)["winner"]
     assert any("no training curves stored" in a.text for a in fig.layout.annotations)
+
+
+def test_winner_curves_one_labelled_panel_per_task(single):
+    """search_winner.png and the dashboard card: a panel per task with labelled axes, no line across tasks."""
+    an = anatomy(single, read_members(single))
+    fig = anatomy_png(an)
+    panels = fig.axes[1:]
+    assert [a.get_title() for a in panels] == ["digits", "mnist1d"]
+    for a in panels:
+        assert a.get_xlabel() == CURVE_X and a.get_ylabel() == CURVE_Y
+        assert a.get_lines() and all(max(line.get_xdata()) <= 20 for line in a.get_lines())  # steps of one run
+        assert {t.get_text() for t in a.get_legend().get_texts()} == {c.label for c in an.curves}
+    card = anatomy_plotly(an).to_plotly_json()["layout"]
+    assert [card[f"xaxis{i}"]["title"]["text"] for i in (2, 3)] == [CURVE_X, CURVE_X]
+    assert [card[f"yaxis{i}"]["title"]["text"] for i in (2, 3)] == [CURVE_Y, CURVE_Y]
+    lines = [t for t in anatomy_plotly(an).data if t.type == "scatter"]
+    assert {t.xaxis for t in lines} == {"x2", "x3"} and all(max(t.x) <= 20 for t in lines)
 
 
 # ----------------------------------------------------------------------------- outputs

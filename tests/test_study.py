@@ -53,7 +53,7 @@ def test_create_run_show_export(tmp_path, capsys):
     assert main(["study", "create", "demo", "--config", str(cfg), "--storage", url]) == 0
     assert main(["study", "run", "demo", "--storage", url, "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "best genome" in out and "Δθ" in out and "Adam seed" in out
+    assert "the study's answer" in out and "Δθ" in out and "Adam seed, untuned" in out
 
     st = optuna.load_study(study_name="demo", storage=url)
     gens = by_generation(st)

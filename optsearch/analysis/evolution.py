@@ -18,15 +18,14 @@ from typing import Sequence
 
 import numpy as np
 import optuna
-from optuna.trial import TrialState
 
 from optsearch.analysis.data import trial_generation
 from optsearch.analysis.importance import PRIMS, SWITCHES
 from optsearch.analysis.principles import departs, departure_label
-from optsearch.errors import GenomeError
+from optsearch.errors import GenomeError, OptsearchError
 from optsearch.genome import LATER_GENES, Genome, search_space
 from optsearch.search.funnel import final_round
-from optsearch.train.tasks import WORST_FITNESS
+from optsearch.search.generations import outcome
 
 ORIGIN_ATTR = "GeneticSampler:origin"
 PARENTS_ATTR = "GeneticSampler:parents"
@@ -80,18 +79,7 @@ def read_members(study: optuna.Study) -> list[Member]:
                 genome = Genome.from_params(t.params)
             except GenomeError:
                 genome = None
-        diverged = bool(t.user_attrs.get("diverged")) or (
-            t.state == TrialState.COMPLETE and any(v <= WORST_FITNESS for v in t.values))
-        if diverged:
-            state = "diverged"
-        elif t.state == TrialState.COMPLETE:
-            state = "complete"
-        elif t.state == TrialState.PRUNED:
-            state = "pruned"
-        elif t.state == TrialState.FAIL:
-            state = "failed"
-        else:
-            state = "running"
+        state = outcome(t)
         values = tuple(float(v) for v in t.values) if state == "complete" else ()
         fitness = float(np.mean(values)) if values and all(math.isfinite(v) for v in values) else None
         if fitness is None and state == "complete":
@@ -229,14 +217,54 @@ class Anatomy:
             and each switch where it departs from Adam (weight None). ``association`` is the mean fitness
             of the study's complete members having that part minus those without it (None when one side
             is empty): an association within what the search sampled, not an ablation.
-        curves: label -> (steps, values) of stored intermediate values for the winner and the Adam seed;
-            empty when the study stored none (the run loop reports them only with a pruner on and one
-            objective).
+        curves: the stored checkpoint values of the winner and the Adam seed, one :class:`Curve` per
+            (genome, task, seed), so a figure draws each task in its own panel; empty when the study stored
+            none (the run loop reports them only with one objective) or its checkpoint layout is unknown.
     """
 
     winner: Member
     parts: list[tuple[str, float | None, float | None, int, int]]
-    curves: dict[str, tuple[list[int], list[float]]]
+    curves: list[Curve]
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One genome's fitness estimate at the checkpoints of one (task, seed) unit of its generation."""
+
+    label: str
+    task: str
+    seed: int
+    """Position of the seed in the study's ``seeds``."""
+    steps: list[int]
+    """Training steps within the unit."""
+    values: list[float]
+
+
+def checkpoint_layout(study: optuna.Study) -> list[tuple[str, int, int]] | None:
+    """(task, seed position, training step) of each reported checkpoint, in reporting order; None without a config.
+
+    The run loop reports one intermediate value per checkpoint and numbers them across a trial's units
+    (``for seed: for task``, :func:`optsearch.train.evaluate.evaluate`'s order), every ``checkpoint_every``
+    steps and at each unit's end, so step *k* of a trial is the *k*-th entry here: one line across
+    them would join different tasks' checkpoints."""
+    from optsearch.search.config import StudyConfig
+    from optsearch.search.storage import CONFIG_ATTR
+    from optsearch.train.tasks import get_task
+
+    raw = study.user_attrs.get(CONFIG_ATTR)
+    if not isinstance(raw, dict):
+        return None
+    try:
+        cfg = StudyConfig.from_dict(raw, where="stored config", stored=True)
+    except OptsearchError:
+        return None
+    out = []
+    for k in range(len(cfg.seeds)):
+        for task in cfg.tasks:
+            steps = cfg.steps or get_task(task).steps
+            every = cfg.checkpoint_every
+            out += [(task, k, s) for s in (list(range(every, steps, every)) if every else []) + [steps]]
+    return out
 
 
 def winner_member(study: optuna.Study, members: Sequence[Member]) -> Member | None:
@@ -270,15 +298,23 @@ def anatomy(study: optuna.Study, members: Sequence[Member]) -> Anatomy | None:
         has = departs(genomes, key)
         assoc = float(fit[has].mean() - fit[~has].mean()) if has.any() and (~has).any() else None
         parts.append((key if key in PRIMS else departure_label(key), weight, assoc, int(has.sum()), int((~has).sum())))
-    curves = {}
     adam = next((m for m in members if m.origin == "seed:adam" and m.generation == 0), None)
-    wanted = [(f"winner #{win.number}", win.number)] + ([(f"Adam seed #{adam.number}", adam.number)] if adam else [])
+    wanted = [(f"winner #{win.number}", win.number)] + ([(f"Adam seed #{adam.number} (untuned)", adam.number)]
+                                                         if adam else [])
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    layout = checkpoint_layout(study)
+    curves: list[Curve] = []
     for label, n in wanted:
         iv = trials[n].intermediate_values
-        if iv:
-            steps = sorted(iv)
-            curves[label] = (steps, [float(iv[s]) for s in steps])
+        if not iv or layout is None or max(iv) >= len(layout):  # a layout that does not fit: draw nothing
+            continue
+        units: dict[tuple[str, int], tuple[list[int], list[float]]] = {}
+        for k in sorted(iv):
+            task, seed, step = layout[k]
+            xs, ys = units.setdefault((task, seed), ([], []))
+            xs.append(step)
+            ys.append(float(iv[k]))
+        curves += [Curve(label, task, seed, xs, ys) for (task, seed), (xs, ys) in units.items()]
     return Anatomy(win, parts, curves)
 
 
@@ -325,6 +361,6 @@ def generation_summary_text(study: optuna.Study, *, members: Sequence[Member] | 
     return "\n".join(lines)
 
 
-__all__ = ["Anatomy", "Generations", "Lineage", "Member", "anatomy", "best_member", "fronts_by_generation",
+__all__ = ["Anatomy", "Curve", "checkpoint_layout", "Generations", "Lineage", "Member", "anatomy", "best_member", "fronts_by_generation",
            "generation_summary_text", "generations", "lineage", "pareto_mask", "read_members", "sparkline",
            "winner_lineage", "winner_member"]

@@ -148,22 +148,48 @@ def pareto_plotly(members: Sequence[Member], names: Sequence[str], pair: tuple[i
     return fig
 
 
+CURVE_X = "training step (within each task's run)"
+CURVE_Y = "fitness estimate at checkpoint"
+CURVE_COLORS = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd")
+
+
+def _curve_tasks(an: Anatomy) -> list[str]:
+    """The tasks with stored curves, in the study's order: one panel each (never one line across tasks)."""
+    return list(dict.fromkeys(c.task for c in an.curves))
+
+
+def _curve_color(an: Anatomy, label: str) -> str:
+    labels = list(dict.fromkeys(c.label for c in an.curves))
+    return CURVE_COLORS[labels.index(label) % len(CURVE_COLORS)]
+
+
 def anatomy_plotly(an: Anatomy):
-    """The winner's parts with the study's fitness association, and its stored training curves if any."""
+    """The winner's parts with the study's fitness association, and its stored training curves, one panel per task."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.55, 0.45],
-                        subplot_titles=("Δ fitness with vs. without each part (association)", "training curves"))
+    tasks = _curve_tasks(an) or ["training curves"]
+    fig = make_subplots(rows=1, cols=1 + len(tasks), column_widths=[0.5] + [0.5 / len(tasks)] * len(tasks),
+                        subplot_titles=("Δ fitness with vs. without each part (association)",
+                                        *(f"{t}: fitness at checkpoints" if an.curves else t for t in tasks)))
     parts = an.parts[::-1]
     fig.add_trace(go.Bar(
         y=[f"{p} (Σα {w:.2g})" if w is not None else p for p, w, *_ in parts],
         x=[a if a is not None else 0.0 for _, _, a, _, _ in parts], orientation="h", name="association",
         marker_color=["#d62728" if (a or 0) > 0 else "#1f77b4" for _, _, a, _, _ in parts],
-        text=[f"{n_with} with, {n_without} without" for *_, n_with, n_without in parts], hoverinfo="text+x"),
-        row=1, col=1)
-    for label, (steps, vals) in an.curves.items():
-        fig.add_trace(go.Scatter(x=steps, y=vals, name=label, mode="lines"), row=1, col=2)
+        text=[f"{n_with} with, {n_without} without" for *_, n_with, n_without in parts], hoverinfo="text+x",
+        showlegend=False), row=1, col=1)
+    fig.update_xaxes(title_text="mean fitness with − without (association)", row=1, col=1)
+    shown: set[str] = set()
+    for c in an.curves:
+        col = 2 + tasks.index(c.task)
+        fig.add_trace(go.Scatter(x=c.steps, y=c.values, mode="lines+markers", name=c.label, legendgroup=c.label,
+                                 showlegend=c.label not in shown, line={"color": _curve_color(an, c.label)},
+                                 hovertext=f"{c.label}, {c.task}, seed {c.seed}"), row=1, col=col)
+        shown.add(c.label)
+    for col in range(2, 2 + len(tasks)):
+        fig.update_xaxes(title_text=CURVE_X, row=1, col=col)
+        fig.update_yaxes(title_text=CURVE_Y, row=1, col=col)
     if not an.curves:
         fig.add_annotation(text=NO_CURVES.replace(": ", ":<br>"), row=1, col=2, showarrow=False,
                            x=0.5, y=0.5, xref="x2 domain", yref="y2 domain", font={"size": 10})
@@ -295,7 +321,8 @@ def pareto_png(members: Sequence[Member], names: Sequence[str]):
 
 
 def anatomy_png(an: Anatomy):
-    fig, ax = _figure(12, 4.5, 1, 2, width_ratios=[1.2, 1])
+    tasks = _curve_tasks(an) or ["training curves"]
+    fig, ax = _figure(7 + 4 * len(tasks), 4.5, 1, 1 + len(tasks), width_ratios=[1.2] + [1] * len(tasks))
     parts = an.parts[::-1]
     a = ax[0][0]
     vals = [x if x is not None else 0.0 for _, _, x, _, _ in parts]
@@ -303,15 +330,21 @@ def anatomy_png(an: Anatomy):
     a.set_yticks(range(len(parts)), [f"{p} (Σα {w:.2g})" if w is not None else p for p, w, *_ in parts], fontsize=8)
     a.axvline(0, color="k", lw=0.8)
     a.set_xlabel("mean fitness with − without this part, over the study (association, not ablation)")
-    b = ax[0][1]
-    for label, (steps, v) in an.curves.items():
-        b.plot(steps, v, label=label)
-    if an.curves:
-        b.legend(fontsize=8)
-        b.set_xlabel("step")
-    else:
-        b.text(0.5, 0.5, NO_CURVES.replace(": ", ":\n"), ha="center", va="center", fontsize=8, wrap=True)
-        b.set_axis_off()
+    shown: set[tuple[str, str]] = set()
+    for c in an.curves:  # one panel per task; each (genome, seed) a line of its own
+        b = ax[0][1 + tasks.index(c.task)]
+        b.plot(c.steps, c.values, marker=".", color=_curve_color(an, c.label),
+               label=c.label if (c.task, c.label) not in shown else None)
+        shown.add((c.task, c.label))
+    for task, b in zip(tasks, ax[0][1:]):
+        if an.curves:
+            b.set_title(task, fontsize=9)
+            b.set_xlabel(CURVE_X)
+            b.set_ylabel(CURVE_Y)
+            b.legend(fontsize=8)
+        else:
+            b.text(0.5, 0.5, NO_CURVES.replace(": ", ":\n"), ha="center", va="center", fontsize=8, wrap=True)
+            b.set_axis_off()
     w = an.winner
     fig.suptitle(f"Winner: trial {w.number} (generation {w.generation}), fitness {w.fitness:.4f}\n{_short(w.formula, 120)}",
                  fontsize=9)

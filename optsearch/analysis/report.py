@@ -245,7 +245,7 @@ def search_markdown(study: Any, members: Sequence[Member], images: Sequence[str]
         for part, w, assoc, n_with, n_without in an.parts:
             lines.append(f"| {part} | {'–' if w is None else f'{w:.3g}'} | {'–' if assoc is None else f'{assoc:+.4f}'} "
                          f"| {n_with} / {n_without} |")
-        lines += ["", "Training curves: " + (", ".join(an.curves) + " (in the figure)." if an.curves else NO_CURVES + "."),
+        lines += ["", "Training curves: " + (", ".join(dict.fromkeys(c.label for c in an.curves)) + " (in the figure, one panel per task)." if an.curves else NO_CURVES + "."),
                   ""] + [f"![{Path(i).stem}]({i})\n" for i in images if "winner" in i]
     from optsearch.search.funnel import funnel_markdown  # the confirmed, simplified answer when a funnel ran
 

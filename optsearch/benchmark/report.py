@@ -2,25 +2,37 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from optsearch import stats
-from optsearch.benchmark.contenders import LR_ABOVE, LR_BELOW, PAPER
+from optsearch.benchmark.contenders import LR_ABOVE, LR_BELOW, PAPER, Contender
 from optsearch.benchmark.results import AT_CHANCE, BenchmarkResult, TaskResult, at_chance
-from optsearch.benchmark.tuning import Tuned
+from optsearch.benchmark.tuning import Tuned, rounds
 
 
 _SCHEDULE_TEXT = {"cosine": "cosine decay", "constant": "a constant lr",
                   "mixed": "their own schedules (some with cosine decay, some constant)"}
 
 
-def _verdict(diff: stats.Interval | None, ref: str) -> str:
+def _verdict(diff: stats.Interval | None, ref: str, at_edge: bool) -> str:
+    """:func:`optsearch.stats.verdict` in a cell: the test seeds never tuned or picked anything, so only an
+    interval that includes 0, too few seeds or a best lr at an end of a tuning window withholds the word."""
     if diff is None:
         return "(reference)"
-    if not math.isfinite(diff.lo):
-        return "n/a"
-    return {1: f"{ref} better", -1: f"{ref} worse", 0: "no clear difference"}[diff.sign]
+    v = stats.verdict(diff, selected_on_these_runs=False, reference_at_edge=at_edge)
+    return f"{ref} {v.word}" if v.established else v.text()
+
+
+def at_window_edge(contender: Contender, tuned: Tuned, trials: int) -> bool:
+    """Is the tuned lr in an outermost cell of the contender's start grid (its optimum may lie beyond the window)?
+
+    The grid cuts the window into the first tuning round's number of equal log-lr cells
+    (:func:`optsearch.benchmark.tuning.rounds`); with one cell only the default was tried, so the
+    optimum is unknown and counts as at the edge."""
+    lo, hi = contender.lr_range
+    cell = (hi - lo) / rounds(trials)[0]
+    x = tuned.params["lr_log10"]
+    return bool(x < lo + cell or x > hi - cell)
 
 
 def _fmt_params(tuned: Tuned) -> tuple[str, str]:
@@ -31,7 +43,7 @@ def _fmt_params(tuned: Tuned) -> tuple[str, str]:
 
 def markdown(result: BenchmarkResult) -> str:
     """The report: protocol, one table per task, one aggregate table per group (held-out first)."""
-    from optsearch.train.tasks import WORST_FITNESS
+    from optsearch.train.tasks import FITNESS_TEXT, WORST_FITNESS
 
     cfg, ref = result.config, result.reference
     ref_c = next(c for c in result.contenders if c.name == ref)
@@ -52,7 +64,9 @@ def markdown(result: BenchmarkResult) -> str:
     lines.append("")
     lines.append(f"Test accuracy in %, mean ± half-width of the 95 % t interval over seeds. "
                  f"Δ = {ref} − contender in accuracy points, paired per seed, with its 95 % paired t interval; "
-                 f"the verdict says whether that interval excludes 0.")
+                 f"the verdict is *better*/*worse* only when that interval excludes 0 and neither side's tuned lr "
+                 f"lies in an outermost cell of its tuning window (it may be under-tuned), else *not established* "
+                 f"with the reason. Val fitness: {FITNESS_TEXT}.")
     if cfg.seeds < 5:
         lines += ["", f"**Warning:** only {cfg.seeds} seeds; intervals are wide and fragile (use ≥ 5)."]
     lines.append("")
@@ -68,11 +82,11 @@ def markdown(result: BenchmarkResult) -> str:
         for t in ts:
             r = result.tasks[t]
             lines += [f"### {t} ({group})", ""]
-            lines += _table(result, result.summary(r.accuracy), r)
+            lines += _table(result, result.summary(r.accuracy), r, [t])
             lines.append("")
         lines += [f"### Aggregate over {group} tasks ({', '.join(ts)})", "",
                   "Per seed, the mean test accuracy over these tasks; then the interval over seeds.", ""]
-        lines += _table(result, result.summary(lambda c, ts=ts: result.aggregate(ts, c)), None)
+        lines += _table(result, result.summary(lambda c, ts=ts: result.aggregate(ts, c)), None, ts)
     if any(tu.value <= WORST_FITNESS for r in result.tasks.values() for tu in r.tuned.values()):
         lines += ["", f"val fitness *all diverged*: every tuning trial of that contender diverged on that task, so "
                       f"no setting was better than another and the one shown is its first trial (its default)."]
@@ -80,10 +94,16 @@ def markdown(result: BenchmarkResult) -> str:
     return "\n".join(lines)
 
 
-def _table(result: BenchmarkResult, summ: dict[str, dict[str, Any]], r: TaskResult | None) -> list[str]:
+def _table(result: BenchmarkResult, summ: dict[str, dict[str, Any]], r: TaskResult | None,
+           tasks: list[str]) -> list[str]:
     from optsearch.train.tasks import WORST_FITNESS
 
     ref = result.reference
+    by_name = {c.name: c for c in result.contenders}
+
+    def edge(name: str) -> bool:  # on any of the table's tasks
+        return any(at_window_edge(by_name[name], result.tasks[t].tuned[name], result.config.trials) for t in tasks)
+
     head = "| contender | " + ("tuned lr | tuned wd | val fitness | " if r else "") + \
            f"test acc % | Δ vs {ref} (pp) | verdict |" + (" diverged / at chance |" if r else "")
     out = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -95,7 +115,7 @@ def _table(result: BenchmarkResult, summ: dict[str, dict[str, Any]], r: TaskResu
             lr, wd = _fmt_params(r.tuned[c.name])
             v = r.tuned[c.name].value
             cells += [lr, wd, "*all diverged*" if v <= WORST_FITNESS else f"{v:.4f}"]
-        cells += [s["interval"].fmt(100), "—" if diff is None else diff.fmt(100, signed=True), _verdict(diff, ref)]
+        cells += [s["interval"].fmt(100), "—" if diff is None else diff.fmt(100, signed=True), _verdict(diff, ref, edge(c.name) or edge(ref))]
         if r:
             units = r.scores[c.name]
             cells.append(f"{sum(u.diverged for u in units)} / {sum(at_chance(u, r.task) for u in units)}")

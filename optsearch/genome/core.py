@@ -206,9 +206,9 @@ class Genome:
             rule += " − η_t·λ·θ"
         notes = ["bias correction" if self.bias_correction else "no bias correction"]
         if self.clip == "value":
-            notes.append(f"clip |g|≤{_num(self.clip_threshold)}")
+            notes.append(f"clip each |g_i|≤{_num(self.clip_threshold)} (element-wise)")
         elif self.clip == "norm":
-            notes.append(f"clip ‖g‖≤{_num(self.clip_threshold)}")
+            notes.append(f"clip ‖g‖₂≤{_num(self.clip_threshold)} (global norm)")
         sched = []
         if self.warmup:
             sched.append(f"warmup {self.warmup_frac:.0%}")

@@ -34,6 +34,7 @@ from typing import Any, Sequence
 
 import optuna
 
+from optsearch import stats
 from optsearch.genome import Genome
 from optsearch.search.config import ABLATION_MARGIN
 from optsearch.search.staged import RunUnit, Unit, complete_scores, run_stage
@@ -194,7 +195,9 @@ def table(a: Ablation) -> list[str]:
     for r in a.rows:
         e = r.effect
         interval = f"[{e.lo:+.4f}, {e.hi:+.4f}]" if math.isfinite(e.half_width) else "(no interval)"
-        verdict = (f"dropped at step {r.step}" if r.dropped else "kept: removing it hurts" if e.hi < 0
+        # "hurts" by the one verdict rule: after step 0 the genome measured was itself picked on these runs
+        hurts = stats.verdict(e, selected_on_these_runs=r.step > 0, reference_at_edge=False).word == "worse"
+        verdict = (f"dropped at step {r.step}" if r.dropped else "kept: removing it hurts" if hurts
                    else "kept: not shown harmless")
         out.append(f"| {r.component} | {e.mean:+.4f} {interval} | {verdict} |")
     return out

@@ -91,6 +91,20 @@ def scalar_fitness(t: FrozenTrial) -> float:
     return sum(values) / len(values)
 
 
+def outcome(t: FrozenTrial) -> str:
+    """``complete``, ``pruned``, ``diverged``, ``failed`` or ``running``: what became of a member.
+
+    A diverged member is "diverged" whatever Optuna's state (it is told as pruned, or as complete with the
+    worst fitness), so ``study show``'s table and the search figures count outcomes alike."""
+    from optsearch.train.tasks import WORST_FITNESS
+
+    if bool(t.user_attrs.get("diverged")) or (
+            t.state == TrialState.COMPLETE and any(v <= WORST_FITNESS for v in fitness_values(t))):
+        return "diverged"
+    return {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned",
+            TrialState.FAIL: "failed"}.get(t.state, "running")
+
+
 def best_trials(study: optuna.Study, n: int = 1) -> list[FrozenTrial]:
     """The ``n`` COMPLETE trials with the highest :func:`scalar_fitness`, best first."""
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

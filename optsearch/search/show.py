@@ -11,30 +11,41 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from optsearch.errors import StudyError
+from optsearch.errors import GenomeError, StudyError
 from optsearch.genome import LATER_GENES, Genome
 from optsearch.search import ablation
 from optsearch.search.config import StudyConfig
 from optsearch.search.funnel import final_round, funnel_table, headline, study_winner
-from optsearch.search.generations import best_trials, completed_generations, generations, scalar_fitness as _scalar
+from optsearch.search.generations import best_trials, completed_generations, generations, outcome, scalar_fitness as _scalar
 from optsearch.search.storage import open_study
+from optsearch.train.tasks import FITNESS_TEXT
 
 
 def summary_text(study: optuna.Study, cfg: StudyConfig) -> str:
+    """The run summary (``study run``'s last lines, ``study show``'s first): the study's answer first, then
+    the evidence behind it, the fitness definition once, and the proxy figures only with their caveats."""
     best = best_trials(study, 1)
     if not best:
         return f"study {study.study_name!r}: no completed trials yet"
     b = best[0]
-    lines = [f"study {study.study_name!r}: {completed_generations(study, cfg.population)}/{cfg.generations} generations",
-             f"best genome (trial {b.number}, generation {b.user_attrs.get('generation')}): fitness {_scalar(b):.4f}",
-             f"  {b.user_attrs.get('formula') or Genome.from_params(b.params).formula()}"]
+    lines = [f"study {study.study_name!r}: {completed_generations(study, cfg.population)}/{cfg.generations} generations; "
+             f"{FITNESS_TEXT}"]
+    winner = study_winner(study)
+    if winner is not None:
+        what = {"simplified": "funnel winner, simplified by ablation", "funnel": "funnel winner"}.get(winner[2], winner[2])
+        lines.append(f"the study's answer ({what}, {winner[0]}): {winner[1].formula()}")
+    lines += headline(study)
+    if winner is None or winner[2] != "best trial":
+        lines.append(f"highest told fitness on the proxies: trial {b.number} (generation "
+                     f"{b.user_attrs.get('generation')}), {_scalar(b):.4f}, the maximum of many noisy scores: "
+                     f"{_formula(b)}")
+    else:
+        lines.append(f"trial {b.number} (generation {b.user_attrs.get('generation')}): fitness {_scalar(b):.4f} "
+                     "on the proxies")
     adam = seed_trial(study, "adam")
     if adam is not None:
-        lines.append(f"Adam seed (trial {adam.number}): fitness {_scalar(adam):.4f} on the search proxies")
-    lines += headline(study)
-    winner = study_winner(study)
-    if winner is not None and winner[2] != "best trial":
-        lines.append(f"the study's answer ({winner[2]}, {winner[0]}): {winner[1].formula()}")
+        lines.append(f"Adam seed, untuned (default lr 10^{Genome.named('adam').lr_log10:g}; trial {adam.number}): "
+                     f"fitness {_scalar(adam):.4f} on the proxies — its lr was never tuned, so this is no comparison")
     return "\n".join(lines)
 
 
@@ -49,16 +60,17 @@ def seed_trial(study: optuna.Study, genome_name: str) -> FrozenTrial | None:
 
 def show_text(name: str, *, storage: str | None = None, top: int = 5) -> str:
     study, cfg = open_study(name, storage)
-    rows = ["gen  complete  pruned  failed  best      median    best formula"]
+    rows = ["gen  complete  pruned  diverged  failed  best      median    best formula"]
     for g, ts in generations(study).items():
-        done = [t for t in ts if t.state == TrialState.COMPLETE]
+        states = [outcome(t) for t in ts]
+        done = [t for t, st in zip(ts, states) if st == "complete"]
         vals = sorted((_scalar(t) for t in done), reverse=True)
         best = max(done, key=_scalar) if done else None
         med = vals[len(vals) // 2] if vals else float("nan")
-        rows.append(f"{g:>3}  {len(done):>8}  {sum(t.state == TrialState.PRUNED for t in ts):>6}  "
-                    f"{sum(t.state == TrialState.FAIL for t in ts):>6}  "
+        rows.append(f"{g:>3}  {len(done):>8}  {states.count('pruned'):>6}  {states.count('diverged'):>8}  "
+                    f"{states.count('failed'):>6}  "
                     f"{(_scalar(best) if best else float('nan')):<8.4f}  {med:<8.4f}  "
-                    f"{best.user_attrs.get('formula', '') if best else ''}")
+                    f"{_formula(best) if best else ''}")
     out = [summary_text(study, cfg), "", *rows]
     last = final_round(study)
     if last is not None:
@@ -70,12 +82,25 @@ def show_text(name: str, *, storage: str | None = None, top: int = 5) -> str:
     for t in best_trials(study, top):
         scores = "  ".join(
             f"{task}: acc {t.user_attrs.get(f'{task}_accuracy', float('nan')):.4f} "
-            f"loss {t.user_attrs.get(f'{task}_loss') or float('nan'):.3f}"
+            f"loss {_loss(t.user_attrs.get(f'{task}_loss'))}"
             for task in cfg.tasks
         )
         out.append(f"#{t.number} (gen {t.user_attrs.get('generation')}) fitness {_scalar(t):.4f}   {scores}")
         out.append("   " + Genome.from_params(t.params).describe().replace("\n", "\n   "))
     return "\n".join(out)
+
+
+def _formula(t: FrozenTrial) -> str:
+    """The trial's rule in today's notation (its stored ``formula`` attr may predate a notation change)."""
+    try:
+        return Genome.from_params(t.params).formula()
+    except GenomeError:
+        return str(t.user_attrs.get("formula", ""))
+
+
+def _loss(value: float | None) -> str:
+    """A training loss with 3 significant digits: 2.3e-05 is small, not the "0.000" of a fixed format."""
+    return "—" if value is None else f"{value:.3g}"
 
 
 def export(name: str, output: str, *, storage: str | None = None, trial: int | None = None,

@@ -28,6 +28,10 @@ LOSS_TAIL = 50
 """Fitness uses the mean training loss over this many final steps."""
 WORST_FITNESS = -1.0
 """Fitness of a diverged member (below any reachable fitness, which is ≥ 0)."""
+FITNESS_TEXT = (f"fitness = validation accuracy + 0.05·max(0, 1 − mean train loss of the last {LOSS_TAIL} steps), "
+                f"so up to 1.05; a diverged run scores {WORST_FITNESS:g}")
+"""The fitness definition in words, printed once by every output that shows a fitness (its readers need it
+to see why a value exceeds 1)."""
 
 
 @dataclass(frozen=True)
