@@ -7,6 +7,7 @@ batch norm, two dropout layers, a member that explodes, retirement and evaluatio
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 import torch
@@ -150,3 +151,73 @@ def test_cifar_cnn_in_the_fused_layout():
     assert pop.step(x, y, seed=1).shape == (2,)
     pop.model.eval()
     assert pop._engine.logits(x).shape == (2, 2, 10)
+
+
+INDUCTOR = os.environ.get("OPTSEARCH_INDUCTOR_TESTS") == "1"
+"""Inductor's C++ code generation of this graph takes about 40 CPU-seconds on the 2-core dev machine, too
+much for every run of the suite; ``aot_eager`` traces the same single graph (forward and AOTAutograd's
+backward) without code generation."""
+
+
+@pytest.mark.parametrize("compiler", ["aot_eager", pytest.param("inductor", marks=pytest.mark.skipif(
+    not INDUCTOR, reason="set OPTSEARCH_INDUCTOR_TESTS=1 (about 40 CPU-seconds of compiling)"))])
+def test_compiled_fused_step_is_one_graph_that_retiring_does_not_recompile(monkeypatch, compiler):
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend(compiler)
+    monkeypatch.setattr(engines, "FUSED_COMPILE_BACKEND", counter)
+    genomes = [*GENOMES, NAMED["adamw"]]
+    pops = []
+    for compile_model in (False, True):
+        torch.manual_seed(0)
+        pops.append(Population(genomes, tiny_cifar_cnn(), 10, backend="fused", compile_model=compile_model))
+    eager, compiled = pops
+    assert compiled._engine.leaf_list[0].shape[0] == padded_size(6) == 6
+    data = [(x.float(), y) for x, y in batches(4, n=8)]
+    x, y = data[0]
+    a, b = eager.step(x, y, seed=0), compiled.step(x, y, seed=0)
+    assert (a - b).abs().max().item() < 1e-5
+    with torch.compiler.set_stance("fail_on_recompile"):  # warmed up: from here on a recompile raises
+        for pop in pops:
+            pop.retire([1])  # 5 members in the 6 padded rows: one dead row
+        for t, (x, y) in enumerate(data[1:], start=1):
+            a, b = eager.step(x, y, seed=t), compiled.step(x, y, seed=t)
+            assert a.shape == b.shape == (5,) and (a - b).abs().max().item() < 1e-5
+    assert counter.frame_count == 1
+    assert compiled.theta.shape == (5, eager.num_params) and compiled._engine.leaf_list[0].shape[0] == 6
+    assert (eager.theta - compiled.theta).abs().max().item() < 1e-5
+    for n, buf in eager.buffers.items():
+        assert (buf.double() - compiled.buffers[n].double()).abs().max().item() < 1e-5, n
+
+
+class CopiedBytes(TorchDispatchMode):
+    """Counts the bytes each copy-like op moves (the CPU stand-in for a GPU's copy kernels)."""
+
+    OPS = (torch.ops.aten.copy_.default, torch.ops.aten.clone.default, torch.ops.aten._to_copy.default,
+           torch.ops.aten._foreach_copy_.default)
+
+    def __init__(self):
+        super().__init__()
+        self.copies: list[tuple[str, int, tuple[int, ...]]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.OPS:
+            src = args[1] if func in (torch.ops.aten.copy_.default, torch.ops.aten._foreach_copy_.default) else args[0]
+            for t in src if isinstance(src, (list, tuple)) else [src]:
+                self.copies.append((str(func), t.numel() * t.element_size(), tuple(t.shape)))
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_fused_step_copies_no_activation():
+    """Only parameter-sized copies (stacked weights reshaped for the grouped layers, gradients into the flat
+    buffer); nothing carrying the batch dimension (29, chosen to match no other size), forward or backward.
+    The vmap engine fails this: it copies activations at every conv↔pool boundary, both ways."""
+    torch.manual_seed(0)
+    pop = Population(GENOMES[:2], get_task("cifar10").build_model(), 5, backend="fused")
+    x, y = torch.randn(29, 3, 32, 32), torch.randint(0, 10, (29,))
+    pop.step(x, y, seed=0)
+    with CopiedBytes() as mode:
+        pop.step(x, y, seed=1)
+    assert mode.copies and not [c for c in mode.copies if 29 in c[2]]
+    assert sum(c[1] for c in mode.copies) <= 2 * pop.theta.numel() * pop.theta.element_size()
