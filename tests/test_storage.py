@@ -90,3 +90,53 @@ def test_a_new_ask_waits_for_an_older_unclaimed_trial_whatever_its_start_time(tm
     claimer.join()
     assert st._storage.get_trial_system_attrs(tid)["GeneticSampler:member"] == 0
     assert generation_and_member(st, newer) == (0, 1)
+
+
+# ----------------------------------------------------------------------------- gRPC storage proxy
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_grpc_proxy_url_serves_a_genetic_study_stored_in_the_rdb_behind_it(tmp_path):
+    """``--storage grpc://host:port``: workers talk to Optuna's gRPC proxy, which writes to one RDB."""
+    from optsearch.genome import define_search_space
+    from optsearch.search.sampler import GENERATION_KEY, GeneticSampler
+
+    db = f"sqlite:///{tmp_path}/behind.db"
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-c", (
+        "import optuna\n"
+        f"optuna.storages.run_grpc_proxy_server(optuna.storages.get_storage({db!r}), host='localhost', port={port})")])
+    try:
+        proxy = open_storage(f"grpc://localhost:{port}")  # waits until the proxy answers
+        assert isinstance(proxy, optuna.storages.GrpcStorageProxy)
+        st = optuna.create_study(study_name="g", storage=proxy, direction="maximize",
+                                 sampler=GeneticSampler(population_size=3, seed=0))
+        st.optimize(lambda t: -abs(define_search_space(t).lr_log10 + 2.5), n_trials=6, n_jobs=2)
+        mine = st.ask()
+        mark_worker(st, mine._trial_id)  # owner marks travel through the proxy too
+        assert fail_dead_trials(st, orphan_after=0) == []
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    behind = optuna.load_study(study_name="g", storage=db)
+    done = behind.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    assert sorted(t.system_attrs[GENERATION_KEY] for t in done) == [0, 0, 0, 1, 1, 1]
+    assert behind.get_trials(deepcopy=False)[-1].system_attrs["optsearch:pid"] > 0
+
+
+def test_grpc_url_without_a_proxy_or_port_is_a_one_line_error(monkeypatch):
+    import pytest
+
+    from optsearch.errors import StudyError
+    from optsearch.search import storage
+
+    monkeypatch.setattr(storage, "GRPC_CONNECT_TIMEOUT", 0.3)
+    with pytest.raises(StudyError, match="no gRPC storage proxy answers at localhost"):
+        open_storage(f"grpc://localhost:{_free_port()}")
+    with pytest.raises(StudyError, match="expected grpc://host:port"):
+        open_storage("grpc://localhost")

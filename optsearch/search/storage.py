@@ -6,6 +6,11 @@
 * ``journal:///abs/path.log``, ``journal://relative.log`` or a path ending in ``.log``/``.journal`` → the journal file storage.
   It has no heartbeat, so every worker also records its host and pid on its trials and a RUNNING
   trial whose process is gone from this host is failed at once.
+* ``grpc://host:port`` → :class:`optuna.storages.GrpcStorageProxy`, a client of Optuna's gRPC storage proxy
+  (``optuna.storages.run_grpc_proxy_server``) in front of one RDB: hundreds of workers hold one gRPC channel each
+  instead of a database connection pool each, and the proxy caches reads. The proxy forwards no heartbeats, so a
+  crashed worker's trials are failed only by the owner marks below (at once on its own host, after the grace
+  period when it died inside ``ask``), not after a stale heartbeat as with a direct RDB URL.
 
 A worker can die between Optuna creating a trial and the worker marking it (host, pid, first
 heartbeat); such an *orphan* has no owner to check, so it is failed once this process has seen it
@@ -19,11 +24,12 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import warnings
 from pathlib import Path
 from typing import Iterable
 
 import optuna
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages import BaseStorage, GrpcStorageProxy, JournalStorage, RDBStorage
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
@@ -35,6 +41,7 @@ from optsearch.search.sampler.slots import unclaimed_for
 DEFAULT_STORAGE = "sqlite:///studies/optsearch.db"
 HEARTBEAT_INTERVAL = 5
 GRACE_PERIOD = 20
+GRPC_CONNECT_TIMEOUT = 10.0  # seconds to wait for a gRPC storage proxy before saying it is not there
 HOST_ATTR = "optsearch:host"
 PID_ATTR = "optsearch:pid"
 CONFIG_ATTR = "config"  # study user attr: the validated StudyConfig as a dict
@@ -72,9 +79,11 @@ def open_storage(url: str | None = None, *, create: bool = True) -> BaseStorage:
             path.parent.mkdir(parents=True, exist_ok=True)
         if url.startswith("journal://") or url.endswith((".log", ".journal")):
             return JournalStorage(JournalFileBackend(str(path)))
+        if url.startswith("grpc://"):
+            return _grpc_proxy(url)
         if "://" not in url:
             raise StudyError(f"storage {url!r} is not a URL (expected e.g. sqlite:///studies/optsearch.db, "
-                             "postgresql+psycopg://user@host/db or journal:///path.log)")
+                             "postgresql+psycopg://user@host/db, journal:///path.log or grpc://host:13000)")
         return RDBStorage(
             url,
             heartbeat_interval=HEARTBEAT_INTERVAL,
@@ -86,6 +95,28 @@ def open_storage(url: str | None = None, *, create: bool = True) -> BaseStorage:
     except Exception as e:  # SQLAlchemy/driver errors: unknown dialect, refused connection, bad path
         msg = " ".join(str(e).split())[:300]
         raise StudyError(f"cannot open storage {_redact(url)}: {type(e).__name__}: {msg}") from None
+
+
+def _grpc_proxy(url: str) -> GrpcStorageProxy:
+    """A client of the gRPC storage proxy at ``grpc://host:port``, once the proxy answers.
+
+    Waiting here turns a proxy that is not running into a one-line error instead of a hang at the first call.
+    """
+    host, sep, port = url.removeprefix("grpc://").rstrip("/").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise StudyError(f"storage {url!r}: expected grpc://host:port (e.g. grpc://localhost:13000)")
+    try:
+        with warnings.catch_warnings():  # experimental in Optuna: said once in the README, not at every open
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            proxy = GrpcStorageProxy(host=host, port=int(port))
+        proxy.wait_server_ready(timeout=GRPC_CONNECT_TIMEOUT)
+    except ImportError as e:
+        raise StudyError(f"storage {url!r} needs grpcio and protobuf ({e}); pip install -e '.[grpc]'") from None
+    except ConnectionError:
+        proxy.close()
+        raise StudyError(f"no gRPC storage proxy answers at {host}:{port} within {GRPC_CONNECT_TIMEOUT:g} s; start "
+                         "one with optuna.storages.run_grpc_proxy_server (see README)") from None
+    return proxy
 
 
 def _redact(url: str) -> str:

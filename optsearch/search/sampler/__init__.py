@@ -1,12 +1,14 @@
 """GeneticSampler: an Optuna sampler that breeds genomes a generation at a time.
 
-Built on Optuna 5's ``BaseGASampler`` (generation numbers in trial system attrs, the parent pool of
-each generation cached in study system attrs) over the static genome space of
-:func:`optsearch.genome.search_space`, and laid out like Optuna's ``samplers/nsgaii``: one module
-per concern — :mod:`.space` (gene groups, uniform draws), :mod:`.config` (the ``[sampler]``
-table), :mod:`.ranking`, :mod:`.selection`, :mod:`.crossover`, :mod:`.mutation`, :mod:`.slots`
-(which trial takes which member slot) and :mod:`.genetic` (the sampler). A generation is
-``population_size`` trials:
+Two layers. The generic core — generations, elitism, tournament selection, NSGA-II survival, per-member
+random streams, slot claims and retries, fixed parameters — is
+:class:`~optsearch.search.sampler.package.samplers.genetic_algorithm.GeneticAlgorithmSampler`, an
+OptunaHub package (``package/samplers/genetic_algorithm/``, self-contained: optuna and numpy only) for any
+static space of float/int/categorical distributions. :class:`GeneticSampler` (:mod:`.genetic`) is that core
+over the static genome space of :func:`optsearch.genome.search_space`, with the genome's strategies passed
+by keyword: :mod:`.space` (gene groups, which genes are expressed), :mod:`.config` (the ``[sampler]``
+table), :mod:`.crossover`, :mod:`.mutation`; :mod:`.ranking`, :mod:`.selection` and :mod:`.slots`
+re-export the core's. A generation is ``population_size`` trials:
 
 * generation 0: the named baselines (:data:`optsearch.genome.BASELINES`, optionally the paper's
   evolved genome) as the first members, the rest uniform over the space;
@@ -14,7 +16,8 @@ table), :mod:`.ranking`, :mod:`.selection`, :mod:`.crossover`, :mod:`.mutation`,
   (and measured again there, on that generation's fresh seeds), the rest children: two tournament
   winners, structure-respecting crossover, annealed mutation. Selection, crossover and mutation are
   strategy objects passed by keyword (:class:`TournamentSelection`, :class:`OnePointCrossover`,
-  :class:`AnnealedMutation` by default), as ``NSGAIISampler(crossover=…)`` takes them;
+  :class:`AnnealedMutation` by default), as ``NSGAIISampler(crossover=…)`` takes them; genes in
+  ``fixed_params`` (a shared training recipe, say) are held at their values, never crossed over or mutated;
 * a slot whose trial FAILs is asked again with the same genome up to ``slot_retries`` times, then
   filled with a fresh child from a new random stream (the reason is stored in :data:`REPLACED_KEY`),
   so a genome that always crashes cannot stall the study.

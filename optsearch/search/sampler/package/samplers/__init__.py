@@ -1,0 +1,1 @@
+"""OptunaHub sampler packages (one folder each)."""
