@@ -330,6 +330,22 @@ def test_unknown_parameters_fall_back_to_random_sampling():
     assert 3.0 <= x <= 4.0
 
 
+def test_fixed_genes_hold_in_every_member_and_the_rest_still_evolves():
+    """A shared training recipe: genes held by the sampler, never crossed over or mutated, seeds included."""
+    recipe = {"warmup": True, "warmup_frac": 0.1, "cosine_decay": True, "clip": "norm", "clip_threshold": 1.0}
+    sampler = GeneticSampler(population_size=6, seed=0, config={"mutation_prob": 0.5}, fixed_params=recipe)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    drive(study, 3, single)
+    assert all({n: t.params[n] for n in recipe} == recipe for t in study.trials)
+    assert study.trials[1].system_attrs[ORIGIN_KEY] == "seed:adam"  # the baselines take the recipe too
+    assert len({t.params["lr_log10"] for t in study.trials}) > 6
+    assert {t.system_attrs[ORIGIN_KEY] for t in study.trials} >= {"crossover", "elite"}
+    with pytest.raises(ConfigError, match="not genes"):
+        GeneticSampler(population_size=4, fixed_params={"momentum": 0.9})
+    with pytest.raises(ConfigError, match="outside"):
+        GeneticSampler(population_size=4, fixed_params={"warmup_frac": 2.0})
+
+
 # ----------------------------------------------------------------------------- operators
 def test_crossover_keeps_term_alpha_pairs():
     rng = np.random.default_rng(1)
@@ -355,13 +371,13 @@ def test_crossover_keeps_term_alpha_pairs():
 def test_mutation_stays_in_range_and_anneals():
     cfg = GAConfig()
     rng = np.random.default_rng(2)
-    lo_b, hi_b, _ = FLOAT_RANGES["beta1"]
+    lo_b, hi_b, _ = FLOAT_RANGES["warmup_frac"]
     for _ in range(300):
         p = random_params(rng)
         m = mutate(p, rng, rate=1.0, cfg=cfg)
         g = Genome.from_params(m)  # validates every range
         assert all(ALPHA_RANGE[0] <= a <= ALPHA_RANGE[1] for a in g.alphas)
-        assert abs(m["beta1"] - p["beta1"]) <= cfg.beta_step * (hi_b - lo_b) + 1e-12
+        assert abs(m["warmup_frac"] - p["warmup_frac"]) <= cfg.beta_step * (hi_b - lo_b) + 1e-12
         assert m["weight_decay"] != p["weight_decay"] and m["clip"] != p["clip"]  # switches flip, clip changes
 
     rates = [cfg.mutation_rate(g) for g in range(200)]
