@@ -3,13 +3,15 @@
     python benchmarks/throughput.py                              # digits and mnist, P = 50, 500 steps
     python benchmarks/throughput.py --tasks digits --reference-genomes 10
     python benchmarks/throughput.py --tasks mnist --population 4 --steps 20   # the CNN is slow on a CPU
+    python benchmarks/throughput.py --tasks cifar10_small --population 20 --steps 20 --backends looped,vmap,fused
 
 Columns, all on the same genomes, batches and initial weights:
 
 (a) notebook: one genome at a time, a per-parameter Python loop computing every term separately
     (as the paper's notebook does);
 (b) GenomeOptimizer: one genome at a time with ``optsearch.GenomeOptimizer``;
-(c) batched: the evaluator's inner loop (``Population.step``), eager update and compiled update.
+(c) population: the evaluator's inner loop (``Population.step``), eager update and compiled update, with
+    the engine chosen for the model and device, or each of ``--backends`` (then also their ratios).
 
 Then the ceiling: the batched forward+backward alone and the fraction of a batched step it takes,
 with the achieved GFLOP/s (3 × forward FLOPs less the first layer's input gradient, per example,
@@ -121,11 +123,11 @@ def one_by_one(task, data, genomes: list[Genome], order: torch.Tensor, kind: str
 
 
 def batched(task, data, genomes: list[Genome], order: torch.Tensor, compile_update: bool,
-            checkpoint_every: int = 50) -> tuple[float, int, int]:
+            checkpoint_every: int = 50, backend: str | None = None) -> tuple[float, int, int]:
     """The evaluator's inner loop (diverged members frozen on the device, compacted away at checkpoints);
     returns (seconds, genome-steps trained by members still alive, members diverged)."""
     pop = Population(genomes, build_model(task, 0, device=CPU, dtype=torch.float32), len(order),
-                     compile_update=compile_update)
+                     compile_update=compile_update, backend=backend)
     done = torch.zeros((), dtype=torch.long)
     t0 = time.perf_counter()
     for t, idx in enumerate(order, start=1):
@@ -136,11 +138,12 @@ def batched(task, data, genomes: list[Genome], order: torch.Tensor, compile_upda
     return time.perf_counter() - t0, int(done), len(pop.diverged) + len(pop.settle())
 
 
-def breakdown(task, data, genomes: list[Genome], order: torch.Tensor, compile_update: bool) -> tuple[float, float]:
+def breakdown(task, data, genomes: list[Genome], order: torch.Tensor, compile_update: bool,
+              backend: str | None = None) -> tuple[float, float]:
     """Seconds per batched step in forward+backward and in the update, timed in one loop (a host read
     after each part, so each is timed whole)."""
     pop = Population(genomes, build_model(task, 0, device=CPU, dtype=torch.float32), len(order),
-                     compile_update=compile_update)
+                     compile_update=compile_update, backend=backend)
     fb = up = 0.0
     for idx in order:
         t0 = time.perf_counter()
@@ -171,7 +174,8 @@ def flops_per_genome_step(task, batch_size: int) -> int:
     return (3 * task.traits.flops_per_example - seen[0]) * batch_size
 
 
-def run_task(name: str, p: int, steps: int, batch_size: int, n_ref: int, repeats: int, compile_update: bool) -> None:
+def run_task(name: str, p: int, steps: int, batch_size: int, n_ref: int, repeats: int, compile_update: bool,
+             backends: list[str | None]) -> None:
     task = get_task(name)
     data = task_data(task, device=CPU, data_dir=None, subsample=None)
     genomes = population(p)
@@ -185,20 +189,26 @@ def run_task(name: str, p: int, steps: int, batch_size: int, n_ref: int, repeats
         batched(task, data, genomes, order[:2], True)
         print(f"one-time compile of the update: {time.perf_counter() - t0:.1f} s")
     rows: dict[str, tuple] = {}
+    chosen = Population(genomes[:1], build_model(task, 0, device=CPU, dtype=torch.float32), 1).backend
+    name_of = {b: b or f"{chosen} (default)" for b in backends}
+
+    def population_rows(b: str | None) -> list[tuple[str, object]]:
+        return [(f"(c) {name_of[b]}, eager update", lambda: batched(task, data, genomes, order, False, backend=b)),
+                *(((f"(c) {name_of[b]}, compiled update",
+                    lambda: batched(task, data, genomes, order, True, backend=b)),) if compile_update else ())]
+
     for _ in range(repeats):  # interleaved repeats, minimum kept
         for label, fn in (
             ("(a) notebook loop, one at a time", lambda: one_by_one(task, data, ref, order, "notebook")),
             ("(b) GenomeOptimizer, one at a time", lambda: one_by_one(task, data, ref, order, "optimizer")),
-            ("(c) batched, eager update", lambda: batched(task, data, genomes, order, False)),
-            *((("(c) batched, compiled update", lambda: batched(task, data, genomes, order, True)),)
-              if compile_update else ()),
+            *(row for b in backends for row in population_rows(b)),
         ):
             r = fn()
             if label not in rows or r[0] / r[1] < rows[label][0] / rows[label][1]:
                 rows[label] = r
     fb_steps = order[: min(len(order), 100)]
-    split = {c: min((breakdown(task, data, genomes, fb_steps, c) for _ in range(repeats)), key=sum)
-             for c in ((False, True) if compile_update else (False,))}
+    split = {(b, c): min((breakdown(task, data, genomes, fb_steps, c, b) for _ in range(repeats)), key=sum)
+             for b in backends for c in ((False, True) if compile_update else (False,))}
 
     rate = {k: r[1] / r[0] for k, r in rows.items()}
     base = rate["(a) notebook loop, one at a time"]
@@ -209,8 +219,13 @@ def run_task(name: str, p: int, steps: int, batch_size: int, n_ref: int, repeats
         print(f"{k:38s} {rate[k]:15.0f} {rate[k] / base:7.2f} {per_step:13.2f} {rate[k] * flops / 1e9:8.1f}{note}")
     best = max((k for k in rows if k.startswith("(c)")), key=rate.get)
     print(f"ratio c/a (best batched): {rate[best] / base:.2f}")
-    for c, (fb, up) in split.items():
-        print(f"batched step of {p} ({'compiled' if c else 'eager'} update), timed in one loop: forward+backward "
+    if len(backends) > 1:  # each backend at its better update against the first backend's
+        best_of = {b: max(rate[k] for k in rate if k.startswith(f"(c) {name_of[b]},")) for b in backends}
+        first = backends[0]
+        print("backends (genome-steps/s, best update): " + ", ".join(
+            f"{name_of[b]} {best_of[b]:.0f} ({best_of[b] / best_of[first]:.2f}× {name_of[first]})" for b in backends))
+    for (b, c), (fb, up) in split.items():
+        print(f"{name_of[b]} step of {p} ({'compiled' if c else 'eager'} update), timed in one loop: forward+backward "
               f"{fb * 1e3:.2f} ms ({p * flops / fb / 1e9:.1f} GFLOP/s) + update {up * 1e3:.2f} ms; "
               f"forward+backward = {fb / (fb + up):.0%} of the step")
 
@@ -225,6 +240,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--no-compile", action="store_true", help="skip the compiled-update column")
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--backends", default="", help="comma-separated engines to time side by side "
+                    "(batched, vmap, looped, fused; default: the one chosen for the model)")
     args = ap.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # progress shows through pipes
     torch.set_num_threads(args.threads)
@@ -232,7 +249,7 @@ def main() -> None:
           f"{args.threads} threads of {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
     for name in args.tasks.split(","):
         run_task(name.strip(), args.population, args.steps, args.batch_size, args.reference_genomes, args.repeats,
-                 not args.no_compile)
+                 not args.no_compile, [b.strip() for b in args.backends.split(",") if b.strip()] or [None])
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end (other processes share these CPUs)")
 
 
