@@ -55,6 +55,37 @@ def make_study(tmp_path: Path, name: str = "tiny") -> DemoStudy:
     return DemoStudy(url, name, len(study.trials), best.number, best.user_attrs["formula"])
 
 
+MEMORY_STUDY = """
+[search]
+tasks = ["digits"]
+seeds = [0]
+steps = 30
+population = 8
+generations = 2
+checkpoint_every = 10
+seed = 3
+device = "cpu"
+objective = "aggregate+memory"
+[pruning]
+pruner = "percentile"
+warmup_checkpoints = 1
+"""
+
+
+def make_memory_study(tmp_path: Path, name: str = "memory") -> DemoStudy:
+    """A real tiny accuracy–memory study (`study create` + `study run`, 2 generations of 8). Generation 0 holds
+    plain SGD (0 floats per parameter), SGD-momentum and RMSProp (1) and Adam (2); on digits RMSProp beats the
+    seeded Adam, and the 2-float end of this seed's front is a genome that generation 1 evolved."""
+    url = f"sqlite:///{tmp_path}/memory.db"
+    cfg = tmp_path / "memory.toml"
+    cfg.write_text(MEMORY_STUDY)
+    assert main(["study", "create", name, "--config", str(cfg), "--storage", url]) == 0
+    assert main(["study", "run", name, "--storage", url, "--quiet"]) == 0
+    study = optuna.load_study(study_name=name, storage=url)
+    best = max(study.best_trials, key=lambda t: t.values[0])
+    return DemoStudy(url, name, len(study.trials), best.number, best.user_attrs["formula"])
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> DemoStudy:
     return make_study(tmp_path_factory.mktemp("dash"))
@@ -232,3 +263,25 @@ def test_journal_storage_is_served(tmp_path):
     with DashboardServer("j", storage=str(log), port=0).start() as srv:
         with urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/api/studies/{srv.study_id}?after=0", timeout=10) as r:
             assert json.load(r)["name"] == "j"
+
+
+def test_the_dashboard_draws_the_accuracy_memory_front_of_a_memory_study(tmp_path):
+    """The server's figure refresh saves the Pareto-front card of fitness against optimizer state."""
+    from optuna_dashboard._custom_plot_data import get_plotly_graph_objects
+
+    from optsearch.analysis.evolution_figures import GRAPH_PREFIX
+    from tests.test_memory_objective import memory_study
+
+    url = f"sqlite:///{tmp_path}/m.db"
+    study = memory_study(storage=url)
+    server = DashboardServer(study.study_name, storage=url, port=0, refresh_s=0)
+    try:
+        assert server.refresh_search_figures()
+    finally:
+        server.shutdown()
+    cards = get_plotly_graph_objects(study._storage.get_study_system_attrs(study._study_id))
+    fig = json.loads(cards[GRAPH_PREFIX + "pareto_memory"])
+    front = fig["data"][1]
+    assert front["x"] == [0, 1, 2] and front["text"] == ["0 floats", "1 float", "2 floats"]
+    assert fig["layout"]["xaxis"]["title"]["text"] == "optimizer state (floats per parameter)"
+    assert GRAPH_PREFIX + "pareto" not in cards  # one fitness objective: no fitness-vs-fitness front

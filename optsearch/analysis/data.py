@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from optsearch.errors import GenomeError, StudyError
 from optsearch.genome import LATER_GENES, Genome, search_space
+from optsearch.search.config import MEMORY_OBJECTIVE
 from optsearch.search.noise import measured
 from optsearch.search.storage import open_existing_study
 from optsearch.train.tasks import WORST_FITNESS
@@ -113,13 +114,19 @@ def trial_generation(t: FrozenTrial) -> int | None:
     return int(g) if isinstance(g, (int, float)) else None
 
 
-def _objective(study: optuna.Study, objective: str | None) -> tuple[str, str, Any]:
-    """(key, label, value function of (trial, its own values)) for the chosen objective."""
+def _fitness_names(study: optuna.Study) -> list[str]:
+    """The study's fitness objectives: its metric names less a ``+memory`` study's optimizer state (no fitness)."""
     names = list(study.user_attrs.get("objectives") or study.metric_names or ["fitness"])
     if len(names) != len(study.directions):
         names = [f"objective_{i}" for i in range(len(study.directions))]
+    return names[:-1] if names[-1:] == [MEMORY_OBJECTIVE] else names
+
+
+def _objective(study: optuna.Study, objective: str | None) -> tuple[str, str, Any]:
+    """(key, label, value function of (trial, its own values)) for the chosen objective."""
+    names = _fitness_names(study)
     tasks = list(study.user_attrs.get("tasks") or [])
-    if any(d != optuna.study.StudyDirection.MAXIMIZE for d in study.directions):
+    if any(d != optuna.study.StudyDirection.MAXIMIZE for d in study.directions[: len(names)]):
         raise StudyError(f"study {study.study_name!r} minimizes an objective; optsearch analyses maximized fitness")
     if objective in (None, AGGREGATE, "fitness", "mean"):
         if len(names) == 1:
@@ -188,7 +195,7 @@ def study_data(study: optuna.Study, objective: str | None = None) -> StudyData:
     if len(genomes) < MIN_TRIALS:
         raise StudyError(f"study {name!r} has {len(genomes)} completed, non-diverged trials with a {label}; "
                          f"the analysis needs at least {MIN_TRIALS} (run more generations)")
-    return StudyData(study, key, label, list(study.user_attrs.get("objectives") or study.metric_names or ["fitness"]),
+    return StudyData(study, key, label, _fitness_names(study),
                      genomes, np.array(y), np.array(numbers), np.array(gens, dtype=int),
                      np.array(values, dtype=float), div, np.array(div_gen, dtype=int), population, counts)
 

@@ -25,7 +25,7 @@ from optsearch.analysis.principles import departs, departure_label
 from optsearch.errors import GenomeError, OptsearchError
 from optsearch.genome import LATER_GENES, Genome, search_space
 from optsearch.search.funnel import final_round
-from optsearch.search.generations import outcome
+from optsearch.search.generations import fitness_values, outcome
 
 ORIGIN_ATTR = "GeneticSampler:origin"
 PARENTS_ATTR = "GeneticSampler:parents"
@@ -44,7 +44,8 @@ class Member:
         state: one of :data:`STATES` (a diverged trial is "diverged" whatever Optuna's state).
         fitness: the aggregate fitness (a per-task study's mean over its values) of a complete
             member, else None.
-        values: the raw objective values of a complete member (empty otherwise).
+        values: the raw fitness values of a complete member (empty otherwise; a ``+memory`` study's
+            optimizer state is no fitness: it is ``genome.state_floats()``).
         origin: how it was made: "seed:NAME", "random", "elite", "crossover", "mutation", … ("" if unknown).
         parents: parent trial numbers as the sampler stored them.
         genome: its genome (None for a trial that never got parameters).
@@ -80,7 +81,7 @@ def read_members(study: optuna.Study) -> list[Member]:
             except GenomeError:
                 genome = None
         state = outcome(t)
-        values = tuple(float(v) for v in t.values) if state == "complete" else ()
+        values = tuple(float(v) for v in fitness_values(t)) if state == "complete" else ()
         fitness = float(np.mean(values)) if values and all(math.isfinite(v) for v in values) else None
         if fitness is None and state == "complete":
             state = "failed"  # a COMPLETE trial without a finite value cannot be drawn or ranked
@@ -204,6 +205,16 @@ def fronts_by_generation(members: Sequence[Member]) -> dict[int, list[Member]]:
             mask = pareto_mask(np.array([m.values for m in done]))
             out[g] = [m for m, keep in zip(done, mask) if keep]
     return out
+
+
+def memory_front(members: Sequence[Member]) -> list[Member]:
+    """The accuracy–memory Pareto front over the whole study: the complete members that no other beats on
+    fitness without needing more optimizer state (:meth:`Genome.state_floats`), fewest floats first."""
+    done = [m for m in members if m.fitness is not None and m.genome is not None]
+    if not done:
+        return []
+    mask = pareto_mask(np.array([(m.fitness, -m.genome.state_floats()) for m in done]))
+    return sorted((m for m, keep in zip(done, mask) if keep), key=lambda m: (m.genome.state_floats(), -m.fitness))
 
 
 # ----------------------------------------------------------------------------- the winner
@@ -361,6 +372,6 @@ def generation_summary_text(study: optuna.Study, *, members: Sequence[Member] | 
     return "\n".join(lines)
 
 
-__all__ = ["Anatomy", "Curve", "checkpoint_layout", "Generations", "Lineage", "Member", "anatomy", "best_member", "fronts_by_generation",
+__all__ = ["Anatomy", "Curve", "checkpoint_layout", "Generations", "Lineage", "Member", "anatomy", "best_member", "fronts_by_generation", "memory_front",
            "generation_summary_text", "generations", "lineage", "pareto_mask", "read_members", "sparkline",
            "winner_lineage", "winner_member"]

@@ -21,10 +21,13 @@ from optsearch.analysis.evolution import (
     anatomy,
     fronts_by_generation,
     generations,
+    memory_front,
     read_members,
     switch_name,
     winner_lineage,
 )
+
+from optsearch.search.config import MEMORY_OBJECTIVE
 
 GRAPH_PREFIX = "optsearch-search-"
 """Dashboard graph ids of the search figures: ``optsearch-search-<name>``, overwritten on every save."""
@@ -148,6 +151,35 @@ def pareto_plotly(members: Sequence[Member], names: Sequence[str], pair: tuple[i
     return fig
 
 
+MEMORY_TITLE = "Accuracy–memory Pareto front"
+MEMORY_X = "optimizer state (floats per parameter)"
+
+
+def _state_label(m: Member) -> str:
+    assert m.genome is not None
+    return f"{m.genome.state_floats()} float{'s' if m.genome.state_floats() != 1 else ''}"
+
+
+def memory_plotly(members: Sequence[Member]):
+    """Fitness against optimizer state over the whole study, the front labelled with each member's state size."""
+    import plotly.graph_objects as go
+
+    done = [m for m in members if m.fitness is not None and m.genome is not None]
+    front = memory_front(members)
+    traces = [go.Scatter(x=[m.genome.state_floats() for m in done], y=[m.fitness for m in done], mode="markers",
+                         name="all complete members", marker={"color": "lightgrey", "size": 6},
+                         text=[f"trial {m.number} (gen {m.generation})<br>{m.formula}" for m in done], hoverinfo="text"),
+              go.Scatter(x=[m.genome.state_floats() for m in front], y=[m.fitness for m in front], mode="lines+markers+text",
+                         name=f"Pareto front ({len(front)})", line={"color": "#d62728", "shape": "hv", "width": 2},
+                         text=[_state_label(m) for m in front], textposition="top center",
+                         hovertext=[f"trial {m.number} (gen {m.generation})<br>{m.formula}" for m in front],
+                         hoverinfo="text")]
+    fig = go.Figure(traces)
+    fig.update_layout(title=f"{MEMORY_TITLE}: fitness vs optimizer state", xaxis_title=MEMORY_X, yaxis_title="fitness",
+                      xaxis={"dtick": 1})
+    return fig
+
+
 CURVE_X = "training step (within each task's run)"
 CURVE_Y = "fitness estimate at checkpoint"
 CURVE_COLORS = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd")
@@ -202,7 +234,8 @@ def anatomy_plotly(an: Anatomy):
 def search_figures_plotly(study: optuna.Study, members: Sequence[Member] | None = None) -> dict[str, Any]:
     """Every search figure for the dashboard (key: figure name); none before the first trial has a generation."""
     return _build(study, members, {"generations": generations_plotly, "population": population_plotly,
-                                   "lineage": lineage_plotly, "pareto": pareto_plotly, "winner": anatomy_plotly})
+                                   "lineage": lineage_plotly, "pareto": pareto_plotly, "winner": anatomy_plotly,
+                                   "pareto_memory": memory_plotly})
 
 
 def _build(study: optuna.Study, members: Sequence[Member] | None, draw: dict[str, Any]) -> dict[str, Any]:
@@ -216,8 +249,10 @@ def _build(study: optuna.Study, members: Sequence[Member] | None, draw: dict[str
     if lin.nodes:
         figs["lineage"] = draw["lineage"](lin)
     names = list(study.user_attrs.get("objectives") or study.metric_names or [])
-    if len(study.directions) > 1 and len(names) == len(study.directions):
-        figs["pareto"] = draw["pareto"](members, names)
+    if len(names) == len(study.directions) and len(fitness := [n for n in names if n != MEMORY_OBJECTIVE]) > 1:
+        figs["pareto"] = draw["pareto"](members, fitness)
+    if MEMORY_OBJECTIVE in names and "pareto_memory" in draw:  # a +memory study: the accuracy–memory front
+        figs["pareto_memory"] = draw["pareto_memory"](members)
     an = anatomy(study, members)
     if an is not None:
         figs["winner"] = draw["winner"](an)
@@ -297,6 +332,25 @@ def generations_png(gs: Generations):
     return fig
 
 
+def memory_png(members: Sequence[Member]):
+    done = [m for m in members if m.fitness is not None and m.genome is not None]
+    front = memory_front(members)
+    fig, ax = _figure(7, 5)
+    a = ax[0][0]
+    a.scatter([m.genome.state_floats() for m in done], [m.fitness for m in done], s=8, color="0.75", label="members")
+    a.step([m.genome.state_floats() for m in front], [m.fitness for m in front], "o-", where="post", color="#d62728",
+           label=f"Pareto front ({len(front)})")
+    for m in front:
+        a.annotate(f"#{m.number} ({_state_label(m)})", (m.genome.state_floats(), m.fitness), fontsize=7, xytext=(3, 3),
+                   textcoords="offset points")
+    a.set_xlabel(MEMORY_X)
+    a.set_ylabel("fitness")
+    a.xaxis.get_major_locator().set_params(integer=True)
+    a.legend(fontsize=8)
+    a.set_title(f"{MEMORY_TITLE} (formulas in report.md)", fontsize=10)
+    return fig
+
+
 def pareto_png(members: Sequence[Member], names: Sequence[str]):
     m_ = len(names)
     pairs = [(i, j) for i in range(m_) for j in range(i + 1, m_)][:3]
@@ -354,7 +408,7 @@ def anatomy_png(an: Anatomy):
 def write_search_figures(study: optuna.Study, out: Path, members: Sequence[Member] | None = None) -> list[Path]:
     """Save the search figures as ``search_<name>.png`` in ``out``; returns the paths."""
     figs = _build(study, members, {"generations": generations_png, "lineage": lineage_png, "pareto": pareto_png,
-                                   "winner": anatomy_png})
+                                   "winner": anatomy_png, "pareto_memory": memory_png})
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, fig in figs.items():

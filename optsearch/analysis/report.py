@@ -23,12 +23,15 @@ import numpy as np
 
 from optsearch.errors import OptsearchError
 from optsearch.analysis.data import StudyData, load_study_data
-from optsearch.analysis.evolution import Member, anatomy, fronts_by_generation, generation_summary_text, read_members, winner_lineage
+from optsearch.analysis.evolution import (
+    Member, anatomy, fronts_by_generation, generation_summary_text, memory_front, read_members, winner_lineage,
+)
 from optsearch.analysis.evolution_figures import NO_CURVES, save_search_figures, write_search_figures
 from optsearch.analysis.figures import plotly_figures, write_figures
 from optsearch.analysis.importance import Importance, unit_label
 from optsearch.analysis.principles import N_BOOT
 from optsearch.analysis.result import Analysis, analyze
+from optsearch.search.config import MEMORY_OBJECTIVE
 
 
 # ----------------------------------------------------------------------------- the whole analysis
@@ -236,7 +239,14 @@ def search_markdown(study: Any, members: Sequence[Member], images: Sequence[str]
         last = max(fronts)
         lines += [f"### Pareto front of generation {last}", ""]
         lines += [f"- trial {m.number} ({', '.join(f'{v:.4f}' for v in m.values)}): `{m.formula}`" for m in fronts[last]]
-        lines += [""] + [f"![{Path(i).stem}]({i})\n" for i in images if "pareto" in i]
+        lines += [""] + [f"![{Path(i).stem}]({i})\n" for i in images if "pareto" in i and "memory" not in i]
+    front = memory_front(members)
+    if MEMORY_OBJECTIVE in (study.metric_names or []) and front:
+        lines += ["### Accuracy–memory Pareto front", "", "| trial | generation | optimizer state (floats/param) | fitness "
+                  "| formula |", "|---:|---:|---:|---:|---|"]
+        lines += [f"| {m.number} | {m.generation} | {m.genome.state_floats()} | {m.fitness:.4f} | `{m.formula}` |"
+                  for m in front]
+        lines += [""] + [f"![{Path(i).stem}]({i})\n" for i in images if "pareto_memory" in i]
     an = anatomy(study, members)
     if an is not None:
         lines += [f"### The winner: trial {an.winner.number}", "", f"`{an.winner.formula}`", "",
