@@ -124,6 +124,7 @@ def test_the_front_and_its_figures_show_fitness_against_state_floats(tmp_path):
 
     md = search_markdown(study, members, [p.name for p in paths])  # analyze's report.md: the front as a table
     table = md.split("### Accuracy–memory Pareto front")[1]
+    assert "### Pareto front of generation" not in md  # one fitness objective: no fitness-vs-fitness front
     assert [line.split("|")[3].strip() for line in table.splitlines() if line.startswith("| ") and "`" in line] == \
         ["0", "1", "2"]
     assert "![search_pareto_memory](search_pareto_memory.png)" in table

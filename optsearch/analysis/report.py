@@ -235,7 +235,7 @@ def search_markdown(study: Any, members: Sequence[Member], images: Sequence[str]
                          f"| {fit} | `{m.formula}` |")
         lines += [""] + [f"![{Path(i).stem}]({i})\n" for i in images if "lineage" in i]
     fronts = fronts_by_generation(members)
-    if len(study.directions) > 1 and fronts:
+    if len(study.directions) - (MEMORY_OBJECTIVE in (study.metric_names or [])) > 1 and fronts:  # fitness vs fitness
         last = max(fronts)
         lines += [f"### Pareto front of generation {last}", ""]
         lines += [f"- trial {m.number} ({', '.join(f'{v:.4f}' for v in m.values)}): `{m.formula}`" for m in fronts[last]]
