@@ -101,16 +101,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_grpc_proxy_url_serves_a_genetic_study_stored_in_the_rdb_behind_it(tmp_path):
-    """``--storage grpc://host:port``: workers talk to Optuna's gRPC proxy, which writes to one RDB."""
+def test_grpc_proxy_url_serves_a_genetic_study_stored_in_the_storage_behind_it():
+    """``--storage grpc://host:port``: workers talk to Optuna's gRPC proxy, which writes to one storage."""
     from optsearch.genome import define_search_space
     from optsearch.search.sampler import GENERATION_KEY, GeneticSampler
 
-    db = f"sqlite:///{tmp_path}/behind.db"
+    from optuna.storages._grpc.server import make_server  # run_grpc_proxy_server without its endless wait
+
+    behind_storage = optuna.storages.InMemoryStorage()  # an RDB in production; its schema set-up costs seconds
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-c", (
-        "import optuna\n"
-        f"optuna.storages.run_grpc_proxy_server(optuna.storages.get_storage({db!r}), host='localhost', port={port})")])
+    server = make_server(behind_storage, "localhost", port)
+    server.start()
     try:
         proxy = open_storage(f"grpc://localhost:{port}")  # waits until the proxy answers
         assert isinstance(proxy, optuna.storages.GrpcStorageProxy)
@@ -120,13 +121,34 @@ def test_grpc_proxy_url_serves_a_genetic_study_stored_in_the_rdb_behind_it(tmp_p
         mine = st.ask()
         mark_worker(st, mine._trial_id)  # owner marks travel through the proxy too
         assert fail_dead_trials(st, orphan_after=0) == []
+        _beats_stand_in_for_the_heartbeats_the_proxy_lacks(st, proxy)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-    behind = optuna.load_study(study_name="g", storage=db)
+        server.stop(grace=None).wait()
+    behind = optuna.load_study(study_name="g", storage=behind_storage)
     done = behind.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     assert sorted(t.system_attrs[GENERATION_KEY] for t in done) == [0, 0, 0, 1, 1, 1]
-    assert behind.get_trials(deepcopy=False)[-1].system_attrs["optsearch:pid"] > 0
+    assert behind.get_trials(deepcopy=False)[6].system_attrs["optsearch:pid"] > 0
+
+
+def _beats_stand_in_for_the_heartbeats_the_proxy_lacks(st, proxy):
+    """Trials of another host: one whose worker keeps beating stays, one whose worker went silent is failed."""
+    from optsearch.search import storage
+
+    alive, silent = st.ask(), st.ask()
+    for t in (alive, silent):
+        mark_worker(st, t._trial_id)
+        st._storage.set_trial_system_attr(t._trial_id, storage.HOST_ATTR, "another-host")
+    Heartbeat(proxy).add(silent._trial_id)  # one beat, then its worker dies
+    old = storage.HEARTBEAT_INTERVAL
+    storage.HEARTBEAT_INTERVAL = 0.1
+    try:
+        with Heartbeat(proxy, [alive._trial_id]):
+            assert fail_dead_trials(st, orphan_after=1.0) == []  # first sight of both counts
+            time.sleep(1.3)
+            assert fail_dead_trials(st, orphan_after=1.0) == [silent.number]
+    finally:
+        storage.HEARTBEAT_INTERVAL = old
+    assert _state(st, alive.number) == TrialState.RUNNING
 
 
 def test_grpc_url_without_a_proxy_or_port_is_a_one_line_error(monkeypatch):

@@ -8,9 +8,9 @@
   trial whose process is gone from this host is failed at once.
 * ``grpc://host:port`` → :class:`optuna.storages.GrpcStorageProxy`, a client of Optuna's gRPC storage proxy
   (``optuna.storages.run_grpc_proxy_server``) in front of one RDB: hundreds of workers hold one gRPC channel each
-  instead of a database connection pool each, and the proxy caches reads. The proxy forwards no heartbeats, so a
-  crashed worker's trials are failed only by the owner marks below (at once on its own host, after the grace
-  period when it died inside ``ask``), not after a stale heartbeat as with a direct RDB URL.
+  instead of a database connection pool each, and the proxy caches reads. The proxy forwards no heartbeats, so
+  :class:`Heartbeat` counts beats in a trial attr instead (:data:`BEAT_ATTR`), and a trial of another host whose
+  count this process has seen unchanged for the grace period (by its own clock) is failed.
 
 A worker can die between Optuna creating a trial and the worker marking it (host, pid, first
 heartbeat); such an *orphan* has no owner to check, so it is failed once this process has seen it
@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Iterable
@@ -44,6 +45,7 @@ GRACE_PERIOD = 20
 GRPC_CONNECT_TIMEOUT = 10.0  # seconds to wait for a gRPC storage proxy before saying it is not there
 HOST_ATTR = "optsearch:host"
 PID_ATTR = "optsearch:pid"
+BEAT_ATTR = "optsearch:beat"  # a beat counter, on storages without heartbeats of their own (the gRPC proxy)
 CONFIG_ATTR = "config"  # study user attr: the validated StudyConfig as a dict
 
 
@@ -173,8 +175,10 @@ def fail_dead_trials(study: optuna.Study, *, orphan_after: float = GRACE_PERIOD)
         pid = t.system_attrs.get(PID_ATTR)
         if pid is None:
             dead = unclaimed_for(study, t) >= orphan_after
+        elif t.system_attrs.get(HOST_ATTR) == host:
+            dead = isinstance(pid, int) and pid != os.getpid() and not _alive(pid)
         else:
-            dead = t.system_attrs.get(HOST_ATTR) == host and isinstance(pid, int) and pid != os.getpid() and not _alive(pid)
+            dead = BEAT_ATTR in t.system_attrs and _silent_for(study, t) >= orphan_after
         if dead:
             try:
                 study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
@@ -182,6 +186,19 @@ def fail_dead_trials(study: optuna.Study, *, orphan_after: float = GRACE_PERIOD)
                 pass
     after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     return sorted(before - after)
+
+
+_LAST_BEAT: dict[tuple[int, int], tuple[object, float]] = {}  # (storage, trial id) -> (count, monotonic time seen)
+
+
+def _silent_for(study: optuna.Study, t: optuna.trial.FrozenTrial) -> float:
+    """Seconds since this process first saw the trial's current beat count (0 when it just changed)."""
+    now, beat = time.monotonic(), t.system_attrs.get(BEAT_ATTR)
+    key = (id(study._storage), t._trial_id)
+    seen = _LAST_BEAT.get(key)
+    if seen is None or seen[0] != beat:
+        _LAST_BEAT[key] = seen = (beat, now)
+    return now - seen[1]
 
 
 def _alive(pid: int) -> bool:
@@ -205,6 +222,7 @@ class Heartbeat:
     Optuna only beats inside ``study.optimize``; our ask/tell loop needs its own. Trials join with
     :meth:`add` the moment they are asked (first beat at once), so a worker that dies while still
     asking the rest of its share leaves trials that go stale, not trials that look alive for ever.
+    Through the gRPC proxy, which has no heartbeat, a beat increments the trial's :data:`BEAT_ATTR`.
     """
 
     def __init__(self, storage: BaseStorage, trial_ids: Iterable[int] = ()):
@@ -213,7 +231,10 @@ class Heartbeat:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._enabled = is_heartbeat_enabled(storage)  # RDBStorage, also behind a study's _CachedStorage
+        self._native = is_heartbeat_enabled(storage)  # RDBStorage, also behind a study's _CachedStorage
+        self._counts = not self._native and isinstance(storage, GrpcStorageProxy)
+        self._enabled = self._native or self._counts
+        self._beats = 0
         for tid in trial_ids:
             self.add(tid)
 
@@ -231,7 +252,11 @@ class Heartbeat:
 
     def _beat_one(self, tid: int) -> None:
         try:
-            self._storage.record_heartbeat(tid)
+            if self._native:
+                self._storage.record_heartbeat(tid)
+            else:
+                self._beats += 1
+                self._storage.set_trial_system_attr(tid, BEAT_ATTR, self._beats)
         except Exception:  # a finished trial, or a transient storage error: next beat retries
             pass
 
