@@ -15,10 +15,14 @@ costs the same per step):
   and with ``deterministic=True`` (what ``evaluate`` offers when a GPU run must replay exactly);
 * step_ms (CUDA events on a GPU), and for a channels-last population the same steps contiguous,
   peak memory, FLOPs per model-step (``FlopCounterMode``), achieved TFLOP/s, and the top kernels of
-  a few profiled steps.
+  a few profiled steps;
+* backends: the step time of every engine the model supports (``--backends``; the fused one also
+  compiled with ``--compile-model``), side by side with the default engine's.
 
 Then the update's compile count and eager fallbacks, and the paper preset's projected wall time:
-generations × seeds × Σ_task steps × step time at P, plus the measured cost of its evaluations.
+generations × seeds × Σ_task steps × the fastest engine's step time at P × the share of member-steps
+trained (``--trained-share``: below 1 when pruning stops members early; 1 assumes none), plus the
+measured cost of its evaluations.
 """
 
 from __future__ import annotations
@@ -164,9 +168,22 @@ def _without_dropout(model):
     return model
 
 
-def timed_steps(task, data, genomes, dev, n, compile_update, precision, channels_last=True) -> dict:
+def supported_backends(task) -> list[str]:
+    """The engines that can train this task's model (vmap and looped train any)."""
+    from optsearch.train.engines import BACKENDS, batched_supported
+    from optsearch.train.fused import fused_supported
+
+    with torch.random.fork_rng(devices=[]):
+        model = task.build_model()
+    ok = {"batched": batched_supported(model), "fused": fused_supported(model)}
+    return [b for b in BACKENDS if ok.get(b, True)]
+
+
+def timed_steps(task, data, genomes, dev, n, compile_update, precision, channels_last=True, *, backend=None,
+                compile_model=False, extras=True) -> dict:
     pop = Population(genomes, build_model(task, 0, device=dev, dtype=torch.float32), n + 3,
-                     compile_update=compile_update, precision=precision, channels_last=channels_last)
+                     compile_update=compile_update, precision=precision, channels_last=channels_last,
+                     backend=backend, compile_model=compile_model)
     order = batch_indices(len(data.train_x), task.batch_size, n + 3, data_seed(0, task.name)).to(dev)
     gen = torch.Generator(device=dev).manual_seed(1)
 
@@ -195,6 +212,8 @@ def timed_steps(task, data, genomes, dev, n, compile_update, precision, channels
     else:
         ms = (time.perf_counter() - t0) * 1e3 / n
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if not extras:
+        return {"step_ms": ms, "backend": pop.backend}
     acts = top_kernels(step, cuda)
     t0 = time.perf_counter()
     pop.accuracy(data.val_x, data.val_y)
@@ -231,7 +250,7 @@ def flops_per_model_step(task) -> int:
     return int(counter.get_total_flops())
 
 
-def projection(per_task: dict, preset: Path) -> dict:
+def projection(per_task: dict, preset: Path, trained_share: float = 1.0) -> dict:
     cfg = tomllib.loads(preset.read_text())["search"]
     gens, seeds, pop = cfg["generations"], len(cfg["seeds"]), cfg["population"]
     steps, every = cfg["steps"], cfg.get("checkpoint_every", 50)
@@ -242,14 +261,15 @@ def projection(per_task: dict, preset: Path) -> dict:
         if t not in per_task:
             continue
         r = per_task[t]
-        train = steps * r["step_ms"] / 1e3
+        train = steps * min(r.get("backends", {}).values(), default=r["step_ms"]) / 1e3 * trained_share
         evals = ((steps // every) * PROXY_EXAMPLES + 5000) * r["eval_s_per_example"]  # proxies + final val
         total += gens * seeds * (train + evals)
         flops += gens * seeds * steps * pop * r["flops_per_model_step"]
     return {"preset": preset.name, "paper_seconds": total, "paper_minutes": total / 60, "tasks_missing": missing,
             "complete": not missing, "paper_flops": flops,
-            "assumes": f"P = {pop} per generation, every member trained for all {steps} steps (no pruning), "
-                       "the step times measured here"}
+            "trained_share": trained_share,
+            "assumes": f"P = {pop} per generation, {trained_share:.0%} of the member-steps of {steps} steps trained "
+                       "(1: no pruning), the fastest engine's step time measured here"}
 
 
 def main() -> None:
@@ -263,6 +283,11 @@ def main() -> None:
                     help="compile the update (auto: on a GPU)")
     ap.add_argument("--json", default="device_check.json")
     ap.add_argument("--preset", default=str(ROOT / "studies" / "paper.toml"))
+    ap.add_argument("--backends", default="all",
+                    help="engines to time beside the default (comma-separated, 'all' the model supports, 'none')")
+    ap.add_argument("--compile-model", action="store_true", help="also time the fused engine compiled")
+    ap.add_argument("--trained-share", type=float, default=1.0,
+                    help="share of member-steps a generation trains (a pruned study's measured share; 1: none pruned)")
     args = ap.parse_args()
     sys.stdout.reconfigure(line_buffering=True)
     dev = torch.device(args.device)
@@ -283,6 +308,16 @@ def main() -> None:
             if r["channels_last"]:
                 r["step_ms_contiguous"] = timed_steps(task, data, genomes, dev, args.steps, compile_update,
                                                       args.precision, channels_last=False)["step_ms"]
+            wanted = supported_backends(task) if args.backends == "all" else [
+                b for b in args.backends.split(",") if b and b != "none"]
+            r["backends"] = {r["backend"]: r["step_ms"]}
+            for b in wanted:
+                for compiled in (False, True) if b == "fused" and args.compile_model else (False,):
+                    key = b + (" compiled" if compiled else "")
+                    if key not in r["backends"]:
+                        r["backends"][key] = timed_steps(task, data, genomes, dev, args.steps, compile_update,
+                                                         args.precision, backend=b, compile_model=compiled,
+                                                         extras=False)["step_ms"]
         for deterministic in (False, True):
             r["replay_bitwise" + ("_deterministic" if deterministic else "")] = replay(
                 task, genomes, args.steps, dev, compile_update, args.precision, deterministic)
@@ -299,14 +334,16 @@ def main() -> None:
               f"deterministic {r['replay_bitwise_deterministic']}  "
               f"vmap vs CPU fp64 {r['equivalence']['max_abs_diff']:.1e}  "
               f"dropout vs one-by-one {r['equivalence']['dropout_vs_one_by_one']:.1e}")
+        print("    step ms by engine: " + ", ".join(f"{b} {ms:.2f}" for b, ms in r["backends"].items()))
         for k in r["top_kernels"][:5]:
             print(f"    {k['ms_per_step']:8.3f} ms/step  {k['calls']:5d} calls  {k['name']}")
     stats = torch._dynamo.utils.counters["stats"]
     report["compile"] = {"graphs": int(stats.get("unique_graphs", 0)), "eager_fallbacks": update_mod.EAGER_FALLBACKS}
-    report["projection"] = projection(report["tasks"], Path(args.preset))
+    report["projection"] = projection(report["tasks"], Path(args.preset), args.trained_share)
     p = report["projection"]
     print(f"update graphs compiled: {report['compile']['graphs']}, eager fallbacks: {update_mod.EAGER_FALLBACKS}")
-    print(f"projected {p['preset']} wall time: {p['paper_minutes']:.1f} min"
+    print(f"projected {p['preset']} wall time: {p['paper_minutes']:.1f} min at {p['trained_share']:.0%} of "
+          "member-steps trained, each task at its fastest engine"
           + ("" if p["complete"] else f" (without {', '.join(p['tasks_missing'])}: not measured here)"))
     Path(args.json).write_text(json.dumps(report, indent=1))
     print(f"wrote {args.json}")

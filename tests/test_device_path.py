@@ -261,6 +261,8 @@ def test_device_check_runs_on_cpu(tmp_path):
     assert task["equivalence"]["max_abs_diff"] < 1e-4
     assert task["step_ms"] > 0 and task["flops_per_model_step"] > 0
     assert report["compile"]["graphs"] in (0, 1)
+    assert set(task["backends"]) == {"batched", "vmap", "looped", "fused"}  # every engine the MLP supports, timed
+    assert all(ms > 0 for ms in task["backends"].values()) and "step ms by engine" in proc.stdout
     projection = report["projection"]  # digits is not a paper task: nothing to project from, and it says so
     assert projection["tasks_missing"] == ["mnist", "fashion_mnist", "cifar10"] and not projection["complete"]
     assert "digits" in proc.stdout
