@@ -10,7 +10,7 @@ import pytest
 
 from optsearch import Genome, OptsearchError
 from optsearch.cli import main
-from optsearch.genome import NAMED, define_search_space, search_space
+from optsearch.genome import FORMAT_VERSION, NAMED, define_search_space, search_space
 from optsearch.genome.primitives import PRIMITIVES, TERM_CHOICES
 
 
@@ -36,7 +36,7 @@ def test_named_roundtrip_through_json(tmp_path):
         path = tmp_path / f"{name}.json"
         g.save(path)
         assert Genome.load(path) == g
-        assert json.loads(path.read_text())["format_version"] == 1
+        assert json.loads(path.read_text())["format_version"] == FORMAT_VERSION
 
 
 def test_formula_merges_duplicate_terms():

@@ -16,6 +16,7 @@ import optuna
 import pytest
 
 from optsearch.cli import main
+from optsearch.genome import Genome
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -41,8 +42,11 @@ def test_old_studies_are_listed_and_shown(old_storage: str, capsys: pytest.Captu
 def test_old_study_exports_the_same_genome(old_storage: str, tmp_path: Path, name: str) -> None:
     out = tmp_path / f"{name}.json"
     assert main(["export", name, "-o", str(out), "--storage", old_storage]) == 0
-    expected = json.loads((FIXTURES / f"study_v0_{name}_best.json").read_text())
-    assert json.loads(out.read_text())["genome"] == expected["genome"]
+    expected = json.loads((FIXTURES / f"study_v0_{name}_best.json").read_text())["genome"]
+    got = Genome.from_params(json.loads(out.read_text())["genome"])  # β now stored as log10(1 − β)
+    assert got == Genome.from_params(expected)
+    assert (got.beta1, got.beta2) == (pytest.approx(expected["beta1"], rel=1e-14),
+                                      pytest.approx(expected["beta2"], rel=1e-14))
 
 
 @pytest.mark.slow

@@ -110,8 +110,8 @@ def test_every_switch_float64_50_steps_matches_one_by_one(digits):
         NAMED["rmsprop"],
         NAMED["adamw"],
         dataclasses.replace(adam, clip="norm", clip_threshold=0.5),
-        dataclasses.replace(adam, clip="value", clip_threshold=0.01, bias_correction=False, beta1=0.5, beta2=0.95,
-                            eps_log10=-5.0),
+        dataclasses.replace(adam, clip="value", clip_threshold=0.01, bias_correction=False, beta1_log1m=-0.30103,
+                            beta2_log1m=-1.30103, eps_log10=-5.0),  # β1 ≈ 0.5, β2 ≈ 0.95
         dataclasses.replace(adam, weight_decay=True, wd_log10=-1.5, warmup=True, warmup_frac=0.1, cosine_decay=True),
         dataclasses.replace(adam, terms=("adam", "momentum", "rms_norm", "nesterov"), alphas=(1.0, 0.5, 0.3, 0.2)),
     ]

@@ -10,6 +10,7 @@ from optsearch.genome.core import (
     BASELINES,
     BOOL_GENES,
     CLIP_CHOICES,
+    EXTRA_CHOICES,
     FLOAT_RANGES,
     FORMAT_VERSION,
     K,
@@ -20,9 +21,10 @@ from optsearch.genome.core import (
     define_search_space,
     resolve,
     search_space,
+    upgrade_params,
 )
 
 __all__ = [
-    "ALPHA_RANGE", "BASELINES", "BOOL_GENES", "CLIP_CHOICES", "FLOAT_RANGES", "FORMAT_VERSION", "K", "LATER_GENES", "NAMED", "SIGN_CHOICES",
-    "Genome", "define_search_space", "resolve", "search_space",
+    "ALPHA_RANGE", "BASELINES", "BOOL_GENES", "CLIP_CHOICES", "EXTRA_CHOICES", "FLOAT_RANGES", "FORMAT_VERSION", "K", "LATER_GENES", "NAMED", "SIGN_CHOICES",
+    "Genome", "define_search_space", "resolve", "search_space", "upgrade_params",
 ]

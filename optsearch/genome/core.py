@@ -18,31 +18,78 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
 from optsearch.errors import GenomeError
-from optsearch.genome.primitives import NONE, PRIMITIVES, SIGN_PRIMITIVES, TERM_CHOICES, state_needed
+from optsearch.genome.primitives import (
+    EXTRA_PRIMITIVES, NONE, PRIMITIVES, SIGN_PRIMITIVES, TERM_CHOICES, state_needed,
+)
 
 K = 4
 """Number of term slots."""
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: β genes as log10(1 − β). Files of version 1 (β itself) still load (see :func:`upgrade_params`)."""
 CLIP_CHOICES: tuple[str, ...] = ("none", "value", "norm")
 
 # name -> (low, high, log) for the continuous genes; the ranges are the search space.
 FLOAT_RANGES: dict[str, tuple[float, float, bool]] = {
     "lr_log10": (-5.0, -0.5, False),
-    "beta1": (0.0, 0.999, False),
-    "beta2": (0.8, 0.9999, False),
+    # β as log10(1 − β), the scale on which it matters (0.9 → 0.99 is a step as large as 0.99 → 0.999):
+    # β1 ∈ [0, 0.999], β2 ∈ [0.8, 0.9999], β3 ∈ [0.9, 0.9999].
+    "beta1_log1m": (-3.0, 0.0, False),
+    "beta2_log1m": (-4.0, math.log10(0.2), False),
     "eps_log10": (-10.0, -4.0, False),
     "wd_log10": (-6.0, -1.0, False),
     "clip_threshold": (0.01, 10.0, True),
     "warmup_frac": (0.01, 0.3, False),
+    "beta3_log1m": (-4.0, -1.0, False),
 }
 ALPHA_RANGE: tuple[float, float] = (0.0, 4.0)
-BOOL_GENES: tuple[str, ...] = ("weight_decay", "bias_correction", "warmup", "cosine_decay")
+BOOL_GENES: tuple[str, ...] = ("weight_decay", "bias_correction", "warmup", "cosine_decay", "trust_ratio")
 SIGN_CHOICES: tuple[str, ...] = (NONE, *SIGN_PRIMITIVES)
-LATER_GENES: dict[str, Any] = {"sign_term": NONE, "sign_alpha": 0.0}
+EXTRA_CHOICES: tuple[str, ...] = (NONE, *EXTRA_PRIMITIVES)
+LATER_GENES: dict[str, Any] = {
+    "sign_term": NONE, "sign_alpha": 0.0,
+    "extra_term": NONE, "extra_alpha": 0.0, "beta3_log1m": -3.0, "trust_ratio": False,
+}
 """Genes added after studies and files already existed, with the value that means "absent". A stored
-trial or genome file without them reads as that value, and a genome holding it is written to a file
-without them, so such a file is byte for byte what the earlier format was."""
+trial or genome file without them reads as that value, and a genome file leaves out those holding it."""
+LEGACY_BETAS: dict[str, tuple[str, float, float]] = {
+    "beta1": ("beta1_log1m", 0.0, 0.999),
+    "beta2": ("beta2_log1m", 0.8, 0.9999),
+}
+"""β genes as studies and files before format 2 stored them (β itself, in [low, high]) -> their log gene."""
+
+
+def upgrade_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored trial's or file's genome parameters in today's form: the one home of old-study compatibility.
+
+    Genes added later get their "absent" value (:data:`LATER_GENES`); a β stored as itself (studies and
+    files before format 2) becomes log10(1 − β), validated against the range it was searched in. Other
+    parameters a trial may hold pass through. Readers of ``trial.params`` go through here (or through
+    :meth:`Genome.from_params`, which does), so a study stored before a change loads, resumes and analyses.
+    """
+    out = {**LATER_GENES, **params}
+    for old, (new, lo, hi) in LEGACY_BETAS.items():
+        if old in out:
+            beta = out.pop(old)
+            _check_float(old, beta, lo, hi)
+            if new not in out:
+                low, high, _ = FLOAT_RANGES[new]
+                out[new] = min(high, max(low, log1m(beta)))  # an end of the range may round out
+    return out
+
+
+def log1m(beta: float) -> float:
+    """The log gene of β, log10(1 − β), rounded to 14 decimals so that β = 0.999 gives −3 exactly."""
+    return round(math.log10(1.0 - beta), 14)
+
+
+RECIPE_GENES: tuple[str, ...] = ("warmup", "warmup_frac", "cosine_decay", "clip", "clip_threshold")
+"""The training recipe around an update rule: lr schedule and gradient clipping. A baseline given an evolved
+genome's recipe differs from it in the rule alone, so a comparison measures the rule, not the recipe."""
+SILENT_WHEN_OFF: dict[str, tuple[str, Any, Any]] = {
+    "wd_log10": ("weight_decay", False, -2.0), "clip_threshold": ("clip", "none", 1.0),
+    "warmup_frac": ("warmup", False, 0.05)}
+"""gene -> (its switch, the switch value that silences it, the fixed value a canonical genome holds)."""
 
 
 @dataclass(frozen=True)
@@ -56,14 +103,18 @@ class Genome:
     with λ = 10^wd_log10 when ``weight_decay`` is on (decoupled, as in AdamW) and the gradient
     clipped first (``clip``: per-element ``value`` as in the paper, or global ``norm``). Besides the
     K slots, ``sign_term`` (AddSign or PowerSign, or ``none``) with weight ``sign_alpha`` is one more
-    term of the sum: a gene of its own because a slot's choices cannot grow in a stored study.
+    term of the sum: a gene of its own because a slot's choices cannot grow in a stored study; so is
+    ``extra_term`` (orthogonalised momentum, AdEMAMix's slow EMA or Adan's gradient difference, see
+    :data:`~optsearch.genome.primitives.EXTRA_PRIMITIVES`) with weight ``extra_alpha`` and its own β3.
+    ``trust_ratio`` scales each tensor's Σ α_k·term_k by ‖θ‖/‖Σ‖ (LAMB). The β genes are log10(1 − β);
+    :attr:`beta1`, :attr:`beta2`, :attr:`beta3` give β itself.
     """
 
     terms: tuple[str, str, str, str] = ("adam", NONE, NONE, NONE)
     alphas: tuple[float, float, float, float] = (1.0, 0.0, 0.0, 0.0)
     lr_log10: float = -3.0
-    beta1: float = 0.9
-    beta2: float = 0.999
+    beta1_log1m: float = -1.0
+    beta2_log1m: float = -3.0
     eps_log10: float = -8.0
     weight_decay: bool = False
     wd_log10: float = -2.0
@@ -75,6 +126,10 @@ class Genome:
     cosine_decay: bool = False
     sign_term: str = NONE
     sign_alpha: float = 0.0
+    extra_term: str = NONE
+    extra_alpha: float = 0.0
+    beta3_log1m: float = -3.0
+    trust_ratio: bool = False
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -83,6 +138,18 @@ class Genome:
     @property
     def lr(self) -> float:
         return 10.0**self.lr_log10
+
+    @property
+    def beta1(self) -> float:
+        return 1.0 - 10.0**self.beta1_log1m
+
+    @property
+    def beta2(self) -> float:
+        return 1.0 - 10.0**self.beta2_log1m
+
+    @property
+    def beta3(self) -> float:
+        return 1.0 - 10.0**self.beta3_log1m
 
     @property
     def eps(self) -> float:
@@ -96,7 +163,8 @@ class Genome:
     def merged_terms(self) -> dict[str, float]:
         """Primitive -> Σ α over the slots holding it (slot order is irrelevant; zero weights dropped)."""
         out: dict[str, float] = {}
-        for t, a in zip((*self.terms, self.sign_term), (*self.alphas, self.sign_alpha)):
+        for t, a in zip((*self.terms, self.sign_term, self.extra_term),
+                        (*self.alphas, self.sign_alpha, self.extra_alpha)):
             if t != NONE:
                 out[t] = out.get(t, 0.0) + a
         return {t: a for t, a in out.items() if a != 0.0}
@@ -113,7 +181,9 @@ class Genome:
 
     @classmethod
     def single(cls, term: str, alpha: float = 1.0, **genes: Any) -> "Genome":
-        """A genome whose only term is ``term`` (in slot 0, or in the sign gene for AddSign/PowerSign)."""
+        """A genome whose only term is ``term`` (in slot 0, or in the sign or extra gene that holds it)."""
+        if term in EXTRA_PRIMITIVES:
+            return cls(terms=(NONE,) * K, alphas=(0.0,) * K, extra_term=term, extra_alpha=alpha, **genes)
         if term in SIGN_PRIMITIVES:
             return cls(terms=(NONE,) * K, alphas=(0.0,) * K, sign_term=term, sign_alpha=alpha, **genes)
         return cls(terms=(term, *(NONE,) * (K - 1)), alphas=(alpha, *(0.0,) * (K - 1)), **genes)
@@ -126,7 +196,47 @@ class Genome:
             alphas=tuple(0.0 if t == term else a for t, a in zip(self.terms, self.alphas)),
             sign_term=NONE if self.sign_term == term else self.sign_term,
             sign_alpha=0.0 if self.sign_term == term else self.sign_alpha,
+            extra_term=NONE if self.extra_term == term else self.extra_term,
+            extra_alpha=0.0 if self.extra_term == term else self.extra_alpha,
         )
+
+    def recipe(self) -> dict[str, Any]:
+        """The genome's training recipe (:data:`RECIPE_GENES`)."""
+        return {n: getattr(self, n) for n in RECIPE_GENES}
+
+    def with_recipe(self, source: "Genome") -> "Genome":
+        """This update rule trained with ``source``'s recipe (schedule and clipping)."""
+        return replace(self, **source.recipe())
+
+    def canonical(self) -> "Genome":
+        """The one genome of every spelling of this optimizer: one identity for the sampler, noise model, funnel.
+
+        Silent genes take fixed values (:data:`SILENT_WHEN_OFF`); the slots hold each term once with its summed
+        α (split into chunks of at most the α range's top when the sum exceeds it), in the order of the term
+        choices, then empty slots; a term of weight 0 is dropped. The update is the same (up to float rounding
+        of the merged sum).
+        """
+        kw: dict[str, Any] = {}
+        for gene, (switch, off, fixed) in SILENT_WHEN_OFF.items():
+            if getattr(self, switch) == off:
+                kw[gene] = fixed
+        merged = _slot_sums(self)
+        slots: list[tuple[str, float]] = []
+        for t in TERM_CHOICES:
+            a = merged.get(t, 0.0)
+            while a > 0.0:
+                chunk = min(a, ALPHA_RANGE[1])
+                slots.append((t, chunk))
+                a = a - chunk if a - chunk > 1e-12 else 0.0
+        slots += [(NONE, 0.0)] * (K - len(slots))
+        kw["terms"] = tuple(t for t, _ in slots)
+        kw["alphas"] = tuple(float(a) for _, a in slots)
+        if self.sign_term == NONE or self.sign_alpha == 0.0:
+            kw["sign_term"], kw["sign_alpha"] = NONE, 0.0
+        if self.extra_term == NONE or self.extra_alpha == 0.0:  # no extra term: its weight and β3 are silent
+            kw["extra_term"], kw["extra_alpha"] = NONE, 0.0
+            kw["beta3_log1m"] = LATER_GENES["beta3_log1m"]
+        return replace(self, **kw)
 
     # ----------------------------------------------------------------- Optuna params
     def to_params(self) -> dict[str, Any]:
@@ -144,12 +254,13 @@ class Genome:
     def from_params(cls, params: Mapping[str, Any]) -> "Genome":
         """Inverse of :meth:`to_params`; raises :class:`GenomeError` naming a missing or bad field.
 
-        Genes in :data:`LATER_GENES` may be missing (a trial or file from before they existed).
+        Stored forms of earlier versions are read through :func:`upgrade_params` (later genes missing,
+        β stored as itself).
         """
-        missing = [n for n in search_space() if n not in params and n not in LATER_GENES]
+        params = upgrade_params(params)
+        missing = [n for n in search_space() if n not in params]
         if missing:
             raise GenomeError(f"genome is missing field(s): {', '.join(missing)}")
-        params = {**LATER_GENES, **params}
         kw: dict[str, Any] = {n: params[n] for n in search_space() if not n.startswith(("term_", "alpha_"))}
         kw["terms"] = tuple(params[f"term_{i}"] for i in range(K))
         kw["alphas"] = tuple(params[f"alpha_{i}"] for i in range(K))
@@ -160,7 +271,8 @@ class Genome:
         """The file form; later genes holding their "absent" value are left out (see :data:`LATER_GENES`)."""
         params = self.to_params()
         if self.sign_term == NONE:
-            params = {n: v for n, v in params.items() if n not in LATER_GENES}
+            params = {n: v for n, v in params.items() if n not in ("sign_term", "sign_alpha")}
+        params = {n: v for n, v in params.items() if n not in LATER_GENES or v != LATER_GENES[n]}
         return {"format_version": FORMAT_VERSION, "genome": params, "formula": self.formula()}
 
     def save(self, path: str | Path) -> None:
@@ -179,7 +291,7 @@ class Genome:
         if not isinstance(data, dict) or not isinstance(data.get("genome"), dict):
             raise GenomeError(f"genome file {path}: expected an object with a 'genome' field")
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in (1, FORMAT_VERSION):  # 1: β stored as itself (upgraded on reading)
             raise GenomeError(f"genome file {path}: unsupported format_version {version!r} (expected {FORMAT_VERSION})")
         try:
             return cls.from_params(data["genome"])
@@ -202,6 +314,8 @@ class Genome:
             PRIMITIVES[t].symbol if a == 1.0 else f"{_num(a)}·{PRIMITIVES[t].symbol}" for t, a in merged.items()
         )
         rule = f"Δθ = −η_t·({inner})" if merged else "Δθ = 0"
+        if self.trust_ratio and merged:
+            rule = rule.replace("Δθ = −η_t·(", "Δθ = −η_t·trust(", 1)
         if self.weight_decay:
             rule += " − η_t·λ·θ"
         notes = ["bias correction" if self.bias_correction else "no bias correction"]
@@ -222,15 +336,34 @@ class Genome:
         lines = [
             self.formula(),
             f"  η = 10^{self.lr_log10:.4g} = {self.lr:.3g}   β1 = {self.beta1:.4g}   β2 = {self.beta2:.4g}"
-            f"   ε = 10^{self.eps_log10:.4g}",
+            f"   ε = 10^{self.eps_log10:.4g}" + (f"   β3 = {self.beta3:.6g}" if self.extra_term in ("ademamix", "adan_diff")
+                                                else ""),
             f"  λ = {'10^%.4g = %.3g' % (self.wd_log10, self.wd) if self.weight_decay else 'off'}",
         ]
         pairs = list(zip(self.terms, self.alphas))
         if self.sign_term != NONE:
             pairs.append((self.sign_term, self.sign_alpha))
+        if self.extra_term != NONE:
+            pairs.append((self.extra_term, self.extra_alpha))
         slots = ", ".join(f"{t}×{a:.4g}" for t, a in pairs)
         lines.append(f"  slots: {slots}")
         return "\n".join(lines)
+
+
+def _slot_sums(g: Genome) -> dict[str, float]:
+    """Term -> Σ α over the K slots (not the sign gene), terms of zero weight left out; ``fsum`` makes the sum
+    independent of slot order to the last bit."""
+    by: dict[str, list[float]] = {}
+    for t, a in zip(g.terms, g.alphas):
+        if t != NONE and a != 0.0:
+            by.setdefault(t, []).append(a)
+    return {t: math.fsum(v) for t, v in by.items()}
+
+
+def canonical_key(params: Mapping[str, Any]) -> tuple:
+    """A hashable identity of the genome in Optuna ``params`` (an old trial lacking later genes included):
+    two spellings of one optimizer (:meth:`Genome.canonical`) get one key."""
+    return tuple(Genome.from_params(params).canonical().to_params().items())
 
 
 def _num(x: float) -> str:
@@ -252,6 +385,9 @@ def _validate(g: Genome) -> None:
     if g.sign_term not in SIGN_CHOICES:
         raise bad("sign_term", f"expected one of {', '.join(SIGN_CHOICES)}, got {g.sign_term!r}")
     _check_float("sign_alpha", g.sign_alpha, *ALPHA_RANGE)
+    if g.extra_term not in EXTRA_CHOICES:
+        raise bad("extra_term", f"expected one of {', '.join(EXTRA_CHOICES)}, got {g.extra_term!r}")
+    _check_float("extra_alpha", g.extra_alpha, *ALPHA_RANGE)
     for name, (lo, hi, _) in FLOAT_RANGES.items():
         _check_float(name, getattr(g, name), lo, hi)
     for name in BOOL_GENES:
@@ -281,6 +417,8 @@ def search_space() -> dict[str, BaseDistribution]:
     space["clip"] = CategoricalDistribution(CLIP_CHOICES)
     space["sign_term"] = CategoricalDistribution(SIGN_CHOICES)
     space["sign_alpha"] = FloatDistribution(*ALPHA_RANGE)
+    space["extra_term"] = CategoricalDistribution(EXTRA_CHOICES)
+    space["extra_alpha"] = FloatDistribution(*ALPHA_RANGE)
     return {n: space[n] for n in Genome().to_params()}  # the field order of to_params()
 
 
@@ -305,14 +443,18 @@ NAMED: dict[str, Genome] = {
     # Plain SGD, torch.optim.SGD without momentum: no optimizer state (the zero end of a memory front).
     "sgd": Genome(**_none_slots(("grad", 1.0)), lr_log10=-1.0, bias_correction=False),
     # SGD with momentum in EMA form: torch.optim.SGD(momentum=μ, dampening=μ).
-    "sgd_momentum": Genome(**_none_slots(("momentum", 1.0)), lr_log10=-1.0, beta1=0.9, bias_correction=False),
-    "adam": Genome(**_none_slots(("adam", 1.0)), lr_log10=-3.0, beta1=0.9, beta2=0.999, eps_log10=-8.0),
+    "sgd_momentum": Genome(**_none_slots(("momentum", 1.0)), lr_log10=-1.0, beta1_log1m=-1.0,
+                           bias_correction=False),
+    "adam": Genome(**_none_slots(("adam", 1.0)), lr_log10=-3.0, beta1_log1m=-1.0, beta2_log1m=-3.0,
+                   eps_log10=-8.0),
     "adamw": Genome(**_none_slots(("adam", 1.0)), lr_log10=-3.0, weight_decay=True, wd_log10=-2.0),
     # torch.optim.RMSprop defaults: α (our β2) = 0.99, ε = 1e-8, lr = 0.01, no bias correction.
-    "rmsprop": Genome(**_none_slots(("rms_norm", 1.0)), lr_log10=-2.0, beta2=0.99, bias_correction=False),
-    "signum": Genome(**_none_slots(("sign_momentum", 1.0)), lr_log10=-3.0, beta1=0.9, bias_correction=False),
+    "rmsprop": Genome(**_none_slots(("rms_norm", 1.0)), lr_log10=-2.0, beta2_log1m=-2.0,
+                      bias_correction=False),
+    "signum": Genome(**_none_slots(("sign_momentum", 1.0)), lr_log10=-3.0, beta1_log1m=-1.0,
+                     bias_correction=False),
     "lion": Genome(
-        **_none_slots(("lion", 1.0)), lr_log10=-4.0, beta1=0.9, beta2=0.99, weight_decay=True, wd_log10=-1.0,
+        **_none_slots(("lion", 1.0)), lr_log10=-4.0, beta1_log1m=-1.0, beta2_log1m=-2.0, weight_decay=True, wd_log10=-1.0,
         bias_correction=False,
     ),
     # "Evolving Deep Learning Optimizers" (2025), the published evolved genome. Its warmup of 100
@@ -321,8 +463,8 @@ NAMED: dict[str, Genome] = {
         terms=("sign_grad", "sign_grad", "adam", "adam"),
         alphas=(0.4121, 0.3224, 2.0030, 1.6322),
         lr_log10=-2.9199,
-        beta1=0.8553,
-        beta2=0.9358,
+        beta1_log1m=log1m(0.8553),
+        beta2_log1m=log1m(0.9358),
         eps_log10=-8.2642,
         weight_decay=True,
         wd_log10=-3.0112,
@@ -332,6 +474,12 @@ NAMED: dict[str, Genome] = {
         warmup_frac=0.2,
         cosine_decay=True,
     ),
+    # torch.optim.Muon(nesterov=False)'s update for every 2-D weight (Newton–Schulz in the working dtype,
+    # not bf16), momentum for the other tensors; lr 0.02 and β = 0.95 as Muon's reference code.
+    "muon": Genome(terms=(NONE,) * K, alphas=(0.0,) * K, extra_term="ortho_momentum", extra_alpha=1.0,
+                   lr_log10=math.log10(0.02), beta1_log1m=log1m(0.95), bias_correction=False),
+    # LAMB: Adam's direction scaled per tensor by ‖θ‖/‖u‖, decoupled weight decay outside the ratio.
+    "lamb": Genome(**_none_slots(("adam", 1.0)), lr_log10=-3.0, weight_decay=True, wd_log10=-2.0, trust_ratio=True),
 }
 
 BASELINES: tuple[str, ...] = ("sgd_momentum", "adam", "adamw", "rmsprop")
@@ -349,6 +497,9 @@ def resolve(spec: str) -> Genome:
 
 __all__ = [
     "BASELINES",
+    "EXTRA_CHOICES",
+    "RECIPE_GENES",
+    "canonical_key",
     "LATER_GENES",
     "SIGN_CHOICES",
     "Genome",
@@ -357,4 +508,5 @@ __all__ = [
     "define_search_space",
     "resolve",
     "search_space",
+    "upgrade_params",
 ]

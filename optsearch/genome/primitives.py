@@ -11,7 +11,13 @@ the same function serves three layouts without a second implementation:
 
 Adding a primitive is one entry in :data:`PRIMITIVES`, plus its place in the genome: a term slot's
 choices (:data:`SLOT_PRIMITIVES`) are frozen because stored studies reject a categorical whose choices
-change, so later primitives go into a gene of their own (as AddSign and PowerSign did).
+change, so later primitives go into a gene of their own (as AddSign and PowerSign did, and the modern
+terms of :data:`EXTRA_PRIMITIVES`).
+
+Two operations are per *tensor* rather than per element: Newton–Schulz orthogonalisation of a 2-D
+weight's momentum (Muon) and the layer-wise trust ratio (LAMB). Each layout says where its tensors
+are: a single tensor is one parameter, a TensorList one parameter per entry, and a ``[P, D]`` population
+buffer comes with a :class:`Layout` (each parameter's shape, in row order).
 """
 
 from __future__ import annotations
@@ -24,6 +30,36 @@ import torch
 
 NORM_CLIP_EPS = 1e-6
 """Added to ‖g‖ before dividing by it in norm clipping, exactly as ``torch.nn.utils.clip_grad_norm_`` does."""
+NS_COEFFICIENTS: tuple[float, float, float] = (3.4445, -4.7750, 2.0315)
+"""Muon's quintic Newton–Schulz coefficients (a, b, c): X ← a·X + (b·A + c·A²)·X with A = X·Xᵀ."""
+NS_STEPS = 5
+NS_EPS = 1e-7
+"""Floor of ‖X‖_F before Newton–Schulz divides by it, as ``torch.optim.Muon``."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The parameter tensors of one flat ``[P, D]`` row: their shapes in row order (each one contiguous).
+
+    The per-tensor operations (Newton–Schulz, trust ratio) need it; the elementwise terms do not. A
+    4-D weight stored channels-last in its row is still one segment (only 2-D weights are reshaped).
+    """
+
+    shapes: tuple[tuple[int, ...], ...]
+
+    @classmethod
+    def flat(cls, size: int) -> "Layout":
+        """One 1-D tensor of ``size`` elements (no matrices: Newton–Schulz falls back to momentum)."""
+        return cls(((int(size),),))
+
+    def segments(self) -> list[tuple[int, int, tuple[int, ...]]]:
+        """(offset, numel, shape) of each tensor."""
+        out, offset = [], 0
+        for shape in self.shapes:
+            n = math.prod(shape)
+            out.append((offset, n, shape))
+            offset += n
+        return out
 
 
 @dataclass(frozen=True)
@@ -37,6 +73,10 @@ class Moments:
         mu: Lion's momentum *before* this step's update (EMA of g with β2), or None.
         beta1: β1 (a float, or a ``[P, 1]`` tensor in the population).
         eps: ε (likewise).
+        m3: the slow EMA of g with β3 (AdEMAMix), after this step's update, or None.
+        dm3: m3's change this step, m3_t − m3_{t−1}: the EMA with β3 of g_t − g_{t−1} (Adan; g_0 = 0),
+            or None.
+        layout: where the tensors are in a ``[P, D]`` buffer (None: one tensor, or a TensorList of them).
     """
 
     g: Any
@@ -45,6 +85,9 @@ class Moments:
     mu: Any
     beta1: Any
     eps: Any
+    m3: Any = None
+    dm3: Any = None
+    layout: Layout | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +106,69 @@ class Primitive:
 
 def _p(name: str, symbol: str, needs: str, fn: Callable[[Moments], Any], m_scale: str = "") -> Primitive:
     return Primitive(name, symbol, frozenset(needs.split()), fn, m_scale)
+
+
+def _newton_schulz(x: torch.Tensor) -> torch.Tensor:
+    """Muon's orthogonalisation of ``[..., A, B]`` matrices (batched over leading dims), in x's dtype.
+
+    ``torch.optim.Muon`` runs it in bfloat16; here it runs in the working dtype so that the one-genome
+    and population paths agree to that dtype's precision. Scaled by √max(1, A/B), Muon's ``original``
+    learning-rate adjustment, so the term drops into ``θ ← θ − η·α·term`` as Muon's update.
+    """
+    rows, cols = x.shape[-2:]
+    tall = rows > cols
+    if tall:
+        x = x.transpose(-2, -1)
+    x = x / torch.linalg.matrix_norm(x, keepdim=True).clamp(min=NS_EPS)
+    a, b, c = NS_COEFFICIENTS
+    for _ in range(NS_STEPS):
+        gram = x @ x.transpose(-2, -1)
+        x = a * x + (b * gram + c * (gram @ gram)) @ x
+    if tall:
+        x = x.transpose(-2, -1)
+    return x * math.sqrt(max(1.0, rows / cols))
+
+
+def orthogonalize(x: Any, layout: Layout | None) -> Any:
+    """Newton–Schulz of every 2-D tensor of ``x``; other tensors pass through (copied: the caller owns it)."""
+    if isinstance(x, TensorList):
+        return TensorList([_newton_schulz(t) if t.dim() == 2 else t.clone() for t in x.tensors])
+    if layout is None:
+        return _newton_schulz(x) if x.dim() == 2 else x.clone()
+    out = x.clone()
+    lead = x.shape[:-1]
+    for offset, n, shape in layout.segments():
+        if len(shape) == 2:  # [P, A·B] -> [P, A, B], one batched iteration for the population
+            out[..., offset:offset + n] = _newton_schulz(x[..., offset:offset + n].reshape(*lead, *shape)).reshape(
+                *lead, n)
+    return out
+
+
+def trust_ratio_(direction: Any, theta: Any, layout: Layout | None, enabled: Any = True) -> Any:
+    """Scale each tensor's update in place by ‖θ‖/‖u‖ (LAMB's layer-wise trust ratio); returns it.
+
+    The ratio is 1 where either norm is 0 (a fresh zero-initialised bias, a zero update), as in LAMB.
+    ``enabled``: a ``[P, 1]`` bool column in the population (members without the switch keep ratio 1).
+    Decoupled weight decay stays outside the ratio. Reads nothing back to the host.
+    """
+    if isinstance(direction, TensorList):
+        ratios = [_ratio(pn, un) for pn, un in zip(torch._foreach_norm(theta.tensors),
+                                                       torch._foreach_norm(direction.tensors))]
+        torch._foreach_mul_(direction.tensors, ratios)
+        return direction
+    if layout is None:
+        return direction.mul_(_ratio(torch.linalg.vector_norm(theta), torch.linalg.vector_norm(direction)))
+    for offset, n, _ in layout.segments():
+        u = direction[..., offset:offset + n]
+        r = _ratio(torch.linalg.vector_norm(theta[..., offset:offset + n], dim=-1, keepdim=True),
+                   torch.linalg.vector_norm(u, dim=-1, keepdim=True))
+        u.mul_(r if enabled is True else torch.where(enabled, r, 1.0))
+    return direction
+
+
+def _ratio(theta_norm: torch.Tensor, update_norm: torch.Tensor) -> torch.Tensor:
+    ok = (theta_norm > 0) & (update_norm > 0)
+    return torch.where(ok, theta_norm / torch.where(ok, update_norm, 1.0), 1.0)
 
 
 # Each function returns either one of its inputs (g, m) or a tensor it allocated, and chains in-place
@@ -86,6 +192,15 @@ PRIMITIVES: dict[str, Primitive] = {
            "invariant"),
         _p("power_sign", "e^(sign(g)·sign(m))·g", "m", lambda s: s.g * s.g.sign().mul_(s.m.sign()).exp_(),
            "invariant"),
+        # Muon (Jordan et al. 2024): the momentum of each 2-D weight orthogonalised by Newton–Schulz;
+        # any other tensor (bias, conv kernel, norm scale) falls back to plain momentum. State: m.
+        _p("ortho_momentum", "NS(m)", "m", lambda s: orthogonalize(s.m, s.layout)),
+        # AdEMAMix (Pagliardini et al. 2024): a slow EMA of g (β3, not bias-corrected) over √v̂+ε, mixed
+        # with the fast one by the α's of this term and an ``adam`` term. State: m3, v.
+        _p("ademamix", "m₃/(√v+ε)", "m3 v", lambda s: s.m3 / s.denom),
+        # Adan (Xie et al. 2022): the EMA with β3 of the gradient difference g_t − g_{t−1}, over √v̂+ε.
+        # That EMA is exactly m3_t − m3_{t−1}, so it costs the one buffer m3 (no g_{t−1}). State: m3, v.
+        _p("adan_diff", "EMA(g−g₋₁)/(√v+ε)", "m3 v", lambda s: s.dm3 / s.denom),
     )
 }
 """The catalogue. ``none`` (an empty slot) is a genome value, not a primitive."""
@@ -99,10 +214,14 @@ parameter whose choices change, so primitives added later get their own genes (s
 TERM_CHOICES: tuple[str, ...] = (NONE, *SLOT_PRIMITIVES)
 SIGN_PRIMITIVES: tuple[str, ...] = ("add_sign", "power_sign")
 """Primitives held by the genome's sign-agreement gene rather than by a term slot."""
+EXTRA_PRIMITIVES: tuple[str, ...] = ("ortho_momentum", "ademamix", "adan_diff")
+"""Primitives held by the genome's ``extra_term`` gene (the modern terms; added after studies existed)."""
+STATE_BUFFERS: tuple[str, ...] = ("m", "v", "mu", "m3")
+"""Every per-parameter state buffer a primitive may declare in ``needs``: one float per parameter each."""
 
 
 def state_needed(terms: Sequence[str]) -> frozenset[str]:
-    """Which optimizer state buffers ('m', 'v', 'mu') the given terms read."""
+    """Which optimizer state buffers (of :data:`STATE_BUFFERS`) the given terms read."""
     need: set[str] = set()
     for t in terms:
         if t != NONE:
@@ -120,6 +239,8 @@ def advance_and_direct(
     eps: Any,
     bc1: Any,
     bc2: Any,
+    beta3: Any = 0.0,
+    layout: Layout | None = None,
 ) -> Any:
     """Advance the moment buffers in place with ``g`` and return the direction Σ α_k·prim_k.
 
@@ -129,11 +250,12 @@ def advance_and_direct(
 
     Args:
         g: gradient (tensor, TensorList or [P, D]); already clipped. Never modified.
-        state: buffers 'm', 'v', 'mu' for whichever of them the weights need (updated in place).
+        state: buffers 'm', 'v', 'mu', 'm3' for whichever of them the weights need (updated in place).
         weights: primitive name -> total α (merged over slots; coefficients may be [P, 1]).
-        beta1, beta2, eps: the genome's coefficients.
+        beta1, beta2, eps, beta3: the genome's coefficients (β3: the slow EMA m3).
         bc1, bc2: bias-correction denominators 1−β^t, or 1 where correction is off (numbers, 0-d
             tensors, TensorLists of 0-d tensors or [P, 1] columns).
+        layout: the tensors of a ``[P, D]`` buffer (only Newton–Schulz reads it).
 
     Returns:
         The un-scaled update direction; the caller applies ``θ ← θ − η_t·direction``.
@@ -141,6 +263,12 @@ def advance_and_direct(
     m = state.get("m")
     v = state.get("v")
     mu = state.get("mu")
+    m3 = state.get("m3")
+    dm3 = None
+    if m3 is not None:
+        if "adan_diff" in weights:  # m3_t − m3_{t−1} = (1−β3)·(g − m3_{t−1}), read before m3 advances
+            dm3 = (g - m3).mul_(1 - beta3)
+        m3.lerp_(g, 1 - beta3)
     if m is not None:
         m.lerp_(g, 1 - beta1)
     if v is not None:
@@ -166,7 +294,11 @@ def advance_and_direct(
         if not _is_one(bc2):
             denom = denom.div_(_sqrt(bc2)) if in_place else denom / _sqrt(bc2)
         denom = denom.add_(eps) if in_place or not _is_one(bc2) else denom + eps
-    s = Moments(g=g, m=m_hat, denom=denom, mu=mu, beta1=beta1, eps=eps)
+    if mu is not None and not in_place:  # Lion's term reads μ, which advances below: read a copy
+        mu_read = mu * 1.0
+    else:
+        mu_read = mu
+    s = Moments(g=g, m=m_hat, denom=denom, mu=mu_read, beta1=beta1, eps=eps, m3=m3, dm3=dm3, layout=layout)
     direction = None
     for name, alpha in weights.items():
         term = PRIMITIVES[name].fn(s)

@@ -12,7 +12,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from optsearch.errors import GenomeError, StudyError
-from optsearch.genome import LATER_GENES, Genome
+from optsearch.genome import Genome, upgrade_params
 from optsearch.search import ablation
 from optsearch.search.config import StudyConfig
 from optsearch.search.funnel import final_round, funnel_table, headline, study_winner
@@ -53,7 +53,7 @@ def seed_trial(study: optuna.Study, genome_name: str) -> FrozenTrial | None:
     """The first completed trial whose genome is exactly the named one (e.g. the Adam seed of generation 0)."""
     target = Genome.named(genome_name).to_params()
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if {**LATER_GENES, **t.params} == target:  # an old trial lacks genes added later
+        if upgrade_params(t.params) == target:  # an old trial lacks genes added later, or stores β itself
             return t
     return None
 

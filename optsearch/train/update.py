@@ -17,7 +17,8 @@ import torch
 
 from optsearch.genome import Genome
 from optsearch.genome.primitives import (
-    NORM_CLIP_EPS, PRIMITIVES, advance_and_direct, bias_corrections, schedule_factor, state_needed,
+    EXTRA_PRIMITIVES, NORM_CLIP_EPS, PRIMITIVES, Layout, advance_and_direct, bias_corrections, schedule_factor,
+    state_needed, trust_ratio_,
 )
 
 COMPILE_BACKEND: Any = "inductor"
@@ -42,6 +43,10 @@ def _apply_rows(
     use_value_clip: bool,
     use_grad_scale: bool,
     use_decay: bool,
+    beta3: torch.Tensor | None = None,
+    trust: torch.Tensor | None = None,
+    layout: Layout | None = None,
+    use_trust: bool = False,
 ) -> None:
     """Clip, advance the moments, decay and step every row in place (the only [P, D] arithmetic).
 
@@ -57,7 +62,10 @@ def _apply_rows(
         grad.clamp_(min=-value_clip, max=value_clip)
     if use_grad_scale:  # norm clipping: 1 for members that do not clip by norm
         grad.mul_(grad_scale)
-    direction = advance_and_direct(grad, state, weights, beta1=beta1, beta2=beta2, eps=eps, bc1=bc1, bc2=bc2)
+    direction = advance_and_direct(grad, state, weights, beta1=beta1, beta2=beta2, eps=eps, bc1=bc1, bc2=bc2,
+                                   beta3=beta3, layout=layout)
+    if use_trust:  # LAMB's per-tensor ‖θ‖/‖u‖ for the members with the switch (θ before this step's decay)
+        trust_ratio_(direction, theta, layout, trust)
     if use_decay:  # decoupled: θ ← θ·(1 − η_t·λ); exactly 1 for members without decay and frozen ones
         theta.mul_(torch.where(alive, decay, 1.0))
     theta.addcmul_(torch.where(alive, direction, 0.0), lr_t, value=-1.0)
@@ -77,8 +85,29 @@ def _compiled_apply() -> Callable[..., None]:
     """
     global _COMPILED
     if _COMPILED is None:
+        quiet_cuda_home_probe()
         _COMPILED = torch.compile(_apply_rows, dynamic=True, fullgraph=True, backend=COMPILE_BACKEND)
     return _COMPILED
+
+
+def quiet_cuda_home_probe() -> None:
+    """Import ``torch.utils.cpp_extension`` with its logger muted for that import only, when no GPU is usable.
+
+    Inductor imports it while compiling, and at import it looks for a CUDA toolkit: finding one (or an
+    ``nvcc`` on PATH) without a usable GPU, it logs "No CUDA runtime is found, using CUDA_HOME=…" — true
+    and expected on a CPU run, so a CPU user's terminal should not show it. The module's later messages
+    (real build problems) still show, and with a GPU this does nothing."""
+    import sys
+
+    if "torch.utils.cpp_extension" in sys.modules or torch.cuda.is_available():
+        return
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        import torch.utils.cpp_extension  # noqa: F401
+    finally:
+        log.setLevel(level)
 
 
 def _mark_population_dim(*tensors: torch.Tensor, dim: int = 0) -> None:
@@ -135,7 +164,10 @@ class PopulationUpdate:
         device: torch.device,
         dtype: torch.dtype,
         compile_update: bool = False,
+        layout: Layout | None = None,
     ):
+        """``layout``: each parameter tensor's shape in row order (Newton–Schulz and the trust ratio work per
+        tensor); None: the row is one 1-D tensor."""
         p = len(genomes)
 
         def col(values: Iterable[Any], dt: torch.dtype = dtype) -> torch.Tensor:
@@ -149,6 +181,10 @@ class PopulationUpdate:
         self.beta1 = col(g.beta1 for g in genomes)
         self.beta2 = col(g.beta2 for g in genomes)
         self.eps = col(g.eps for g in genomes)
+        self.beta3 = col(g.beta3 for g in genomes)
+        self.trust = col((g.trust_ratio for g in genomes), torch.bool)
+        self.use_trust = any(g.trust_ratio for g in genomes)
+        self.layout = layout or Layout.flat(num_params)
         self.beta1_64 = col((g.beta1 for g in genomes), f64)
         self.beta2_64 = col((g.beta2 for g in genomes), f64)
         self.lr = col((g.lr for g in genomes), f64)
@@ -163,7 +199,10 @@ class PopulationUpdate:
         self.use_norm_clip = any(g.clip == "norm" for g in genomes)
         self.use_decay = any(g.weight_decay for g in genomes)
         merged = [g.merged_terms() for g in genomes]
-        used = [n for n in PRIMITIVES if compile_update or any(n in m for m in merged)]
+        # Compiled: every elementwise slot/sign term (one graph for all populations); the extra terms
+        # (Newton–Schulz, the m3 buffer) only where a member uses them.
+        used = [n for n in PRIMITIVES
+                if any(n in m for m in merged) or (compile_update and n not in EXTRA_PRIMITIVES)]
         self.weights = {n: col(m.get(n, 0.0) for m in merged) for n in used}
         self.state = {k: torch.zeros(p, num_params, dtype=dtype, device=device) for k in sorted(state_needed(used))}
         self.compiled = compile_update
@@ -171,8 +210,8 @@ class PopulationUpdate:
         steps = torch.arange(1, self.total_steps + 1, dtype=f64, device=device).view(-1, 1, 1)
         self.table = self._coefficients(steps)  # [4, steps, P, 1]: bc1, bc2, lr_t, decay
 
-    _ROW_TENSORS = ("beta1", "beta2", "eps", "beta1_64", "beta2_64", "lr", "wd", "bias_correction", "warmup",
-                    "warmup_frac", "cosine", "value_clip", "norm_clip")
+    _ROW_TENSORS = ("beta1", "beta2", "beta3", "trust", "eps", "beta1_64", "beta2_64", "lr", "wd", "bias_correction",
+                    "warmup", "warmup_frac", "cosine", "value_clip", "norm_clip")
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Keep only these rows (members) of every coefficient and state buffer."""
@@ -217,10 +256,12 @@ class PopulationUpdate:
         args = (theta, grad, self.state, self.weights, alive, self.beta1, self.beta2, self.eps, c["bc1"], c["bc2"],
                 c["lr_t"], c["decay"], self.value_clip, scale)
         if full:  # the coefficient rows are views of the table: its population dim is marked as theirs
-            _mark_population_dim(theta, grad, *self.state.values(), *self.weights.values(), *args[4:])
+            _mark_population_dim(theta, grad, *self.state.values(), *self.weights.values(), *args[4:], self.beta3,
+                                 self.trust)
             _mark_population_dim(self.table, dim=2)
         self.eager_fallbacks += _run_update(
-            full, *args, full or self.use_value_clip, full or self.use_norm_clip, full or self.use_decay)
+            full, *args, full or self.use_value_clip, full or self.use_norm_clip, full or self.use_decay, self.beta3,
+            self.trust, self.layout, self.use_trust)
 
 
 __all__ = ["COMPILE_BACKEND", "EAGER_FALLBACKS", "PopulationUpdate"]

@@ -22,12 +22,12 @@ def one_point_crossover(a: Params, b: Params, rng: np.random.Generator, *, swap_
         child[f"term_{i}"] = src[f"term_{i}"]
         child[f"alpha_{i}"] = src[f"alpha_{i}"]
     for name in SCALAR_GENES:
-        if name == "sign_alpha":  # travels with sign_term, like a slot's α
+        if name in ("sign_alpha", "extra_alpha"):  # travels with its term, like a slot's α
             continue
         src = b if rng.random() < swap_prob else a
         child[name] = src[name]
-        if name == "sign_term":
-            child["sign_alpha"] = src["sign_alpha"]
+        if name in ("sign_term", "extra_term"):
+            child[name.replace("_term", "_alpha")] = src[name.replace("_term", "_alpha")]
     return child
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from optsearch.genome import ALPHA_RANGE, CLIP_CHOICES, FLOAT_RANGES, K, SIGN_CHOICES
+from optsearch.genome import ALPHA_RANGE, CLIP_CHOICES, EXTRA_CHOICES, FLOAT_RANGES, K, SIGN_CHOICES
 from optsearch.genome.primitives import NONE
 from optsearch.search.sampler.config import GAConfig
 from optsearch.search.sampler.space import BOUNDED_GENES, LOG_GENES, SPACE, SWITCHES, TERMS, Params, clip, other
@@ -20,6 +20,8 @@ def mutate(params: Params, rng: np.random.Generator, *, rate: float, cfg: GAConf
         if name.startswith("alpha_") and p[f"term_{name[6:]}"] == NONE:
             continue
         if name == "sign_alpha" and p["sign_term"] == NONE:
+            continue
+        if name == "extra_alpha" and p["extra_term"] == NONE:
             continue
         if rng.random() < rate:
             mutate_gene(p, name, rng, cfg)
@@ -48,11 +50,11 @@ def mutate_gene(p: Params, name: str, rng: np.random.Generator, cfg: GAConfig) -
     """Mutate one gene of ``p`` in place, staying inside the search space."""
     if name.startswith("term_"):
         _mutate_term(p, int(name[5:]), rng)
-    elif name == "sign_term":  # like a slot: a fresh α when the term appears
+    elif name in ("sign_term", "extra_term"):  # like a slot: a fresh α when the term appears
         if p[name] == NONE:
-            p["sign_alpha"] = float(rng.uniform(*ALPHA_RANGE))
-        p[name] = other(SIGN_CHOICES, p[name], rng)
-    elif name.startswith("alpha_") or name == "sign_alpha":
+            p[name.replace("_term", "_alpha")] = float(rng.uniform(*ALPHA_RANGE))
+        p[name] = other(SIGN_CHOICES if name == "sign_term" else EXTRA_CHOICES, p[name], rng)
+    elif name.startswith("alpha_") or name in ("sign_alpha", "extra_alpha"):
         p[name] = clip(p[name] + rng.normal(0.0, cfg.alpha_sigma), *ALPHA_RANGE)
     elif name in LOG_GENES:
         lo, hi, _ = FLOAT_RANGES[name]

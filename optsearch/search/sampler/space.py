@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 
-from optsearch.genome import K, LATER_GENES, search_space
+from optsearch.genome import K, search_space, upgrade_params
 from optsearch.genome.primitives import NONE, TERM_CHOICES
 
 Params = dict[str, Any]
@@ -16,9 +16,10 @@ Params = dict[str, Any]
 SPACE: dict[str, BaseDistribution] = search_space()
 SLOT_GENES: tuple[str, ...] = tuple(f"{kind}_{i}" for i in range(K) for kind in ("term", "alpha"))
 SCALAR_GENES: tuple[str, ...] = tuple(n for n in SPACE if n not in SLOT_GENES)
-LOG_GENES: tuple[str, ...] = ("lr_log10", "eps_log10", "wd_log10")  # already log10 values: Gaussian steps
-BOUNDED_GENES: tuple[str, ...] = ("beta1", "beta2", "warmup_frac")  # bounded uniform steps, clipped
-SWITCHES: tuple[str, ...] = ("weight_decay", "bias_correction", "warmup", "cosine_decay")
+# already log10 values (β as log10(1 − β)): Gaussian steps, clipped
+LOG_GENES: tuple[str, ...] = ("lr_log10", "eps_log10", "wd_log10", "beta1_log1m", "beta2_log1m", "beta3_log1m")
+BOUNDED_GENES: tuple[str, ...] = ("warmup_frac",)  # bounded uniform steps, clipped
+SWITCHES: tuple[str, ...] = ("weight_decay", "bias_correction", "warmup", "cosine_decay", "trust_ratio")
 TERMS: tuple[str, ...] = tuple(t for t in TERM_CHOICES if t != NONE)
 
 
@@ -44,6 +45,10 @@ def expressed_genes(p: Params) -> list[str]:
         silent.add("clip_threshold")
     if p["sign_term"] == NONE:
         silent.add("sign_alpha")
+    if p["extra_term"] == NONE:
+        silent.add("extra_alpha")
+    if p["extra_term"] not in ("ademamix", "adan_diff"):
+        silent.add("beta3_log1m")
     if not p["warmup"]:
         silent.add("warmup_frac")
     return [n for n in SPACE if n not in silent]
@@ -52,14 +57,17 @@ def expressed_genes(p: Params) -> list[str]:
 def genes(params: Any) -> Params:
     """Only the genome's genes of a trial's params (a trial may hold other parameters too).
 
-    A trial from before a later gene existed gets that gene's "absent" value (see ``LATER_GENES``).
+    A trial from before a later gene existed gets that gene's "absent" value, and one that stored β
+    itself its log gene (see ``upgrade_params``).
     """
-    return {n: params[n] if n in params else LATER_GENES[n] for n in SPACE}
+    params = upgrade_params(params)
+    return {n: params[n] for n in SPACE}
 
 
 def has_genome(params: Any) -> bool:
     """Whether a trial's params hold a whole genome (later genes may be missing)."""
-    return all(n in params or n in LATER_GENES for n in SPACE)
+    params = upgrade_params(params)
+    return all(n in params for n in SPACE)
 
 
 def clip(x: float, lo: float, hi: float) -> float:
