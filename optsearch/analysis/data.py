@@ -21,7 +21,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from optsearch.errors import GenomeError, StudyError
-from optsearch.genome import LATER_GENES, Genome, search_space
+from optsearch.genome import LATER_GENES, Genome, search_space, upgrade_params
 from optsearch.search.config import MEMORY_OBJECTIVE
 from optsearch.search.noise import measured
 from optsearch.search.storage import open_existing_study
@@ -162,7 +162,7 @@ def study_data(study: optuna.Study, objective: str | None = None) -> StudyData:
         if t.state in (TrialState.RUNNING, TrialState.WAITING):
             counts["running"] += 1
             continue
-        if not names <= set(t.params):
+        if not names <= set(upgrade_params(t.params)):  # an old trial stores β itself
             if t.state == TrialState.COMPLETE:
                 raise StudyError(f"study {name!r}: trial {t.number} has no genome parameters (not an optsearch study?)")
             continue

@@ -23,7 +23,7 @@ from optsearch.analysis.data import trial_generation
 from optsearch.analysis.importance import PRIMS, SWITCHES
 from optsearch.analysis.principles import departs, departure_label
 from optsearch.errors import GenomeError, OptsearchError
-from optsearch.genome import LATER_GENES, Genome, search_space
+from optsearch.genome import Genome, search_space, upgrade_params
 from optsearch.search.funnel import final_round
 from optsearch.search.generations import fitness_values, outcome
 
@@ -75,7 +75,7 @@ def read_members(study: optuna.Study) -> list[Member]:
         if gen is None:
             continue
         genome = None
-        if all(n in t.params or n in LATER_GENES for n in names):
+        if names <= set(upgrade_params(t.params)):  # an old trial lacks later genes, or stores β itself
             try:
                 genome = Genome.from_params(t.params)
             except GenomeError:
