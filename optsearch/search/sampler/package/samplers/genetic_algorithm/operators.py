@@ -38,7 +38,7 @@ def snap(dist: BaseDistribution, x: float) -> float | int:
     """``x`` clipped into a numeric distribution and put on its grid, as the distribution's Python type."""
     assert isinstance(dist, (FloatDistribution, IntDistribution))
     x = clip(x, dist.low, dist.high)
-    step = dist.step if not (isinstance(dist, IntDistribution) and dist.log) else 1
+    step = dist.step  # 1 for a log IntDistribution, None for a continuous FloatDistribution
     if isinstance(dist, IntDistribution):
         k = round((x - dist.low) / step)
         return int(min(dist.low + k * step, dist.low + (dist.high - dist.low) // step * step))
@@ -155,8 +155,8 @@ class GaussianMutation:
         else:
             y = x + rng.normal(0.0, self.sigma * (dist.high - dist.low))
         y = snap(dist, y)
-        if y == x and dist.high > dist.low:  # a step below the grid's resolution: one grid step instead
-            unit = (dist.step or 1) if not isinstance(dist, FloatDistribution) or dist.step else 0.0
-            if unit:
-                y = snap(dist, x + unit if (rng.random() < 0.5 and x < dist.high) or x <= dist.low else x - unit)
+        unit = dist.step  # the grid, if any
+        if y == x and unit and dist.high > dist.low:  # a step below the grid's resolution: one grid step instead
+            up = x + unit <= dist.high and (x - unit < dist.low or rng.random() < 0.5)
+            y = snap(dist, x + unit if up else x - unit)
         params[name] = y
