@@ -216,3 +216,10 @@ def test_old_params_store_beta_itself_and_upgrade_in_one_place():
     assert upgrade_params(old)["beta2_log1m"] == -3.0
     with pytest.raises(Exception, match="beta2"):
         upgrade_params({**old, "beta2": 0.5})
+
+
+def test_muon_and_lamb_can_seed_generation_zero():
+    names = [n for n, _ in GAConfig(seed_modern=True).seed_genomes()]
+    assert names[-2:] == ["muon", "lamb"] and "muon" not in [n for n, _ in GAConfig().seed_genomes()]
+    assert NAMED["muon"].formula().startswith("Δθ = −η_t·(NS(m))")
+    assert NAMED["lamb"].formula().startswith("Δθ = −η_t·trust(m/(√v+ε))")

@@ -33,11 +33,11 @@ class GAConfig:
     mutation_floor: float = 0.03
     """The mutation probability never anneals below this."""
     log_sigma: float = 0.3
-    """Gaussian step, in decades, for lr_log10, eps_log10, wd_log10 and clip_threshold."""
+    """Gaussian step, in decades, for lr_log10, eps_log10, wd_log10, clip_threshold and each 1 − β."""
     alpha_sigma: float = 0.25
     """Gaussian step for a term's weight α."""
     beta_step: float = 0.1
-    """Largest step for β1, β2 and warmup_frac, as a fraction of the gene's range."""
+    """Largest step for warmup_frac, as a fraction of its range (β genes step in log10(1 − β), by log_sigma)."""
     seed_baselines: bool = True
     """Generation 0 starts with the named baselines (SGD-momentum, Adam, AdamW, RMSProp)."""
     seed_paper_evolved: bool = False
@@ -45,6 +45,8 @@ class GAConfig:
     seed_sgd: bool = False
     """Generation 0 also contains plain SGD (no optimizer state; on by default in ``+memory`` studies, whose
     front needs that end: the baselines hold 1 or 2 floats per parameter)."""
+    seed_modern: bool = False
+    """Generation 0 also contains Muon and LAMB (``NAMED["muon"]``, ``NAMED["lamb"]``)."""
     slot_retries: int = 2
     """Times a member slot whose trial FAILs is asked again with the same genome; after that many
     retries the slot is filled with a fresh child from a new random stream (the reason is stored)."""
@@ -60,6 +62,8 @@ class GAConfig:
             names.append("paper_evolved")
         if self.seed_sgd:
             names.append("sgd")
+        if self.seed_modern:
+            names += ["muon", "lamb"]
         return [(n, NAMED[n]) for n in names]
 
     def check_population(self, population: int) -> None:
@@ -102,6 +106,7 @@ _RULES: dict[str, tuple[str, float, float, bool]] = {
     "seed_baselines": ("bool", 0, 0, True),
     "seed_paper_evolved": ("bool", 0, 0, True),
     "seed_sgd": ("bool", 0, 0, True),
+    "seed_modern": ("bool", 0, 0, True),
     "slot_retries": ("int", 0, math.inf, True),
 }
 
