@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=300, help="training steps per run (default 300)")
     p.add_argument("--subsample", type=int, default=5000, help="training examples per task (default 5000)")
     p.add_argument("--batch-size", type=int, help="default: each task's (128)")
-    p.add_argument("--baseline-schedule", choices=("cosine", "constant"), default="cosine",
-                   help="baselines' lr schedule (default cosine decay, as the benchmark command's default)")
+    p.add_argument("--baseline-recipe", choices=("evolved", "named", "constant"), default="evolved",
+                   help="baselines' schedule and clipping (default: the evolved genome's, as the benchmark command's)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--data-dir", help="datasets folder (default $OPTSEARCH_DATA_DIR)")
     p.add_argument("-o", "--output", default="reports/quality", help="report folder (default reports/quality)")
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     bcfg = BenchmarkConfig(tasks=tasks, searched=frozenset(cfg.tasks), seeds=a.seeds,
                                      trials=a.trials, steps=a.steps, batch_size=a.batch_size, subsample=a.subsample,
                                      device=a.device, data_dir=_data_dir(a.data_dir))
-    contenders = default_contenders([(label, evolved)], baseline_schedule=a.baseline_schedule)
+    contenders = default_contenders([(label, evolved)], baseline_recipe=a.baseline_recipe)
     if a.contenders:
         keep = set(wanted) | {label}
         contenders = [c for c in contenders if c.name in keep]
@@ -102,8 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\nevolved genome {label} (searched on {', '.join(cfg.tasks)}): {evolved.formula()}")
     print(f"budget: {a.trials} tuning trials per contender and task (validation split), then {a.seeds} paired seeds "
-          f"on the test split; {a.steps} steps, {a.subsample} training examples; baselines: {result.baseline_schedule} lr "
-          f"schedule\n")
+          f"on the test split; {a.steps} steps, {a.subsample} training examples; baselines: {result.baseline_recipe}\n")
     groups = result.groups()
     rows = []
     for t in groups.get(HELD_OUT, []) + groups.get(SEARCHED, []):

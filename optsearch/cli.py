@@ -120,7 +120,9 @@ def _cmd_benchmark(a: argparse.Namespace) -> int:
             storage=a.storage,
             device=a.device,
             data_dir=a.data_dir,
-            baseline_schedule=a.baseline_schedule,
+            baseline_recipe=a.baseline_recipe,
+            split=a.split,
+            seed_base=a.seed_base,
             contenders=a.contenders,
             tune_seeds=a.tune_seeds,
         )
@@ -215,8 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
                                          "rmsprop, lion, paper_evolved, muon); the evolved genome is always run")
     sp.add_argument("--subsample", type=int, help="training examples per task (default: the task's)")
     sp.add_argument("--batch-size", type=int, help="batch size (default: each task's)")
-    sp.add_argument("--baseline-schedule", choices=("cosine", "constant"), default="cosine",
-                    help="learning-rate schedule of the baselines (default cosine decay; the evolved genome keeps its own)")
+    sp.add_argument("--baseline-recipe", choices=("evolved", "named", "constant"), default="evolved",
+                    help="schedule and clipping of the baselines and Muon: the evolved genome's warmup, cosine decay "
+                         "and clipping (default), named (cosine decay only) or constant (the named optimizers as defined)")
+    sp.add_argument("--split", choices=("val", "test"), default="test",
+                    help="split the final runs are scored on (default test, for the record; val for decisions)")
+    sp.add_argument("--seed-base", type=int, default=1000, help="first final seed (default 1000)")
     sp.add_argument("-o", "--output", help="output folder (default: reports/benchmark-NAME)")
     storage(sp)
     device(sp)

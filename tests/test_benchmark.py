@@ -39,12 +39,15 @@ EVOLVED = replace(Genome.named("adam"), terms=("adam", "nesterov", "none", "none
 
 
 def _trial_counts(url: str) -> dict[str, dict[str, int]]:
-    """Per tuning study: its trial states (COMPLETE, FAIL, …) counted."""
+    """Per tuning study: its trial states (COMPLETE, FAIL, …) counted, and its lr-window extension trials."""
+    from optsearch.benchmark.tuning import EXTENSION_ATTR
+
     out = {}
     for s in optuna.get_all_study_summaries(url, include_best_trial=False):
         if s.study_name.startswith("bench:"):
             trials = optuna.load_study(study_name=s.study_name, storage=url).get_trials(deepcopy=False)
             out[s.study_name] = {st.name: sum(t.state == st for t in trials) for st in TrialState}
+            out[s.study_name]["EXTENSION"] = sum(EXTENSION_ATTR in t.user_attrs for t in trials)
     return out
 
 
@@ -75,7 +78,10 @@ def test_every_contender_gets_the_same_tuning_budget_in_stored_studies(bench):
     for task in TASKS.split(","):
         per_contender = {name.split(":")[1]: c for name, c in counts.items() if name.split(":")[2] == task}
         assert set(per_contender) == CONTENDERS
-        assert {c["COMPLETE"] for c in per_contender.values()} == {TRIALS}
+        assert {c["COMPLETE"] - c["EXTENSION"] for c in per_contender.values()} == {TRIALS}
+        tuned = bench["json"]["tasks"][task]["contenders"]
+        for name, c in per_contender.items():  # extension trials only where the report lists an extension
+            assert c["EXTENSION"] == 2 * len(tuned[name]["tuned"]["extensions"]), name
         assert all(c["RUNNING"] == 0 and c["WAITING"] == 0 for c in per_contender.values())
     # The same start for everyone: the default, then a log grid across the window (then TPE).
     for name in counts:
@@ -95,7 +101,8 @@ def test_every_contender_gets_the_same_tuning_budget_in_stored_studies(bench):
     # The result names the study each tuned setting came from, and that setting is its best trial.
     adam = bench["json"]["tasks"]["digits"]["contenders"]["adam"]["tuned"]
     st = optuna.load_study(study_name=adam["study"], storage=bench["url"])
-    assert adam["params"] == st.best_trial.params and adam["trials"] == TRIALS
+    assert adam["params"] == st.best_trial.params and adam["trials"] == TRIALS  # 2 trials: too few to extend
+    assert adam["extensions"] == [] and adam["at_edge"] in ("top", "bottom")  # so the edge is only reported
 
 
 def test_seeds_are_paired_and_identical_genomes_differ_by_exactly_zero(bench):
@@ -168,11 +175,12 @@ def test_only_the_first_trials_of_a_bigger_tuning_study_count(tmp_path):
     cfg = BenchmarkConfig(tasks=("digits",), steps=20, trials=3, device="cpu")
     storage = optuna.storages.RDBStorage(url)
     big = tune(adam, "digits", cfg, storage)["adam"]
-    assert big.complete_trials == 3 and big.new_trials == 3
+    assert big.complete_trials == 3 + 2 * len(big.extensions) and big.new_trials == big.complete_trials
     small = tune(adam, "digits", replace(cfg, trials=2), storage)["adam"]
-    assert small.new_trials == 0 and small.complete_trials == 2
+    assert small.complete_trials - 2 * len(small.extensions) == 2
     first_two = optuna.load_study(study_name=small.study_name, storage=url).trials[:2]
-    assert small.value == max(t.value for t in first_two)
+    if not small.extensions:
+        assert small.new_trials == 0 and small.value == max(t.value for t in first_two)
     # The contender's own default is always one of its trials (the first).
     assert first_two[0].params == {"lr_log10": Genome.named("adam").lr_log10}
 
@@ -315,20 +323,26 @@ def test_contender_windows_have_equal_width_and_names_are_unique():
     assert evo.lr_range == pytest.approx((evo.lr_log10 - 2.5, evo.lr_log10 + 1.5))
     assert adam.lr_range == pytest.approx((-5.0, -1.0))  # 1e-3 − 2.5 decades is below the genome's floor: shifted up
     assert all(c.genome.cosine_decay for c in cs if c.role == "baseline" and c.genome is not None)
-    constant = default_contenders([("evo", EVOLVED)], baseline_schedule="constant")
+    constant = default_contenders([("evo", EVOLVED)], baseline_recipe="constant")
     assert next(c for c in constant if c.name == "adam").genome == Genome.named("adam")
     with pytest.raises(ConfigError):
         default_contenders([("x", EVOLVED), ("x", EVOLVED)])
 
 
-# ----------------------------------------------------------------------------- baseline schedule
+# ----------------------------------------------------------------------------- baseline recipe
 class _Stop(Exception):
     """Raised by a stand-in for tune(): the contenders are what the test needs, not a training run."""
 
 
-@pytest.mark.parametrize("flag, cosine", [([], True), (["--baseline-schedule", "cosine"], True),
-                                          (["--baseline-schedule", "constant"], False)])
-def test_baseline_schedule_flag_reaches_the_baseline_genomes(flag, cosine, monkeypatch, tmp_path):
+# An evolved genome with a whole recipe: warmup, cosine decay, global-norm clipping.
+RECIPED = replace(EVOLVED, warmup=True, warmup_frac=0.22, clip="norm", clip_threshold=0.262)
+
+
+@pytest.mark.parametrize("flag", [[], ["--baseline-recipe", "evolved"], ["--baseline-recipe", "named"],
+                                  ["--baseline-recipe", "constant"]])
+def test_baselines_get_the_evolved_genomes_recipe_by_default(flag, monkeypatch, tmp_path):
+    """By default a baseline differs from the evolved genome in its update rule only: the same warmup, schedule
+    and clipping (Muon too); ``named`` is the old protocol (cosine decay only), ``constant`` the named optimizers."""
     seen = []
 
     def fake_tune(contenders, *a, **k):
@@ -337,25 +351,122 @@ def test_baseline_schedule_flag_reaches_the_baseline_genomes(flag, cosine, monke
 
     monkeypatch.setattr(runner, "tune", fake_tune)
     evo = tmp_path / "evo.json"
-    EVOLVED.save(evo)
+    RECIPED.save(evo)
     with pytest.raises(_Stop):
         main(["benchmark", "--genome", str(evo), "--tasks", "digits", *flag,
               "--storage", f"sqlite:///{tmp_path / 'db.sqlite'}", "-o", str(tmp_path / "out")])
     cs = {c.name: c for c in seen[0]}
     baselines = [c for c in seen[0] if c.role == "baseline"]
     assert {c.name for c in baselines} == {*BASELINE_NAMES, MUON}
+    kind = flag[1] if flag else "evolved"
+    want = {"evolved": RECIPED.recipe(), "named": {**Genome().recipe(), "cosine_decay": True},
+            "constant": Genome().recipe()}[kind]
     for c in baselines:
-        assert c.cosine_decay is cosine, c.name
-        if c.genome is not None:  # the schedule is the only change to the named genome
-            assert c.genome == replace(Genome.named(c.name), cosine_decay=cosine), c.name
-    # The evolved and the paper's genomes keep their own schedules either way.
-    assert cs["evo"].genome == EVOLVED and cs[PAPER].genome == Genome.named(PAPER)
+        assert c.recipe == want, c.name
+        if c.genome is not None:  # the recipe is the only change to the named genome
+            assert c.genome == Genome.named(c.name).with_recipe(replace(Genome(), **want)), c.name
+    # The evolved and the paper's genomes keep their own recipes either way.
+    assert cs["evo"].genome == RECIPED and cs[PAPER].genome == Genome.named(PAPER)
 
 
-def test_baseline_schedule_flag_rejects_other_schedules(capsys):
+def test_baseline_recipe_flag_rejects_other_recipes(capsys):
     with pytest.raises(SystemExit) as e:
-        main(["benchmark", "--genome", "adam", "--baseline-schedule", "linear"])
+        main(["benchmark", "--genome", "adam", "--baseline-recipe", "linear"])
     assert e.value.code == 2 and "invalid choice: 'linear'" in capsys.readouterr().err
+    with pytest.raises(ConfigError):
+        default_contenders([("evo", EVOLVED)], baseline_recipe="cosine")
+
+
+def test_muon_trains_with_the_recipes_warmup_and_clipping():
+    """Muon has no genome: its warmup, decay and clipping come from the recipe through its scheduler and clip."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    opt = muon_factory({"lr_log10": -2.0, "wd_log10": -4.0}, recipe=RECIPED.recipe())(model, 100)
+    w = max(1, round(0.22 * 100))
+    for o in opt.optimizers:  # step 1 of a 22-step warmup
+        assert o.param_groups[0]["lr"] == pytest.approx(1e-2 / w)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 5.0)
+    opt.step()
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    assert float(norm) == pytest.approx(0.262, rel=1e-4)  # clipped to the recipe's global norm
+    assert opt.optimizers[0].param_groups[0]["lr"] == pytest.approx(2e-2 / w)
+    plain = muon_factory({"lr_log10": -2.0, "wd_log10": -4.0})(model, 100)  # named recipe: cosine, no clip
+    assert plain.clip == "none" and plain.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-2, rel=1e-3)
+
+
+def test_a_best_lr_at_the_top_edge_extends_the_window_and_the_report_says_so(monkeypatch, tmp_path):
+    """Fitness rising with lr: the best of the start grid is the top one, so the window grows half a decade (two
+    trials) up to the genome's lr range; falling with lr, it grows downwards; an interior optimum is not extended."""
+    from optsearch.benchmark import tuning
+    from optsearch.genome import FLOAT_RANGES
+
+    def fake(task, settings, seeds, cfg, *, split):
+        out = []
+        for c, p in settings:
+            x = p["lr_log10"]
+            f = {"rising": x, "falling": -x}.get(c.name, -abs(x - c.lr_log10))
+            out.append([UnitScore(0.5, 1.0, f, False) for _ in seeds])
+        return out
+
+    monkeypatch.setattr(tuning, "evaluate_settings", fake)
+    rising = genome_contender("rising", replace(Genome.named("adam"), lr_log10=-3.5), "baseline")
+    peaked = genome_contender("peaked", replace(Genome.named("adam"), lr_log10=-3.0), "baseline")
+    falling = genome_contender("falling", replace(Genome.named("adam"), lr_log10=-1.0), "baseline")
+    cfg = BenchmarkConfig(tasks=("digits",), trials=4, steps=5)
+    url = optuna.storages.InMemoryStorage()  # no training here: spare the SQLite round trips
+    out = tune([rising, peaked, falling], "digits", cfg, url)
+    lo_all, top, _ = FLOAT_RANGES["lr_log10"]
+    r = out["rising"]
+    assert rising.lr_range[1] == top - 0.5 and r.window == (rising.lr_range[0], top) and r.extensions == ("top",)
+    assert r.params["lr_log10"] == pytest.approx(top) and r.edge == "top"  # the range ended: still at the edge
+    assert out["falling"].window == (lo_all, falling.lr_range[1]) and out["falling"].extensions == ("bottom",)
+    assert r.complete_trials == 4 + 2 * len(r.extensions)
+    assert out["peaked"].extensions == () and out["peaked"].window == peaked.lr_range
+    again = tune([rising, peaked, falling], "digits", cfg, url)  # a rerun replays the stored extensions, runs nothing
+    assert again["rising"].new_trials == 0 and again["rising"].params == r.params
+    result = _fake_result([rising, peaked])
+    result.tasks["digits"].tuned.update(out)
+    md = markdown(result)
+    assert "Tuning windows extended" in md and "rising on digits (top" in md and "still at its top edge" in md
+    assert result.to_json()["tasks"]["digits"]["contenders"]["rising"]["tuned"]["extensions"] == list(r.extensions)
+
+
+def test_report_and_json_state_every_contenders_recipe_and_the_recipe_matched_headline():
+    result = _fake_result(default_contenders([("evo", RECIPED)]))
+    md, js = markdown(result), result.to_json()
+    assert "- adam: warmup 22 %, cosine decay, clip ‖g‖ ≤ 0.262 (from evolved evo)" in md
+    assert f"- {PAPER}: warmup 20 %, cosine decay, no clipping" in md
+    muon = next(c for c in js["contenders"] if c["name"] == MUON)
+    assert muon["recipe"] == RECIPED.recipe() and muon["formula"].endswith("clip ‖g‖ ≤ 0.262")
+    assert js["config"]["recipe_matched_baselines"] == [*BASELINE_NAMES, MUON]
+    # the baselines' accuracies rise with their index: the best recipe-matched one is the last, muon
+    assert "**Headline:** evo − the best recipe-matched baseline (muon)" in md
+    named = _fake_result(default_contenders([("evo", RECIPED)], baseline_recipe="named"))
+    assert "no baseline ran with evo's recipe" in markdown(named)
+    assert named.to_json()["config"]["baseline_recipe"] == "cosine decay, no clipping"
+
+
+def test_split_val_scores_the_final_runs_on_validation_and_seed_base_moves_them(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(runner, "tune", lambda cs, task, cfg, st, log: {
+        c.name: Tuned(params=c.default_params(), value=0.5, study_name="s", complete_trials=1, new_trials=0) for c in cs})
+
+    def fake(task, settings, seeds, cfg, split):
+        calls.append((tuple(seeds), split))
+        return [[UnitScore(0.9 + 0.01 * i, 0.1, 0.9, False) for _ in seeds] for i in range(len(settings))]
+
+    monkeypatch.setattr(runner, "evaluate_settings", fake)
+    text = run_cli(genome_files=["adam"], tasks="digits", seeds=3, split="val", seed_base=5000, contenders="adamw",
+                   storage=f"sqlite:///{tmp_path}/b.db", out_dir=str(tmp_path / "out"))
+    assert calls == [((5000, 5001, 5002), "val")]
+    assert "scored on the **val** split (validation: test split unread)" in text and "validation acc %" in text
+    js = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert js["config"]["split"] == "val" and js["config"]["seeds"] == [5000, 5001, 5002]
+    with pytest.raises(ConfigError, match="--split"):
+        BenchmarkConfig(tasks=("digits",), split="train").validate()
+    with pytest.raises(ConfigError, match="final seeds must differ"):
+        BenchmarkConfig(tasks=("digits",), seed_base=0).validate()
 
 
 def _fake_result(contenders, diverged=(), searched=frozenset(), collapsed=()):
@@ -373,21 +484,6 @@ def _fake_result(contenders, diverged=(), searched=frozenset(), collapsed=()):
     task = TaskResult(task="digits", group=SEARCHED if cfg.searched_through("digits") else HELD_OUT,
                                 seeds=cfg.final_seeds, tuned=tuned, scores=scores)
     return BenchmarkResult(name="x", config=cfg, contenders=list(contenders), tasks={"digits": task})
-
-
-def test_report_names_the_schedule_the_baselines_actually_ran_with():
-    """The schedule in the report and JSON is read from the contenders: a caller that builds constant-lr
-    contenders itself (benchmarks/quality.py does) must not get a report that says cosine decay."""
-    for schedule, text in (("cosine", "cosine decay"), ("constant", "a constant lr")):
-        result = _fake_result(default_contenders([("evo", EVOLVED)], baseline_schedule=schedule))
-        md, js = markdown(result), result.to_json()
-        assert f"Baselines (genomes and Muon) run with {text};" in md
-        assert js["config"]["baseline_schedule"] == schedule
-        muon = next(c for c in js["contenders"] if c["name"] == MUON)
-        assert muon["formula"].endswith("cosine decay" if schedule == "cosine" else "constant lr")
-    mixed = default_contenders([("evo", EVOLVED)], baseline_schedule="constant")
-    mixed[2] = genome_contender("adam", replace(Genome.named("adam"), cosine_decay=True), "baseline")
-    assert _fake_result(mixed).baseline_schedule == "mixed"
 
 
 # ----------------------------------------------------------------------------- what the report shows

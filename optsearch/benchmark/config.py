@@ -14,7 +14,10 @@ DEFAULT_HELD_OUT: tuple[str, ...] = ("mnist", "fashion_mnist")
 TUNE_SEEDS: tuple[int, ...] = (0, 1)
 """Tuning scores the mean fitness over these seeds, so an lr at the edge of stability is not picked on one lucky seed."""
 FINAL_SEED_BASE = 1000
-"""Final seeds are FINAL_SEED_BASE, FINAL_SEED_BASE + 1, …: disjoint from tuning and search seeds."""
+"""Final seeds are FINAL_SEED_BASE, FINAL_SEED_BASE + 1, … (``--seed-base`` moves them): disjoint from tuning
+and search seeds."""
+SPLITS: tuple[str, ...] = ("val", "test")
+"""Where the final runs are scored: ``val`` for decisions (blind: the test split stays unread), ``test`` for the record."""
 TUNING_PROTOCOL = "default in place of its nearest of n equal log-lr cells, other cell centres, then TPE; window -2.5..+1.5 decades"
 """Part of every tuning study's key: studies tuned under an older protocol are not reused."""
 
@@ -38,6 +41,9 @@ class BenchmarkConfig:
     sampler_seed: int = 0
     curve_points: int = 25
     """Points per learning curve (the evaluator's checkpoint spacing; no pruning callback is used)."""
+    split: str = "test"
+    """The split the final runs are scored on (:data:`SPLITS`); tuning always uses the validation split."""
+    seed_base: int = FINAL_SEED_BASE
 
     def run_spec(self, task: str, *, split: str) -> "RunSpec":
         """How every contender trains on ``task``: one budget for all; every seed scored (no early stop)."""
@@ -66,7 +72,7 @@ class BenchmarkConfig:
 
     @property
     def final_seeds(self) -> tuple[int, ...]:
-        return tuple(range(FINAL_SEED_BASE, FINAL_SEED_BASE + self.seeds))
+        return tuple(range(self.seed_base, self.seed_base + self.seeds))
 
     def validate(self) -> None:
         from optsearch.train.tasks import get_task
@@ -88,6 +94,10 @@ class BenchmarkConfig:
         if len(set(self.tune_seeds)) < 2:
             raise ConfigError(f"--tune-seeds must be ≥ 2 (one seed lets a lucky edge-of-stability lr win), "
                               f"got {len(set(self.tune_seeds))}")
+        if self.split not in SPLITS:
+            raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        if self.seed_base < 0:
+            raise ConfigError(f"--seed-base must be ≥ 0, got {self.seed_base}")
         if set(self.final_seeds) & set(self.tune_seeds):
             raise ConfigError("final seeds must differ from the tuning seeds")
         for task in self.tasks:  # device, split-independent budget: checked before any tuning trial is asked

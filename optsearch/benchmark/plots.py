@@ -55,7 +55,7 @@ def plot_bars(result: BenchmarkResult, path: Path) -> None:
         ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
         ax.set_title(title, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy % (mean, 95 % t CI)")
+    axes[0][0].set_ylabel(f"{'validation' if result.config.split == 'val' else 'test'} accuracy % (mean, 95 % t CI)")
     fig.suptitle(f"{result.name}: tuned contenders, {result.config.seeds} seeds (y axis zoomed; "
                  f"hatched: diverged runs, scored at chance)", fontsize=10)
     fig.tight_layout()

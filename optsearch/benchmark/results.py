@@ -8,7 +8,7 @@ from typing import Any, Callable, Sequence
 
 from optsearch import stats
 from optsearch.benchmark.config import BenchmarkConfig, TUNING_PROTOCOL
-from optsearch.benchmark.contenders import LR_ABOVE, LR_BELOW, MUON, WD_RANGE, Contender
+from optsearch.benchmark.contenders import LR_ABOVE, LR_BELOW, MUON, WD_RANGE, Contender, recipe_text
 from optsearch.benchmark.runs import UnitScore
 from optsearch.benchmark.tuning import Tuned
 
@@ -69,11 +69,17 @@ class BenchmarkResult:
     tasks: dict[str, TaskResult]
 
     @property
-    def baseline_schedule(self) -> str:
-        """``cosine``, ``constant`` or ``mixed``: read from the baselines themselves, so a report cannot
-        name a schedule other than the one they ran with (e.g. when a caller passes its own contenders)."""
-        flags = {c.cosine_decay for c in self.contenders if c.role == "baseline"}
-        return {frozenset({True}): "cosine", frozenset({False}): "constant"}.get(frozenset(flags), "mixed")
+    def baseline_recipe(self) -> str:
+        """The baselines' recipe in words, read from the baselines themselves (so a report cannot name a recipe
+        other than the one they ran with, e.g. when a caller passes its own contenders); ``mixed`` if they differ."""
+        texts = {recipe_text(c.recipe) for c in self.contenders if c.role == "baseline"}
+        return texts.pop() if len(texts) == 1 else "mixed"
+
+    @property
+    def recipe_matched(self) -> list[str]:
+        """The baselines that ran with the reference's recipe: the fair comparisons for the headline."""
+        ref = next(c for c in self.contenders if c.name == self.reference)
+        return [c.name for c in self.contenders if c.role == "baseline" and c.recipe == ref.recipe]
 
     @property
     def reference(self) -> str:
@@ -114,7 +120,9 @@ class BenchmarkResult:
                 "contenders": {
                     c.name: {
                         "tuned": {"params": r.tuned[c.name].params, "val_fitness": r.tuned[c.name].value,
-                                  "study": r.tuned[c.name].study_name, "trials": r.tuned[c.name].complete_trials},
+                                  "study": r.tuned[c.name].study_name, "trials": r.tuned[c.name].complete_trials,
+                                  "lr_window_log10": r.tuned[c.name].window,
+                                  "extensions": list(r.tuned[c.name].extensions), "at_edge": r.tuned[c.name].edge},
                         "test_accuracy": [s.accuracy for s in r.scores[c.name]],
                         "train_loss": [s.loss for s in r.scores[c.name]],
                         "test_fitness": [s.fitness for s in r.scores[c.name]],
@@ -140,9 +148,11 @@ class BenchmarkResult:
                        "tune_seeds": list(cfg.tune_seeds), "trials": cfg.trials, "steps": cfg.steps,
                        "batch_size": cfg.batch_size, "subsample": cfg.subsample, "lr_window_decades": [-LR_BELOW, LR_ABOVE], "tuning": TUNING_PROTOCOL,
                        "wd_range_log10": list(WD_RANGE), "sampler": f"TPESampler(seed={cfg.sampler_seed})",
-                       "confidence": stats.LEVEL, "baseline_schedule": self.baseline_schedule},
+                       "confidence": stats.LEVEL, "split": cfg.split, "baseline_recipe": self.baseline_recipe,
+                       "recipe_matched_baselines": self.recipe_matched},
             "contenders": [{"name": c.name, "role": c.role, "kind": "genome" if c.is_genome else MUON,
-                            "formula": c.formula(),
+                            "formula": c.formula(), "recipe": c.recipe, "recipe_text": recipe_text(c.recipe),
+                            "recipe_source": c.recipe_source,
                             "genome": c.genome.to_params() if c.genome else None,
                             "lr_range_log10": list(c.lr_range), "tunes_wd": c.wd_log10 is not None}
                            for c in self.contenders],

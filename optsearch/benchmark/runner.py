@@ -11,7 +11,8 @@ The protocol a reviewer would accept, and what the reference paper did not do:
    (``bench:<contender>:<task>:<key>``) so a rerun reuses them; only the first ``trials`` complete
    trials ever count, so a study tuned with a larger budget earlier cannot favour one contender.
 2. **Paired seeds on the test split.** Each contender then runs with its tuned setting on N final
-   seeds (disjoint from the tuning seed) and is scored on the **test** split. In one (task, seed) unit
+   seeds (disjoint from the tuning seed; ``--seed-base`` moves them) and is scored on the **test** split
+   (``--split val`` scores them on the validation split instead: for decisions, leaving the test split unread). In one (task, seed) unit
    every contender starts from the same initial weights and sees the same batches, so differences are
    paired per seed and reported with a paired t interval.
 3. **Held-out tasks.** The tasks the study searched on are reported apart from the others.
@@ -27,7 +28,7 @@ import json
 from pathlib import Path
 from typing import Callable, Sequence
 
-from optsearch.benchmark.config import DEFAULT_HELD_OUT, TUNE_SEEDS, BenchmarkConfig
+from optsearch.benchmark.config import DEFAULT_HELD_OUT, FINAL_SEED_BASE, TUNE_SEEDS, BenchmarkConfig
 from optsearch.benchmark.contenders import Contender, default_contenders, parse_contenders
 from optsearch.benchmark.plots import plot_bars, plot_curves
 from optsearch.benchmark.report import markdown
@@ -55,7 +56,8 @@ def write_outputs(result: BenchmarkResult, out_dir: str | Path) -> dict[str, Pat
 def run_benchmark(name: str, evolved: Sequence[tuple[str, Genome]], cfg: BenchmarkConfig, *,
                   storage: str | None = None, out_dir: str | Path | None = None,
                   contenders: Sequence[Contender] | None = None, muon: bool = True,
-                  baseline_schedule: str = "cosine", only: Sequence[str] | None = None, log: Callable[[str], None] = lambda s: None) -> BenchmarkResult:
+                  baseline_recipe: str = "evolved", only: Sequence[str] | None = None,
+                  log: Callable[[str], None] = lambda s: None) -> BenchmarkResult:
     """Tune every contender on every task (reusing stored tuning studies), score them on the test split.
 
     Args:
@@ -65,8 +67,8 @@ def run_benchmark(name: str, evolved: Sequence[tuple[str, Genome]], cfg: Benchma
         cfg: tasks, which of them were searched, seeds, trials, budget.
         storage: where the tuning studies live (default: the project's default storage).
         contenders: the full list (default: :func:`default_contenders`).
-        muon, baseline_schedule, only: passed to :func:`default_contenders` (unused when ``contenders`` is
-            given: the report reads the baselines' schedule from the contenders themselves).
+        muon, baseline_recipe, only: passed to :func:`default_contenders` (unused when ``contenders`` is
+            given: the report reads each contender's recipe from the contender itself).
         log: progress lines.
     """
     from optsearch.search.storage import open_storage
@@ -76,7 +78,7 @@ def run_benchmark(name: str, evolved: Sequence[tuple[str, Genome]], cfg: Benchma
     for t in cfg.tasks:  # a missing dataset fails before any tuning trial is created
         get_task(t).read(resolve_data_dir(cfg.data_dir))
     cs = list(contenders) if contenders is not None else default_contenders(evolved, muon=muon, only=only,
-                                                                             baseline_schedule=baseline_schedule)
+                                                                             baseline_recipe=baseline_recipe)
     names = [c.name for c in cs]
     if len(set(names)) != len(names):
         raise ConfigError(f"contender names must be distinct, got {names}")
@@ -85,8 +87,8 @@ def run_benchmark(name: str, evolved: Sequence[tuple[str, Genome]], cfg: Benchma
     tasks: dict[str, TaskResult] = {}
     for task in cfg.tasks:
         tuned = tune(cs, task, cfg, st, log=log)
-        log(f"scoring {len(cs)} contenders on {task} ({cfg.seeds} seeds, test split)")
-        scores = evaluate_settings(task, [(c, tuned[c.name].params) for c in cs], cfg.final_seeds, cfg, split="test")
+        log(f"scoring {len(cs)} contenders on {task} ({cfg.seeds} seeds, {cfg.split} split)")
+        scores = evaluate_settings(task, [(c, tuned[c.name].params) for c in cs], cfg.final_seeds, cfg, split=cfg.split)
         tasks[task] = TaskResult(task=task, group=SEARCHED if cfg.searched_through(task) else HELD_OUT,
                                  seeds=cfg.final_seeds, tuned=tuned,
                                  scores={c.name: scored(s, task) for c, s in zip(cs, scores)})
@@ -105,8 +107,8 @@ def _genome_label(spec: str) -> str:
 def run_cli(study_name: str | None = None, genome_files: Sequence[str] = (), tasks: str | None = None,
             seeds: int = 5, steps: int | None = None, trials: int = 8, subsample: int | None = None,
             batch_size: int | None = None, out_dir: str | None = None, storage: str | None = None, device: str | None = None,
-            data_dir: str | None = None, baseline_schedule: str = "cosine", contenders: str | None = None,
-            tune_seeds: int = len(TUNE_SEEDS)) -> str:
+            data_dir: str | None = None, baseline_recipe: str = "evolved", contenders: str | None = None,
+            tune_seeds: int = len(TUNE_SEEDS), split: str = "test", seed_base: int = FINAL_SEED_BASE) -> str:
     """``python -m optsearch benchmark``: returns the report text (the files are in the output folder)."""
     import sys
     import time
@@ -140,7 +142,7 @@ def run_cli(study_name: str | None = None, genome_files: Sequence[str] = (), tas
             raise ConfigError(f"device {device!r} requested but CUDA is not available on this machine")
     cfg = BenchmarkConfig(tasks=task_list, searched=searched, seeds=seeds, trials=trials,
                           steps=steps, batch_size=batch_size, subsample=subsample, device=device, data_dir=data_dir,
-                          tune_seeds=tuple(range(tune_seeds)))
+                          tune_seeds=tuple(range(tune_seeds)), split=split, seed_base=seed_base)
     name = study_name or evolved[0][0]
     out = Path(out_dir) if out_dir else Path("reports") / f"benchmark-{name.replace('/', '_').replace('#', '-')}"
     t0 = time.perf_counter()
@@ -148,7 +150,7 @@ def run_cli(study_name: str | None = None, genome_files: Sequence[str] = (), tas
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - t0:7.1f} s] {msg}", file=sys.stderr, flush=True)
 
-    result = run_benchmark(name, evolved, cfg, storage=storage, out_dir=out, baseline_schedule=baseline_schedule,
+    result = run_benchmark(name, evolved, cfg, storage=storage, out_dir=out, baseline_recipe=baseline_recipe,
                            only=only, log=log)
     text = markdown(result)
     return f"{text}\nwrote {out}/report.md, results.json, bars.png, curves.png ({time.perf_counter() - t0:.0f} s)"
