@@ -74,8 +74,8 @@ warmup_checkpoints = 1
 
 def make_memory_study(tmp_path: Path, name: str = "memory") -> DemoStudy:
     """A real tiny accuracy–memory study (`study create` + `study run`, 2 generations of 8). Generation 0 holds
-    plain SGD (0 floats per parameter), SGD-momentum and RMSProp (1) and Adam (2); on digits RMSProp beats the
-    seeded Adam, and the 2-float end of this seed's front is a genome that generation 1 evolved."""
+    plain SGD (0 floats per parameter), SGD-momentum and RMSProp (1) and Adam (2); which of them stay on the front
+    is measured, not assumed (docs/measurements.md, 2026-12-05: this seed's 2-float end was evolved in generation 1)."""
     url = f"sqlite:///{tmp_path}/memory.db"
     cfg = tmp_path / "memory.toml"
     cfg.write_text(MEMORY_STUDY)

@@ -138,6 +138,28 @@ def test_analysis_reads_a_memory_study_by_its_fitness():
     assert sorted(set(d.y)) == sorted({f for _, f in FRONT}) and d.values.shape == (14, 1)
 
 
+def test_a_study_run_tells_fitness_then_state_and_seeds_every_state_size(tmp_path):
+    """`study create` + `study run` of one tiny generation: the worker tells (mean fitness, state floats), keeps
+    the state out of the measured values, and generation 0 holds 0-, 1- and 2-float genomes."""
+    from optsearch.cli import main
+    from tests.test_dashboard import MEMORY_STUDY
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    cfg = tmp_path / "m.toml"
+    cfg.write_text(MEMORY_STUDY.replace("steps = 30", "steps = 5").replace("population = 8", "population = 5")
+                   .replace('pruner = "percentile"\nwarmup_checkpoints = 1', 'pruner = "none"'))
+    assert main(["study", "create", "m", "--config", str(cfg), "--storage", url]) == 0
+    assert main(["study", "run", "m", "--storage", url, "--generations", "1", "--quiet"]) == 0
+    study = optuna.load_study(study_name="m", storage=url)
+    assert study.metric_names == ["fitness", MEMORY_OBJECTIVE]
+    done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(done) == 5
+    for t in done:
+        state = Genome.from_params(t.params).state_floats()
+        assert t.values == [t.user_attrs[MEASURED_ATTR][0], state] and len(t.user_attrs[MEASURED_ATTR]) == 1
+    assert sorted({t.values[1] for t in done}) == [0.0, 1.0, 2.0]
+
+
 # ----------------------------------------------------------------------------- in a browser
 @pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="Chromium not installed at /usr/bin/chromium")
 def test_a_real_memory_study_shows_a_front_of_0_1_and_2_floats_in_chromium(tmp_path):
