@@ -37,7 +37,9 @@ class PruningConfig:
       values, one per checkpoint after ``warmup_checkpoints``, compared with earlier generations only.
       ``percentile`` prunes only below that percentile of them (default 25): gentler than the median,
       which with fresh seeds per generation can prune a whole generation drawn on hard seeds.
-    * ``chance`` (the default of per-task studies): once a member has finished the first seed of
+      With several objectives (per-task and ``+memory`` studies) ``percentile`` is our own rule over
+      each fitness objective's curve instead (:class:`optsearch.search.pruning.Pruning`).
+    * ``chance`` (the default with several objectives): once a member has finished the first seed of
       every task, it is pruned if its accuracy was within ``chance_margin`` of chance on *every*
       task — a genome good on one task but weak on another is kept, as it may be Pareto-optimal.
     * ``none``: no pruning (intermediate values are still reported in single-objective studies).
