@@ -9,7 +9,8 @@ stops it cleanly (exit 0, no traceback) and tests can start and stop it in-proce
 Binding is loopback unless a host is given explicitly: the dashboard has no authentication and can
 rename/delete studies, so exposing it to the network must be a decision, never a default.
 
-The search figures (lineage, generations, Pareto fronts, the winner) are the study's own custom-plot
+The search figures (lineage, generations, Pareto fronts — in a ``+memory`` study the accuracy–memory front,
+fitness against optimizer state in floats per parameter — the winner) are the study's own custom-plot
 cards: the server rebuilds and saves them whenever the study's finished-trial count changes, so they
 follow a ``study run`` that is still going, generation by generation, without the run loop knowing.
 """
