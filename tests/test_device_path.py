@@ -44,7 +44,7 @@ def _steps(pop: Population, data, n: int, seed: bool = False) -> list[torch.Tens
 
 
 @pytest.mark.parametrize("task_name, backend", [("digits", "batched"), ("dropout_mlp", "batched"),
-                                                ("tiny_cnn", "looped"), ("tiny_cnn", "vmap")])
+                                                ("tiny_cnn", "looped"), ("tiny_cnn", "vmap"), ("tiny_cnn", "fused")])
 def test_population_steps_read_nothing_back_even_when_a_member_diverges(digits, task_name, backend):
     task = {"digits": digits[0], "dropout_mlp": DROPOUT_MLP, "tiny_cnn": TINY_CNN}[task_name]
     data = digits[1] if task_name == "digits" else load_data(task)
