@@ -111,16 +111,21 @@ def test_funnel_picks_the_genome_best_on_meta_validation(tmp_path):
     assert [e.name for e in r.entries] == ["#2", "#0", "#1"]  # the told-worst of the top 3 wins
     assert r.winner.offset == 0.5 and r.winner.tuned.lr_log10 == pytest.approx(-2.5)
     assert r.reference is not None and r.reference.name == "adam"
-    # three fresh seeds × one task; every unit trained (3 candidates + Adam) × 3 lr variants at once
-    assert len(fake.units) == 3 and len(r.units) == 3
+    # the reference is Adam's rule with the winner's recipe, swept like the candidates on the same units
+    assert r.reference.genome == Genome.named("adam").with_recipe(r.winner.tuned)
+    # Both did best at the sweep's top (+0.5): each sweep was extended half a decade (+1.0, worse), so both bests
+    # are interior. Three fresh seeds × one task: the candidates (3 × 3 lr variants at once), the winner's
+    # extension, Adam's sweep and its extension, one evaluator call per unit each.
+    assert len(r.units) == 3 and len(fake.units) == 4 * 3
+    for e in (r.winner, r.reference):
+        assert sorted(o for o, _, _ in e.by_variant) == [-0.5, 0.0, 0.5, 1.0] and e.offset == 0.5
     label, genome, source = funnel.study_winner(st)
     assert source == "funnel" and label == "syn#2-funnel" and genome == r.winner.tuned
     assert genome.merged_terms() == SIGN.merged_terms()
-    # the headline compares it with lr-swept Adam with an interval (Adam at -3.0 is swept to -2.5: diff 0.1)
+    # the headline compares it with lr-swept, recipe-matched Adam (Adam at -3.0 is swept to -2.5: diff 0.1)
     text = "\n".join(funnel.headline(st))
-    assert "winner − Adam" in text and "+0.1000 ± 0.0000" in text
-    assert "winner did best at the sweep's highest lr (×10^+0.5)" in text  # its best lr may lie beyond the sweep
-    assert "Adam did best at the sweep's highest lr (×10^+0.5)" in text  # so may the reference's: under-tuned
+    assert "winner − Adam with the winner's recipe (lr-swept)" in text and "+0.1000 ± 0.0000" in text
+    assert "did best at the sweep's" not in text  # no best at an end is left
 
 
 def test_no_sweep_warning_when_the_winner_and_adam_are_inside_the_sweep(tmp_path):
@@ -151,8 +156,10 @@ def test_the_cosine_sweep_gives_a_winner_the_schedule_the_meta_task_wants(tmp_pa
     r = funnel.final_round(st)
     assert r.winner.name == "#2" and r.winner.offset == 0.5
     assert r.winner.tuned.cosine_decay is sweep and r.reference.tuned.cosine_decay is sweep
-    # each genome at 3 lr offsets, with its own schedule and (swept) the other one
-    assert {len(e.by_variant) for e in (*r.entries, r.reference)} == {6 if sweep else 3}
+    # each candidate at 3 lr offsets, with its own schedule and (swept) the other one; the winner's best (+0.5) was
+    # the top end, so one more lr; the reference runs the winner's schedule only, extended alike
+    assert {len(e.by_variant) for e in r.entries[1:]} == {6 if sweep else 3}
+    assert len(r.winner.by_variant) == (6 if sweep else 3) + 1 and len(r.reference.by_variant) == 3 + 1
     assert r.winner.mean == pytest.approx(funnel.read_round(st.user_attrs, 1).winner.mean)
     assert ("lr and cosine sweep" in "\n".join(funnel.headline(st))) is sweep
     _, genome, _ = funnel.study_winner(st)
@@ -188,7 +195,8 @@ def test_a_killed_funnel_resumes_without_redoing_finished_units(tmp_path):
     rest = FakeEvaluator()
     funnel.run_funnels(st, cfg, device="cpu", data_dir=None, evaluator=rest)
     r = funnel.final_round(st)
-    assert rest.units == [r.units[2]]  # only the unfinished unit was trained again
+    assert rest.units[0] == r.units[2]  # only the unfinished unit of the candidates' stage was trained again
+    assert len(rest.units) == 1 + 3 * len(r.units)  # then the winner's extension, Adam's sweep and its extension
     assert {k: v for k, v in st.user_attrs.items() if k in stored} == stored
     assert r.winner.name == "#2"
     # nothing is left to do: no more training
@@ -383,4 +391,58 @@ def test_candidates_key_genomes_from_before_the_sign_genes_as_the_same_genome():
     study.add_trial(optuna.trial.create_trial(params=full, distributions=dists, value=0.8))
     other = replace(g, lr_log10=-2.0).to_params()
     study.add_trial(optuna.trial.create_trial(params=other, distributions=dists, value=0.7))
-    assert [t.number for t in funnel.candidates(study, 3)] == [0, 2]
+    assert [(t.number, m) for t, m in funnel.candidates(study, 3)] == [(1, pytest.approx(0.85)), (2, 0.7)]
+
+
+def test_the_reference_takes_the_winners_recipe_and_a_sweep_at_an_edge_extends_to_the_lr_range(tmp_path):
+    """A winner with warmup, cosine decay and clipping: Adam runs with exactly that recipe. Fitness rising with lr
+    for both: each sweep grows half a decade at a time until the genome's lr range ends, and the headline still
+    says so (the only edge left is the range's)."""
+
+    class Rising(FakeEvaluator):
+        def __call__(self, genomes, tasks, seeds, spec):
+            out = super().__call__(genomes, tasks, seeds, spec)
+            for m, g in zip(out.members, genomes):
+                m.fitness = g.lr_log10 + noise(tasks[0], seeds[0])
+            return out
+
+    recipe = dict(warmup=True, warmup_frac=0.2, cosine_decay=True, clip="norm", clip_threshold=0.5)
+    best = replace(SIGN, lr_log10=-2.0, **recipe)
+    st, cfg = synthetic_study(tmp_path, [(best, 0.9), (replace(ADAM, lr_log10=-3.0), 0.8)], k=2)
+    fake = Rising()
+    funnel.run_funnels(st, replace(cfg, funnel=replace(cfg.funnel, ablation=False)), device="cpu", data_dir=None,
+                       evaluator=fake)
+    r = funnel.final_round(st)
+    assert r.winner.genome == best.canonical() and r.winner.tuned.lr_log10 == -0.5  # the range's top
+    assert sorted(o for o, _, _ in r.winner.by_variant) == [-0.5, 0.0, 0.5, 1.0, 1.5]
+    ref = r.reference
+    assert ref.genome.recipe() == best.recipe() and ref.genome.merged_terms() == {"adam": 1.0}
+    assert ref.tuned.lr_log10 == -0.5 and sorted(o for o, _, _ in ref.by_variant)[-1] == 2.5
+    text = "\n".join(funnel.headline(st))
+    assert "Adam did best at the sweep's highest lr" in text  # at the lr range's end: still said
+    # a rerun redoes nothing: every stage is stored per unit
+    n = len(fake.units)
+    funnel.run_funnels(st, replace(cfg, funnel=replace(cfg.funnel, ablation=False)), device="cpu", data_dir=None,
+                       evaluator=fake)
+    assert len(fake.units) == n
+
+
+def test_candidates_are_ranked_by_the_mean_over_all_measurements_pruned_ones_included(tmp_path):
+    """A genome told 0.95 once but pruned low twice when re-measured ranks below a steady 0.8 one; two spellings
+    of one genome (a silent gene) are one candidate."""
+    dists = search_space()
+    st = optuna.create_study(direction="maximize")
+    lucky, steady = replace(ADAM, lr_log10=-2.0), replace(ADAM, lr_log10=-3.5)
+
+    def add(g, value=None, last=None):
+        st.add_trial(optuna.trial.create_trial(
+            params=g.to_params(), distributions=dists, value=value,
+            state=optuna.trial.TrialState.COMPLETE if last is None else optuna.trial.TrialState.PRUNED,
+            intermediate_values=None if last is None else {0: last}))
+
+    add(lucky, 0.95)
+    add(replace(lucky, wd_log10=-5.0), last=0.5)  # weight decay is off: the same genome, pruned at 0.5
+    add(lucky, last=0.4)
+    add(steady, 0.8)
+    ranked = funnel.candidates(st, 3)
+    assert [(t.number, round(m, 4)) for t, m in ranked] == [(3, 0.8), (0, round((0.95 + 0.5 + 0.4) / 3, 4))]

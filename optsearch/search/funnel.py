@@ -6,9 +6,14 @@ need not win on the tasks it is meant for. So, as Lion's search did, the top ``k
 ``[funnel]`` tasks — larger than the proxies: more steps, CNNs, more data — on validation splits, with
 ``seeds`` fresh seeds and a short learning-rate sweep (each genome's lr × 10^offset, offsets
 ``lr_sweep``; with ``cosine_sweep`` each of them also with cosine decay switched the other way).
-Each genome scores the mean fitness of its best variant; the best of them is the **funnel winner**,
-the study's answer (:func:`study_winner`). Adam, swept alike, runs beside them as the reference of
-the headline.
+Candidates are the ``k`` best canonical genomes by the mean over all their measurements, pruned ones
+included (:func:`optsearch.search.noise.genome_means`). Each genome scores the mean fitness of its best
+variant; the best of them is the **funnel winner**, the study's answer (:func:`study_winner`).
+
+The reference of the headline is **Adam with the winner's recipe** (warmup, schedule, clipping), swept
+like the candidates on the same units, so "winner − Adam" measures the update rule, not the recipe. A
+sweep whose best lies at an end — the winner's or the reference's — is extended :data:`EXTEND` decades at
+a time (within the genome's lr range) until its best is interior, each extension a stage of its own.
 
 A round runs at the end of ``study run`` (and every ``every`` generations when configured). Its
 seeds come from (study seed, round) and never equal a search unit seed. Results are stored per unit
@@ -21,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial
@@ -30,16 +35,17 @@ from optsearch.genome import Genome
 from optsearch.genome.core import FLOAT_RANGES
 from optsearch.search import ablation
 from optsearch.search.config import StudyConfig
-from optsearch.search.generations import best_trials, completed_generations, scalar_fitness
-from optsearch.search.noise import unit_seeds
-from optsearch.search.sampler.ranking import genome_key
+from optsearch.search.generations import best_trials, completed_generations
+from optsearch.search.noise import genome_means, unit_seeds
 from optsearch.search.note import write_note_section
 from optsearch.search.staged import Unit, complete_scores, evaluator_unit, run_stage
 from optsearch.stats import Interval, paired_difference, verdict
 
 PREFIX = "funnel:"
 REFERENCE = "adam"
-"""The named genome every round measures beside the candidates, for the headline."""
+"""The named genome whose update rule, with the winner's recipe, every round measures for the headline."""
+EXTEND = 0.5
+"""Decades a sweep grows by, one lr at a time, while its best lies at an end."""
 
 
 def round_key(generation: int) -> str:
@@ -79,18 +85,10 @@ def variant(g: Genome, offset: float, cosine: bool) -> Genome:
     return replace(with_lr_offset(g, offset), cosine_decay=cosine)
 
 
-def candidates(study: optuna.Study, k: int) -> list[FrozenTrial]:
-    """The ``k`` best COMPLETE trials with distinct genomes, best told value first."""
-    out: list[FrozenTrial] = []
-    seen: set[tuple] = set()
-    for t in best_trials(study, len(study.get_trials(deepcopy=False))):
-        key = genome_key(t)  # a trial from before the sign genes and a newer one with them "none" are one genome
-        if key not in seen:
-            seen.add(key)
-            out.append(t)
-        if len(out) == k:
-            break
-    return out
+def candidates(study: optuna.Study, k: int) -> list[tuple[FrozenTrial, float]]:
+    """The ``k`` best distinct canonical genomes, each as (its newest COMPLETE trial, the mean over all its
+    measurements, pruned ones included: :func:`optsearch.search.noise.genome_means`), best first."""
+    return [(t, mean) for t, mean, _ in genome_means(study)[:k]]
 
 
 @dataclass(frozen=True)
@@ -157,10 +155,89 @@ def read_round(attrs: dict[str, Any], generation: int) -> FunnelRound | None:
         offset, cosine = keys[best]
         entries.append(Entry(name, number, told, genome, offset, tuple(rows[best]), cosine,
                              tuple((o, cos, m) for (o, cos), m in zip(keys, means))))
-    ref = entries.pop() if head.get("reference") else None
+    ref = entries.pop() if head.get("reference") else None  # rounds stored before the recipe-matched reference
     ranked = sorted(range(len(entries)), key=lambda i: -entries[i].mean)  # stable: ties keep the told order
-    return FunnelRound(int(head["generation"]), tuple((t, int(s)) for t, s in head["units"]),
-                       tuple(entries[i] for i in ranked), ref)
+    entries = [entries[i] for i in ranked]
+    if head.get("recipe_reference"):
+        if not attrs.get(done_key(generation)):
+            return None
+        entries[0] = _extended(attrs, generation, "win", entries[0])
+        ref = _extended(attrs, generation, "ref", _reference_entry(attrs, generation, entries[0]))
+    return FunnelRound(int(head["generation"]), tuple((t, int(s)) for t, s in head["units"]), tuple(entries), ref)
+
+
+def done_key(generation: int) -> str:
+    """Set once a round's winner and reference sweeps are interior (or at the lr range's end)."""
+    return f"{PREFIX}{generation}:done"
+
+
+def stage_key(generation: int, tag: str, i: int) -> str:
+    """The ``i``-th sweep stage ``tag`` (``ref``: Adam with the winner's recipe, ``win``: extensions) of a round."""
+    return f"{PREFIX}{generation}:{tag}:{i}"
+
+
+def reference_genome(winner: Genome) -> Genome:
+    """Adam's update rule (its default lr, β, ε) with the winner's recipe: its sweep starts where Adam's does."""
+    return Genome.named(REFERENCE).with_recipe(winner)
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def _best(rows: Sequence[tuple[float, bool, Sequence[float]]]) -> int:
+    """Index of the best (offset, cosine, scores) row; ties: the smaller lr change, then the earlier row."""
+    return max(range(len(rows)), key=lambda i: (_mean(rows[i][2]), -abs(rows[i][0]), -i))
+
+
+def _reference_entry(attrs: dict[str, Any], generation: int, winner: Entry) -> Entry | None:
+    got = complete_scores(attrs, stage_key(generation, "ref", 0))
+    if got is None:
+        return None
+    head, scores = got
+    g = Genome.from_params(head["base"])
+    rows = [(float(o), g.cosine_decay, sc) for o, sc in zip(head["offsets"], scores)]
+    b = _best(rows)
+    return Entry(REFERENCE, None, None, g, rows[b][0], tuple(rows[b][2]), g.cosine_decay,
+                 tuple((o, c, _mean(sc)) for o, c, sc in rows))
+
+
+def _extended(attrs: dict[str, Any], generation: int, tag: str, e: Entry | None) -> Entry | None:
+    """``e`` with the extension stages of its sweep (``tag``) read in: its best variant over all of them."""
+    if e is None:
+        return None
+    rows = [(o, c, None) for o, c, _ in e.by_variant]
+    means = [m for _, _, m in e.by_variant]
+    best_scores: dict[int, tuple[float, ...]] = {}
+    i = 1 if tag == "ref" else 0
+    while (got := complete_scores(attrs, stage_key(generation, tag, i))) is not None:
+        head, scores = got
+        rows.append((float(head["offsets"][0]), bool(head["cosine"]), None))
+        means.append(_mean(scores[0]))
+        best_scores[len(rows) - 1] = tuple(scores[0])
+        i += 1
+    if not best_scores:
+        return e
+    b = max(range(len(rows)), key=lambda k: (means[k], -abs(rows[k][0]), -k))
+    if b not in best_scores:  # still a variant of the first sweep
+        return replace(e, by_variant=tuple((o, c, m) for (o, c, _), m in zip(rows, means)))
+    return replace(e, offset=rows[b][0], cosine=rows[b][1], scores=best_scores[b],
+                   by_variant=tuple((o, c, m) for (o, c, _), m in zip(rows, means)))
+
+
+def _next_offset(e: Entry) -> float | None:
+    """The next lr offset of ``e``'s sweep when its best is an end of it (None: interior or the lr range ends)."""
+    lo, hi, _ = FLOAT_RANGES["lr_log10"]
+    offsets = sorted({o for o, _, _ in e.by_variant})
+    if len(offsets) < 2:
+        return None
+    if e.offset == offsets[-1]:
+        nxt = min(offsets[-1] + EXTEND, hi - e.genome.lr_log10)
+        return nxt if nxt > offsets[-1] + 1e-9 else None
+    if e.offset == offsets[0]:
+        nxt = max(offsets[0] - EXTEND, lo - e.genome.lr_log10)
+        return nxt if nxt < offsets[0] - 1e-9 else None
+    return None
 
 
 def rounds(study: optuna.Study) -> list[FunnelRound]:
@@ -182,13 +259,14 @@ def run_round(study: optuna.Study, cfg: StudyConfig, generation: int, *, device:
     head = study.user_attrs.get(key)
     f = cfg.funnel
     if head is None:  # fix the candidates now: later generations must not change a half-run round
-        picked = candidates(study, f.k)
-        base = [Genome.from_params(t.params) for t in picked] + [Genome.named(REFERENCE)]
+        ranked = candidates(study, f.k)
+        picked = [t for t, _ in ranked]
+        base = [Genome.from_params(t.params).canonical() for t in picked]
         extra = {"generation": generation, "offsets": list(f.lr_sweep), "cosine_sweep": f.cosine_sweep,
                  "base": [g.to_params() for g in base],
-                 "names": [f"#{t.number}" for t in picked] + [REFERENCE],
-                 "numbers": [t.number for t in picked] + [None],
-                 "told": [scalar_fitness(t) for t in picked] + [None], "reference": True}
+                 "names": [f"#{t.number}" for t in picked],
+                 "numbers": [t.number for t in picked],
+                 "told": [m for _, m in ranked], "recipe_reference": True}
         units = units_for(cfg, f"funnel/{generation}")
     else:
         base = [Genome.from_params(p) for p in head["base"]]
@@ -201,12 +279,42 @@ def run_round(study: optuna.Study, cfg: StudyConfig, generation: int, *, device:
     bar = _bar(progress, len(units), f"funnel after generation {generation}")
     try:
         run_stage(study, key, genomes, units, run_unit, extra=extra, progress=bar)
+        if extra.get("recipe_reference"):
+            _sweep_to_interior(study, generation, units, run_unit, offsets, bar)
     finally:
         if bar is not None:
             bar.close()
     done = read_round(study.user_attrs, generation)
     assert done is not None
     return done
+
+
+def _sweep_to_interior(study: optuna.Study, generation: int, units: Sequence[Unit], run_unit: Any,
+                       offsets: Sequence[float], bar: Any) -> None:
+    """Extend the winner's sweep while its best is an end, then sweep Adam with the winner's recipe likewise.
+
+    Every step is a stage stored per unit (resumable); the round counts as finished only after the last.
+    """
+    winner = read_round({**study.user_attrs, done_key(generation): True,
+                         stage_key(generation, "ref", 0): None}, generation).entries[0]  # type: ignore[union-attr]
+
+    def extend(tag: str, e: Entry, first: int) -> Entry:
+        i = first
+        while complete_scores(study.user_attrs, stage_key(generation, tag, i)) is not None:  # stored: read in e
+            i += 1
+        while (nxt := _next_offset(e)) is not None:
+            run_stage(study, stage_key(generation, tag, i), [variant(e.genome, nxt, e.cosine)], units, run_unit,
+                      extra={"offsets": [nxt], "cosine": e.cosine}, progress=bar)
+            e = _extended(study.user_attrs, generation, tag, e)  # type: ignore[assignment]
+            i += 1
+        return e
+
+    winner = extend("win", winner, 0)
+    ref = reference_genome(winner.tuned)
+    run_stage(study, stage_key(generation, "ref", 0), [variant(ref, o, ref.cosine_decay) for o in offsets], units,
+              run_unit, extra={"offsets": list(offsets), "base": ref.to_params()}, progress=bar)
+    extend("ref", _reference_entry(study.user_attrs, generation, winner), 1)  # type: ignore[arg-type]
+    study.set_user_attr(done_key(generation), True)
 
 
 def run_funnels(study: optuna.Study, cfg: StudyConfig, *, device: str, data_dir: str | None,
@@ -278,19 +386,26 @@ def headline(study: optuna.Study) -> list[str]:
     diff = fresh.vs_reference() if fresh is not None and fresh.start == w.tuned else None
     if diff is not None and math.isfinite(diff.half_width):
         simplified_here = any(r.dropped for r in fresh.rows)  # the parts to drop were chosen on these runs
-        lines.append(f"simplified winner − Adam (lr-swept) on {diff.n} fresh runs not used to pick the winner"
+        lines.append(f"simplified winner − {_ref_label(last)} on {diff.n} fresh runs not used to pick the winner"
                      f"{' (its simplification was chosen on them)' if simplified_here else ''}: "
                      f"{diff.fmt(digits=4, signed=True)} (95 % paired t-interval; "
                      f"{verdict(diff, selected_on_these_runs=simplified_here, reference_at_edge=ref_edge is not None).text('Adam')})")
         return lines
     diff = last.vs_reference()
     if diff is not None and math.isfinite(diff.half_width):
-        lines.append(f"winner − Adam (lr-swept) on the funnel's {diff.n} runs: {diff.fmt(digits=4, signed=True)} "
+        lines.append(f"winner − {_ref_label(last)} on the funnel's {diff.n} runs: {diff.fmt(digits=4, signed=True)} "
                      f"(95 % paired t-interval; "
                      f"{verdict(diff, selected_on_these_runs=True, reference_at_edge=ref_edge is not None).text('Adam')})")
     else:
         lines.append("no interval for winner − Adam (too few runs): no comparison claimed")
     return lines
+
+
+def _ref_label(r: FunnelRound) -> str:
+    """The reference as the headline names it: recipe-matched in rounds that ran it so."""
+    if r.reference is not None and r.reference.genome.recipe() == r.winner.tuned.recipe():
+        return "Adam with the winner's recipe (lr-swept)"
+    return "Adam (lr-swept)"
 
 
 def _sweep_edge(e: Entry) -> str | None:

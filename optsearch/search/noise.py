@@ -9,9 +9,10 @@ many points. So
   generation, configured seed) — so selection does not keep maximising one frozen noise draw, and an
   elite carried over into the next generation is genuinely measured again;
 * a genome's **ranking fitness is the mean over all its evaluations**: the value told for a trial is
-  the mean of its own measurement and those of every COMPLETE trial of an *earlier* generation with
-  the same genome (an elite's ancestors, or a child that happens to repeat a genome). Only earlier
-  generations count: they are settled before a generation is asked, so the value does not depend
+  the mean of its own measurement and those of every finished trial (a pruned one at its last
+  checkpoint) of an *earlier* generation with the same canonical genome
+  (:meth:`optsearch.genome.Genome.canonical`: an elite's ancestors, or a child that repeats a genome,
+  however spelt). Only earlier generations count: they are settled before a generation is asked, so the value does not depend
   on which batch-mate finished first. The trial's own measurement and the count are stored as user
   attrs :data:`MEASURED_ATTR` and :data:`EVALUATIONS_ATTR`; a trial without them (written before the
   noise model) counts as one evaluation measuring its value.
@@ -27,10 +28,9 @@ from typing import Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from optsearch.genome import LATER_GENES
+from optsearch.genome.core import canonical_key
 from optsearch.search.config import StudyConfig
 from optsearch.search.sampler.slots import trial_generation
-from optsearch.search.sampler.space import SPACE
 
 MEASURED_ATTR = "measured"
 """Trial user attr: the trial's own objective values (a list; one entry for aggregate fitness)."""
@@ -60,16 +60,52 @@ def evaluations(t: FrozenTrial) -> int:
     return int(t.user_attrs.get(EVALUATIONS_ATTR, 1))
 
 
+def measurement(t: FrozenTrial) -> list[float] | None:
+    """What a finished trial measured: a COMPLETE one its own values (:func:`measured`); a PRUNED one (stopped
+    early or diverged) its fitness estimate at its last checkpoint (its last intermediate value, single-objective
+    studies); None when it has none (a per-task study reports no intermediate values)."""
+    if t.state == TrialState.COMPLETE:
+        return measured(t)
+    if t.state == TrialState.PRUNED and t.intermediate_values:
+        return [float(t.intermediate_values[max(t.intermediate_values)])]
+    return None
+
+
 def earlier_measurements(study: optuna.Study, params: dict, generation: int) -> list[list[float]]:
-    """The measurements of the same genome by COMPLETE trials of generations before ``generation``."""
-    target = {n: params[n] for n in SPACE}
+    """The measurements of the same (canonical) genome by finished trials of generations before ``generation``.
+
+    Pruned re-measurements count, at their last checkpoint: leaving them out would let a genome measured
+    often look better the more of its bad draws were cut short.
+    """
+    target = canonical_key(params)  # one genome however spelt: silent genes, slot order, a term split over slots
     out = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         g = trial_generation(t)
-        same = all(t.params.get(n, LATER_GENES.get(n)) == v for n, v in target.items())  # old trials lack later genes
-        if g is not None and g < generation and same:
-            out.append(measured(t))
+        m = measurement(t)
+        if m is not None and g is not None and g < generation and canonical_key(t.params) == target:
+            out.append(m)
     return out
+
+
+def genome_means(study: optuna.Study) -> list[tuple[FrozenTrial, float, int]]:
+    """Each canonical genome with a COMPLETE trial: (its newest COMPLETE trial, the mean over ALL its measurements,
+    pruned ones included, and their count), best mean first; the aggregate over objectives for per-task studies.
+
+    The funnel ranks its candidates by this, not by a genome's highest told value (the maximum of its noisy
+    draws) nor by a mean that drops its pruned re-measurements.
+    """
+    by: dict[tuple, list[FrozenTrial]] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        by.setdefault(canonical_key(t.params), []).append(t)
+    out = []
+    for trials in by.values():
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        rows = [m for m in (measurement(t) for t in trials) if m is not None]
+        if not complete or not rows:
+            continue
+        mean = sum(sum(r) / len(r) for r in rows) / len(rows)
+        out.append((max(complete, key=lambda t: t.number), mean, len(rows)))
+    return sorted(out, key=lambda e: (-e[1], e[0].number))
 
 
 def combine(own: Sequence[float], earlier: Sequence[Sequence[float]]) -> list[float]:
