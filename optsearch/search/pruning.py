@@ -84,8 +84,9 @@ class Pruning:
       compared only with earlier members holding no more optimizer state than it does: plain SGD is not
       pruned for trailing Adam, which it may still beat on the memory axis of the front.
     * ``chance`` (the default with several objectives): when the first seed of every task is done (units
-      run ``for seed: for task``), a member whose accuracy was within ``chance_margin`` of chance on *every* task did not learn
-      anything and is pruned; one good on some task is kept (it may be Pareto-optimal).
+      run ``for seed: for task``), a member whose accuracy was within ``chance_margin`` of chance on
+      *every* task did not learn anything and is pruned; one good on some task is kept (it may be
+      Pareto-optimal).
     * ``none``: nothing is pruned (values are still reported where Optuna allows it: the dashboard
       draws them).
     """
