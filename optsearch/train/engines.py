@@ -252,6 +252,9 @@ class FusedEngine(Engine):
         if pop.compile_model:
             import functools
 
+            from optsearch.train.update import quiet_cuda_home_probe
+
+            quiet_cuda_home_probe()
             self._compiled = torch.compile(functools.partial(fused_losses, pop.model), fullgraph=True,
                                            backend=FUSED_COMPILE_BACKEND)
         super().__init__(pop)

@@ -97,6 +97,7 @@ def quiet_cuda_home_probe() -> None:
     ``nvcc`` on PATH) without a usable GPU, it logs "No CUDA runtime is found, using CUDA_HOME=…" — true
     and expected on a CPU run, so a CPU user's terminal should not show it. The module's later messages
     (real build problems) still show, and with a GPU this does nothing."""
+    import importlib
     import sys
 
     if "torch.utils.cpp_extension" in sys.modules or torch.cuda.is_available():
@@ -105,7 +106,7 @@ def quiet_cuda_home_probe() -> None:
     level = log.level
     log.setLevel(logging.ERROR)
     try:
-        import torch.utils.cpp_extension  # noqa: F401
+        importlib.import_module("torch.utils.cpp_extension")
     finally:
         log.setLevel(level)
 
