@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from optsearch.train import datasets
+from optsearch.train import datasets, sequence
 from optsearch.train.datasets import DATA_DIR_ENV
 from optsearch.errors import ConfigError
 DIVERGENCE_LOSS = 50.0
@@ -122,8 +122,8 @@ class Task:
 
         def count(m: nn.Module, _inp, out: torch.Tensor) -> None:
             nonlocal flops
-            if isinstance(m, nn.Linear):
-                flops += 2 * m.in_features * m.out_features
+            if isinstance(m, nn.Linear):  # once per position for sequence models (out is [1, …, out_features])
+                flops += 2 * m.in_features * out.numel()
             elif isinstance(m, nn.modules.conv._ConvNd):
                 k = math.prod(m.kernel_size) * m.in_channels // m.groups
                 flops += 2 * k * out[0].numel()
@@ -407,3 +407,35 @@ register(Task(name="cifar10_small", build_model=cifar_small_cnn, read=_real("cif
               steps=400, batch_size=128, subsample=10_000, input_shape=(3, 32, 32),
               augment=crop_flip(4, tuple(-m / s for m, s in zip(_CIFAR_MEAN, _CIFAR_STD))),
               description="CIFAR-10 (10,000 training images), narrow CNN conv16-pool-conv32-pool-fc10"))
+
+
+# ----------------------------------------------------------------------------- sequence tasks (a second model family)
+def _recall_reader(spec: "sequence.RecallSpec") -> Callable[[Path | None], Arrays]:
+    """Associative recall generated from the spec's seed (cached: tasks on one spec share their data)."""
+
+    @cache
+    def read(_: Path | None) -> Arrays:
+        rng = np.random.default_rng(spec.seed)
+        x_train, y_train = sequence.recall_arrays(spec, spec.train, rng)
+        x_test, y_test = sequence.recall_arrays(spec, spec.test, rng)
+        return Arrays(x_train, y_train, x_test, y_test)
+
+    return read
+
+
+def _transformer(spec: "sequence.RecallSpec", **kw: int) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        return sequence.TinyTransformer(spec.vocab, spec.length, spec.values, **kw)
+
+    return build
+
+
+_RECALL = sequence.RecallSpec()
+_RECALL_LARGE = sequence.RecallSpec(pairs=10, keys=24, train=30_000, seed=8765)
+register(Task(name="recall", build_model=_transformer(_RECALL), read=_recall_reader(_RECALL), steps=200,
+              batch_size=64, val_size=2000, embedded=True, input_shape=(_RECALL.length,),
+              description="associative recall (6 key-value pairs, generated), causal transformer 2×64"))
+register(Task(name="recall_large", build_model=_transformer(_RECALL_LARGE, d=96, layers=3),
+              read=_recall_reader(_RECALL_LARGE), steps=400, batch_size=64, val_size=2000, embedded=True,
+              input_shape=(_RECALL_LARGE.length,),
+              description="associative recall (10 pairs, generated), causal transformer 3×96 (a funnel task)"))
