@@ -24,8 +24,9 @@ MULTI_OBJECTIVE_PRUNERS = ("percentile",)
 """Curve pruners that also run with several objectives (our own rule: :mod:`optsearch.search.pruning`)."""
 PER_TASK_PRUNER = "chance"
 """The default pruner of per-task studies (Optuna's pruners need intermediate values, which they lack)."""
-ABLATION_MARGIN = 0.01
-"""Default equivalence margin of the ablation (fitness units, about one point of accuracy)."""
+ABLATION_MARGIN = 0.003
+"""Default equivalence margin of the ablation (fitness units, about a third of a point of accuracy: below the gains
+the search claims, so a part worth them is never dropped as "harmless")."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ class FunnelConfig:
     found on short proxies may lack the schedule the longer task wants);
     ``every`` runs an extra round every that many generations (0: at the end only); ``ablation``
     simplifies the winner afterwards (:mod:`optsearch.search.ablation`) on ``ablation_seeds`` fresh
-    seeds (default: ``seeds``), dropping a part only when removing it costs less than
+    seeds (default: ``seeds``, at least 8), dropping a part only when removing it costs less than
     ``ablation_margin`` fitness with 95 % confidence.
     """
 
@@ -81,6 +82,33 @@ class FunnelConfig:
     ablation: bool = True
     ablation_seeds: int | None = None
     ablation_margin: float = ABLATION_MARGIN
+
+
+RECIPES = ("evolve", "shared")
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """The training recipe every member runs with when ``[search] recipe = "shared"`` (the ``[recipe]`` table).
+
+    With ``evolve`` (the paper's setting, the default) warmup, cosine decay and clipping are genes like any
+    other, and the cheapest gains open to the search are recipe gains: a laptop run then rediscovers "Adam
+    with a recipe". With ``shared`` these genes are held fixed by the sampler (never mutated or crossed
+    over, stored as they ran), generation 0's baselines run with the same recipe, and the funnel's Adam
+    reference takes it too, so selection can only reward the update rule.
+    """
+
+    warmup: bool = True
+    warmup_frac: float = 0.05
+    cosine_decay: bool = True
+    clip: str = "none"
+    clip_threshold: float = 1.0
+
+    def genes(self) -> dict[str, Any]:
+        """The recipe as genome parameters, in canonical form (a silent threshold or fraction at its fixed value)."""
+        from optsearch.genome import Genome
+
+        return replace(Genome.named("adam"), **asdict(self)).canonical().recipe()
 
 
 @dataclass(frozen=True)
@@ -102,6 +130,13 @@ class StudyConfig:
     pruning: PruningConfig = field(default_factory=PruningConfig)
     sampler: Mapping[str, Any] = field(default_factory=dict)
     funnel: FunnelConfig = field(default_factory=FunnelConfig)
+    recipe: str = "evolve"
+    shared_recipe: RecipeConfig = field(default_factory=RecipeConfig)
+
+    @property
+    def fixed_genes(self) -> dict[str, Any]:
+        """Genes the sampler holds fixed in every member: the shared recipe's, or none."""
+        return self.shared_recipe.genes() if self.recipe == "shared" else {}
 
     @property
     def per_task(self) -> bool:
@@ -158,6 +193,9 @@ class StudyConfig:
         ``stored``: the config is read back from a study (see ``_pruning`` for what that relaxes).
         """
         d = dict(d)
+        table = d.pop("shared_recipe", None)  # stored form
+        if isinstance(d.get("recipe"), dict):  # the TOML layout's [recipe] table (its mode is [search] recipe)
+            table = d.pop("recipe")
         if "search" in d:  # the TOML layout: [search], [pruning], [sampler]
             search = d.pop("search")
             if not isinstance(search, dict):
@@ -203,7 +241,11 @@ class StudyConfig:
             pruning=_pruning(pruning, where, objective=d.get("objective", "aggregate"), stored=stored),
             sampler=dict(sampler),
             funnel=_funnel(d.get("funnel"), tasks, where),
+            recipe=_choice(d, "recipe", RECIPES, _default(cls, "recipe"), where),
+            shared_recipe=_recipe(table, d.get("recipe", _default(cls, "recipe")), where, stored=stored),
         )
+        if cfg.recipe == "shared" and cfg.funnel.cosine_sweep:
+            raise ConfigError(f"{where}: [funnel] cosine_sweep changes the schedule, which a shared recipe holds fixed")
         _check_sampler(cfg, where)
         return cfg
 
@@ -355,6 +397,28 @@ def _funnel(f: Any, search_tasks: list[str], where: str) -> FunnelConfig:
         ablation=f.get("ablation", default("ablation")), ablation_seeds=_opt_int(f, "ablation_seeds", w, lo=3),
         ablation_margin=_number(f, "ablation_margin", f"{w}:", default("ablation_margin"), "[0, 1]"),
     )
+
+
+def _recipe(table: Any, mode: Any, where: str, *, stored: bool) -> RecipeConfig:
+    """Validate ``[recipe]``: only with ``recipe = "shared"`` (elsewhere it would be ignored), values in the genes' ranges."""
+    if table is None:
+        return RecipeConfig()
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: [recipe] must be a table")
+    if mode != "shared" and not stored and table:
+        raise ConfigError(f"{where}: a [recipe] table would be ignored unless [search] recipe = \"shared\"")
+    unknown = sorted(set(table) - set(RecipeConfig.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(f"{where}: unknown [recipe] key(s) {', '.join(unknown)}; known: "
+                          f"{', '.join(RecipeConfig.__dataclass_fields__)}")
+    cfg = RecipeConfig(**{k: table.get(k, _default(RecipeConfig, k)) for k in RecipeConfig.__dataclass_fields__})
+    from optsearch.errors import GenomeError
+
+    try:
+        cfg.genes()
+    except GenomeError as e:
+        raise ConfigError(f"{where}: [recipe] {e}") from None
+    return cfg
 
 
 def _check_sampler(cfg: StudyConfig, where: str) -> None:

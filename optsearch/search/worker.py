@@ -31,7 +31,8 @@ FAIL_REASON_ATTR = "fail_reason"  # user attr of a trial failed by an exception 
 
 
 def make_sampler(cfg: StudyConfig) -> GeneticSampler:
-    return GeneticSampler(population_size=cfg.population, seed=cfg.seed, config=GAConfig.from_dict(cfg.sampler))
+    return GeneticSampler(population_size=cfg.population, seed=cfg.seed, config=GAConfig.from_dict(cfg.sampler),
+                          fixed_params=cfg.fixed_genes)
 
 
 class Worker:
