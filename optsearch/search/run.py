@@ -43,6 +43,7 @@ def run(
         raise ConfigError(f"--generations must be ≥ 1, got {generations}")
     study, cfg = open_study(name, storage)
     dev = _device(device or cfg.device)
+    cfg.run_spec(device=dev, data_dir=data_dir).validate()  # every setting checked before any trial is asked
     _check_data(cfg, data_dir)
     start = completed_generations(study, cfg.population)
     stop = cfg.generations if generations is None else min(cfg.generations, start + generations)
