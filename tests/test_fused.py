@@ -1,6 +1,6 @@
 """The fused engine (HFTA layout) trains each member exactly as the looped engine does.
 
-Compared in float64 over a few steps (DESIGN §10: sign-bearing genomes are chaotic over long runs), with
+Compared in float64 over a few steps (sign-bearing genomes are chaotic: a last-bit difference flips a sign, and trajectories separate over long runs), with
 batch norm, two dropout layers, a member that explodes, retirement and evaluation.
 """
 

@@ -4,7 +4,7 @@ Every named genome (and one per sign term) × {foreach, loop} × {maximize} × {
 {LR scheduler} × {state_dict round trip}: each variant must follow the plain run (real parameters,
 the loop path, minimising, ``step()`` after an explicit backward, no interruption) under the same
 scheduler. Float64, tiny tensors, a few steps: sign terms are chaotic, so the horizon is short and
-the tolerance tight (DESIGN §10). Then the features torch's own optimizers have: ``foreach=None`` by
+the tolerance tight (a last-bit difference flips a sign and separates long trajectories). Then the features torch's own optimizers have: ``foreach=None`` by
 device, ``capturable`` (no host read), ``differentiable``, complex parameters as ``torch.optim.Adam``,
 per-group hyperparameters, the genome in ``state_dict``.
 """

@@ -1,6 +1,6 @@
 """The batched population trains each genome exactly as GenomeOptimizer would train it alone.
 
-Equivalence is checked where it is meaningful (DESIGN §10): smooth genomes over 100 fp32 steps;
+Equivalence is checked where it is meaningful: smooth genomes over 100 fp32 steps;
 genomes with sign terms (chaotic: a last-bit difference flips a sign) in float64 over 10 steps.
 """
 
