@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from optsearch.errors import OptsearchError
 
-__all__ = ["Genome", "GenomeOptimizer", "OptsearchError"]
+__all__ = ["Genome", "GenomeOptimizer", "OptsearchError", "genome_update"]
 __version__ = "0.1.0"
 
 
@@ -15,8 +15,8 @@ def __getattr__(name: str):
         from optsearch.genome import Genome
 
         return Genome
-    if name == "GenomeOptimizer":
-        from optsearch.optim import GenomeOptimizer
+    if name in ("GenomeOptimizer", "genome_update"):
+        from optsearch import optim
 
-        return GenomeOptimizer
+        return getattr(optim, name)
     raise AttributeError(name)

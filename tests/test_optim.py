@@ -67,15 +67,27 @@ def _torch_reference(name: str, params) -> torch.optim.Optimizer:
     if name == "rmsprop":
         assert (g.beta2, g.eps) == (0.99, pytest.approx(1e-8))
         return torch.optim.RMSprop(params, lr=g.lr, alpha=g.beta2, eps=g.eps)
-    assert name == "sgd_momentum" and g.beta1 == 0.9
-    params = list(params)
-    opt = torch.optim.SGD(params, lr=g.lr, momentum=g.beta1, dampening=g.beta1)
-    # torch's SGD starts its buffer at the first gradient (buf = g₁, no dampening on step 1); the genome's
-    # m is an EMA started at zero like Adam's (m₁ = (1−β)·g₁). A zero buffer makes torch's first step the
-    # EMA step too, after which both are buf ← β·buf + (1−β)·g.
-    for p in params:
-        opt.state[p]["momentum_buffer"] = torch.zeros_like(p)
-    return opt
+    assert name == "sgd_momentum" and g.beta1 == pytest.approx(0.9)
+    return _torch_sgd_for(g, params)
+
+
+def _torch_sgd_for(g: Genome, params) -> torch.optim.Optimizer:
+    """torch's SGD that runs the sgd_momentum genome: the genome's m is an EMA from zero,
+    m_t = (1−μ)·Σ_s μ^(t−s)·g_s; torch's buffer (dampening 0) is Σ_s μ^(t−s)·g_s from buf_1 = g_1, i.e.
+    m_t/(1−μ) at every step, so lr·m_t is torch's step at lr·(1−μ)."""
+    return torch.optim.SGD(params, lr=g.lr * (1 - g.beta1), momentum=g.beta1)
+
+
+def test_sgd_momentum_is_torch_sgd_with_scaled_lr_not_dampening():
+    # The mapping once documented, SGD(momentum=μ, dampening=μ), starts its buffer at g_1 (no dampening on the
+    # first step), so it weighs g_1 by μ^(t−1) where the genome weighs it by (1−μ)·μ^(t−1): off from step 1.
+    g = Genome.named("sgd_momentum")
+    ours, exact, damped = _mlp(torch.float64), _mlp(torch.float64), _mlp(torch.float64)
+    a = _trajectory(ours, GenomeOptimizer(ours.parameters(), g), 30)
+    b = _trajectory(exact, _torch_sgd_for(g, exact.parameters()), 30)
+    c = _trajectory(damped, torch.optim.SGD(damped.parameters(), lr=g.lr, momentum=g.beta1, dampening=g.beta1), 30)
+    _assert_same_trajectory(a, b, atol=1e-12, rtol=1e-10)
+    assert max((p - q).abs().max().item() for p, q in zip(a[0], c[0])) > 1e-3
 
 
 @pytest.mark.parametrize("foreach", [True, False])

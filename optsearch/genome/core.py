@@ -442,7 +442,8 @@ def _none_slots(*terms: tuple[str, float]) -> dict[str, tuple]:
 NAMED: dict[str, Genome] = {
     # Plain SGD, torch.optim.SGD without momentum: no optimizer state (the zero end of a memory front).
     "sgd": Genome(**_none_slots(("grad", 1.0)), lr_log10=-1.0, bias_correction=False),
-    # SGD with momentum in EMA form: torch.optim.SGD(momentum=μ, dampening=μ).
+    # SGD with momentum in EMA form, m_t = μ·m_{t−1} + (1−μ)·g_t from m_0 = 0: exactly
+    # torch.optim.SGD(lr=η·(1−μ), momentum=μ) (dampening 0), whose buffer is m_t/(1−μ) from step 1.
     "sgd_momentum": Genome(**_none_slots(("momentum", 1.0)), lr_log10=-1.0, beta1_log1m=-1.0,
                            bias_correction=False),
     "adam": Genome(**_none_slots(("adam", 1.0)), lr_log10=-3.0, beta1_log1m=-1.0, beta2_log1m=-3.0,
