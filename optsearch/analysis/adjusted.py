@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from optsearch.analysis.importance import CONDITIONAL, CONTINUOUS, PRIMS, SWITCHES, switch_on
-from optsearch.analysis.principles import MIN_GROUP, N_BOOT, Principle, rng_for, departs, departure_label, fmt
+from optsearch.analysis.principles import MIN_GROUP, N_BOOT, Principle, boot_p, rng_for, departs, departure_label, fmt
 from optsearch.genome import Genome
 
 SCOPE = "other genes held fixed"
@@ -99,6 +99,12 @@ def stratified_indices(generation: np.ndarray, rng: np.random.Generator, n_boot:
 def adjusted_effects(genomes: Sequence[Genome], y: np.ndarray, generation: np.ndarray, *, seed: int = 0,
                      n_boot: int = N_BOOT) -> dict[str, tuple[float, float, float]]:
     """key -> (effect, 2.5 %, 97.5 %) for every switch and primitive that varies enough to be estimated."""
+    return {k: v[:3] for k, v in adjusted_tests(genomes, y, generation, seed=seed, n_boot=n_boot).items()}
+
+
+def adjusted_tests(genomes: Sequence[Genome], y: np.ndarray, generation: np.ndarray, *, seed: int = 0,
+                   n_boot: int = N_BOOT) -> dict[str, tuple[float, float, float, float]]:
+    """:func:`adjusted_effects` with each effect's two-sided p-value (for the multiple-testing correction)."""
     y = np.asarray(y, dtype=float)
     generation = np.asarray(generation)
     X, names = design(genomes)
@@ -113,7 +119,7 @@ def adjusted_effects(genomes: Sequence[Genome], y: np.ndarray, generation: np.nd
         if n_with < MIN_GROUP or len(y) - n_with < MIN_GROUP:
             continue
         lo, hi = np.percentile(boots[:, j], [2.5, 97.5])
-        out[key] = (float(est[j]), float(lo), float(hi))
+        out[key] = (float(est[j]), float(lo), float(hi), boot_p(float(est[j]), boots[:, j]))
     return out
 
 
@@ -123,17 +129,17 @@ def adjusted_principles(genomes: Sequence[Genome], y: np.ndarray, generation: np
     n = len(y)
     if n < 4 * MIN_GROUP:
         return []
-    effects = adjusted_effects(genomes, y, generation, seed=seed)
+    effects = adjusted_tests(genomes, y, generation, seed=seed)
     out = []
-    for key, (d, lo, hi) in effects.items():
+    for key, (d, lo, hi, pval) in effects.items():
         mask = departs(genomes, key)
         ok = lo > 0 or hi < 0
         label = departure_label(key)
         sentence = (f"{label} with the other genes held fixed: {fmt(d)} {unit} (95 % CI {fmt(lo)}…{fmt(hi)}, "
                     f"n = {n:,} genomes)" + ("" if ok else " — not established"))
         out.append(Principle("switch" if key in SWITCHES else "primitive", key, SCOPE, label, d, (lo, hi), n,
-                             int(mask.sum()), int((~mask).sum()), ok, sentence))
+                             int(mask.sum()), int((~mask).sum()), ok, sentence, p=pval))
     return out
 
 
-__all__ = ["SCOPE", "adjusted_effects", "adjusted_principles", "bootstrap_counts", "design", "fit", "stratified_indices"]
+__all__ = ["SCOPE", "adjusted_effects", "adjusted_principles", "adjusted_tests", "bootstrap_counts", "design", "fit", "stratified_indices"]

@@ -18,7 +18,7 @@ from optsearch.analysis.importance import PRIMS, SWITCHES, Importance
 from optsearch.analysis.adjusted import SCOPE as ADJUSTED
 from optsearch.analysis.data import StudyData
 from optsearch.analysis.evolution import pareto_mask
-from optsearch.analysis.principles import TOP_QUANTILE, Principle, departs, departure_label, pct
+from optsearch.analysis.principles import ALPHA, CORRECTION, TOP_QUANTILE, Principle, departs, departure_label, pct
 from optsearch.analysis.result import Analysis
 
 
@@ -59,19 +59,33 @@ def _integer_x(a: Any) -> None:
 
 
 def importance_figure(imp: Importance, title: str):
-    """Three panels over the same units, ordered by PED-ANOVA: PED-ANOVA, fANOVA ± sd, forest permutation ± sd."""
-    units = imp.ranking()[::-1]
-    fig, ax = _figure(13, 6.5, 1, 3)
+    """The three methods side by side over the same units (consensus order: mean rank over the methods),
+    each method's top 5 in a darker colour, the units all three put in their top 5 in bold, and their
+    agreement (Spearman ρ, top-5 overlap, agreed and disputed units) stated under the panels."""
+    import textwrap
+
+    ag = imp.agreement()
+    units = ag.consensus()[::-1]
+    fig, ax = _figure(13, 7, 1, 3, sharey=True)
     fa, sp = imp.fanova, imp.surrogate.importance
-    panels = (("PED-ANOVA", [imp.ped_anova[u] for u in units], None),
-              ("fANOVA (mean ± sd, 3 seeds)", [fa.get(u, (0, 0))[0] for u in units], [fa.get(u, (0, 0))[1] for u in units]),
-              (f"forest: R² lost when permuted (CV R² {imp.surrogate.r2:.2f})", [sp.get(u, (0, 0))[0] for u in units],
-               [sp.get(u, (0, 0))[1] for u in units]))
-    for a, (name, vals, err) in zip(ax[0], panels):
-        a.barh(range(len(units)), vals, xerr=err, color="C0")
-        a.set_yticks(range(len(units)), [u if u not in PRIMS else f"{u} term" for u in units], fontsize=8)
+    panels = (("PED-ANOVA", "PED-ANOVA", [imp.ped_anova[u] for u in units], None),
+              ("fANOVA", "fANOVA (mean ± sd, 3 seeds)", [fa.get(u, (0, 0))[0] for u in units],
+               [fa.get(u, (0, 0))[1] for u in units]),
+              ("forest", f"forest: R² lost when permuted (CV R² {imp.surrogate.r2:.2f})",
+               [sp.get(u, (0, 0))[0] for u in units], [sp.get(u, (0, 0))[1] for u in units]))
+    for a, (method, name, vals, err) in zip(ax[0], panels):
+        colors = ["C0" if ag.ranks[method][u] <= ag.k else "#a6c8e4" for u in units]
+        a.barh(range(len(units)), vals, xerr=err, color=colors)
         a.set_title(name, fontsize=10)
-    fig.suptitle(title)
+        a.set_xlabel("importance")
+    ax[0][0].set_yticks(range(len(units)), [u if u not in PRIMS else f"{u} term" for u in units], fontsize=8)
+    for label, u in zip(ax[0][0].get_yticklabels(), units):
+        if u in ag.agreed:
+            label.set_fontweight("bold")
+    overlap = ", ".join(f"{pair} {n}/{ag.k}" for pair, n in ag.overlap.items())
+    fig.suptitle(f"{title}\nrows: mean rank over the three methods; dark bars: a method's top {ag.k}; "
+                 f"bold: in all three top {ag.k}", fontsize=10)
+    fig.supxlabel(textwrap.fill(f"Agreement: {ag.text()}; top-{ag.k} overlap {overlap}", 170), fontsize=8)
     return fig
 
 
@@ -113,19 +127,60 @@ def terms_figure(d: StudyData):
     return fig
 
 
-def principles_figure(principles: Sequence[Principle], label: str):
-    """Forest plot of the fitness effects (circles: all trials; triangles: top 25 % or held-out half)."""
+MAX_PRINCIPLE_ROWS = 30
+"""principles.png shows at most this many rows (established first); the report lists every principle."""
+_MARKERS = {"all": ("o", "all trials"), "top": ("^", f"top {pct(TOP_QUANTILE)} of trials"),
+            "held-out half": ("s", "held-out half (continuous gene's top range)"),
+            ADJUSTED: ("D", "other genes held fixed (regression)")}
+
+
+def _marker(p: Principle) -> str:
+    return _MARKERS.get("top" if p.scope.startswith("top ") else p.scope, _MARKERS["all"])[0]
+
+
+def _excludes_zero(p: Principle) -> bool:
+    return p.ci is not None and (p.ci[0] > 0 or p.ci[1] < 0)
+
+
+def principle_rows(principles: Sequence[Principle], max_rows: int = MAX_PRINCIPLE_ROWS) -> list[Principle]:
+    """The fitness effects principles.png draws, top row first: established ones (largest first), then
+    those whose interval excluded zero but not after the correction, then the rest by size; at most
+    ``max_rows``."""
     rows = [p for p in principles if p.kind in ("switch", "primitive", "continuous") and p.effect is not None]
-    fig, ax = _figure(9, 0.28 * len(rows) + 1.5)
+    return sorted(rows, key=lambda p: (not p.established, not _excludes_zero(p), -abs(p.effect)))[:max_rows]
+
+
+def principles_figure(principles: Sequence[Principle], label: str, max_rows: int = MAX_PRINCIPLE_ROWS):
+    """Forest plot of the fitness effects, established first, with a legend for colours and markers."""
+    from matplotlib.lines import Line2D
+
+    tested = [p for p in principles if p.kind in ("switch", "primitive", "continuous") and p.effect is not None]
+    rows = principle_rows(principles, max_rows)
+    n_tests = sum(p.p is not None for p in principles)
+    fig, ax = _figure(10, 0.3 * len(rows) + 2.6)
     a = ax[0][0]
-    for i, p in enumerate(rows[::-1]):
-        color = ("C3" if p.effect > 0 else "C0") if p.established else "0.6"
-        a.errorbar(p.effect, i, xerr=[[p.effect - p.ci[0]], [p.ci[1] - p.effect]], fmt="o" if p.scope == "all" else "^",
-                   color=color, capsize=2)
-    a.set_yticks(range(len(rows)), [f"{p.label} [{p.scope}]" for p in rows[::-1]], fontsize=7)
+    n = len(rows)
+    for i, p in enumerate(rows):
+        y = n - 1 - i  # first row on top
+        color = ("C3" if p.effect > 0 else "C0") if p.established else ("C1" if _excludes_zero(p) else "0.6")
+        a.errorbar(p.effect, y, xerr=[[p.effect - p.ci[0]], [p.ci[1] - p.effect]], fmt=_marker(p), color=color,
+                   capsize=2, ms=5)
+    a.set_yticks([n - 1 - i for i in range(n)], [f"{p.label} [{p.scope}]" for p in rows], fontsize=7)
+    n_est = sum(p.established for p in tested)
+    if 0 < n_est < n:
+        a.axhline(n - n_est - 0.5, color="k", lw=0.6, ls=":")
     a.axvline(0, color="k", lw=0.8)
-    a.set_xlabel(f"difference in {label} (95 % bootstrap CI; grey: not established)")
-    a.set_title("Design principles", fontsize=10)
+    a.set_xlabel(f"difference in {label} (95 % bootstrap CI)")
+    shown = f"all {len(tested)}" if len(rows) == len(tested) else f"{len(rows)} of {len(tested)} (the rest are in report.md)"
+    a.set_title(f"Design principles: {n_est} of {len(tested)} effects established, {CORRECTION}-corrected over "
+                f"{n_tests} tests (family-wise error {pct(ALPHA)}); established first, {shown} shown", fontsize=9)
+    handles = [Line2D([], [], color="C3", marker="s", ls="", label=f"established, raises {label}"),
+               Line2D([], [], color="C0", marker="s", ls="", label=f"established, lowers {label}"),
+               Line2D([], [], color="C1", marker="s", ls="", label=f"95 % CI excludes 0, not after {CORRECTION}"),
+               Line2D([], [], color="0.6", marker="s", ls="", label="not established")]
+    scopes = {_marker(p) for p in rows}
+    handles += [Line2D([], [], color="k", marker=m, ls="", label=text) for m, text in _MARKERS.values() if m in scopes]
+    fig.legend(handles=handles, fontsize=7, loc="outside lower center", ncol=3, frameon=False)
     return fig
 
 
@@ -207,12 +262,12 @@ def plotly_figures(result: Analysis) -> dict[str, Any]:
     """Interactive versions for optuna-dashboard (key: figure name).
 
     The dashboard draws each figure in a fixed-size card, so these are compact: the 12 most important
-    units, and the all-trials principles (hover for the full sentence); the PNGs have everything.
+    units (mean rank over the three methods), and the all-trials principles (hover for the full sentence); the PNGs have everything.
     """
     import plotly.graph_objects as go
 
     d, imp = result.data, result.importance
-    units = imp.ranking()[:12][::-1]
+    units = imp.agreement().consensus()[:12][::-1]
     sp = imp.surrogate.importance
     pos = sum(max(0.0, v[0]) for v in sp.values()) or 1.0
     fig_imp = go.Figure([
@@ -222,7 +277,8 @@ def plotly_figures(result: Analysis) -> dict[str, Any]:
         go.Bar(y=units, x=[sp.get(u, (0, 0))[0] / pos for u in units], orientation="h",
                name=f"forest (CV R² {imp.surrogate.r2:.2f})", error_x={"array": [sp.get(u, (0, 0))[1] / pos for u in units]}),
     ])
-    fig_imp.update_layout(title=f"Importance of genome units for {d.label} (shares)", barmode="group",
+    fig_imp.update_layout(title=f"Importance of genome units for {d.label} (shares); "
+                          + ", ".join(f"ρ {pair} {r:+.2f}" for pair, r in imp.agreement().rho.items()), barmode="group",
                           legend={"orientation": "h", "y": -0.15}, margin={"l": 10, "r": 10})
     h = per_generation(d)
     g = h["generation"].tolist()
@@ -243,6 +299,6 @@ def plotly_figures(result: Analysis) -> dict[str, Any]:
                  "arrayminus": [p.effect - p.ci[0] for p in rows]},
         text=[p.sentence for p in rows], hoverinfo="text")])
     fig_pr.add_vline(x=0, line_width=1)
-    fig_pr.update_layout(title=f"Principles: Δ {d.label}, 95 % CI (red: established)", yaxis={"autorange": "reversed",
+    fig_pr.update_layout(title=f"Principles: Δ {d.label}, 95 % CI (red: established, {CORRECTION}-corrected)", yaxis={"autorange": "reversed",
                          "tickfont": {"size": 9}}, margin={"l": 10, "r": 10})
     return {"importance": fig_imp, "history": fig_hist, "terms": fig_terms, "principles": fig_pr}

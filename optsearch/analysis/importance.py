@@ -11,6 +11,11 @@ each continuous gene, each switch, the clip mode, and each primitive's total wei
   with fixed seeds several times and the spread is reported.
 * A scikit-learn random forest on the genome features, scored by cross-validated R² (so a reader
   knows whether to believe it) with grouped permutation importance measured on held-out folds.
+
+The three often disagree (PED-ANOVA looks at where the best trials sit, fANOVA and the forest at the
+variance of the whole fitness surface), so :meth:`Importance.agreement` states how far they agree —
+Spearman rank correlation over all units and overlap of their top 5 — and names the units all three
+put in their top 5 and those only some do. A reader should trust what the methods agree on.
 """
 
 from __future__ import annotations
@@ -143,18 +148,41 @@ def ped_anova(view: optuna.Study) -> dict[str, float]:
 
 
 def fanova(view: optuna.Study, seeds: Sequence[int] = FANOVA_SEEDS) -> dict[str, tuple[float, float]]:
-    """fANOVA importances over several fixed seeds: unit -> (mean, standard deviation)."""
+    """fANOVA importances over several fixed seeds: unit -> (mean, standard deviation).
+
+    The numbers are those of ``get_param_importances(view, evaluator=FanovaImportanceEvaluator(...))``
+    per seed (a test checks they are equal), but the view's search space and its encoding are worked
+    out once for all seeds: Optuna's evaluator recomputes them on every call, and comparing every
+    trial's distributions to find the space took a third of fANOVA's time on 2,500 trials. The space is
+    static (every trial of the view has the same distributions), so the first trial's is the space.
+    """
+    from optuna._transform import _SearchSpaceTransform
+    from optuna.importance._fanova._fanova import _Fanova
+    from optuna.trial import TrialState
+
+    trials = [t for t in view.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if np.isfinite(t.value)]
+    if len(trials) <= 1:
+        return {}
+    space = dict(sorted(trials[0].distributions.items()))  # Optuna's intersection space is sorted by name
+    varying = {k: d for k, d in space.items() if not d.single()}
+    if not varying:
+        return {k: (0.0, 0.0) for k in space}
+    trans = _SearchSpaceTransform(varying, transform_log=False, transform_step=False)
+    X = np.array([trans.transform(t.params) for t in trials])
+    y = np.array([t.value for t in trials], dtype=float)
     runs: list[dict[str, float]] = []
     for s in seeds:
-        ev = optuna.importance.FanovaImportanceEvaluator(n_trees=FANOVA_TREES, max_depth=FANOVA_DEPTH, seed=s)
+        ev = _Fanova(n_trees=FANOVA_TREES, max_depth=FANOVA_DEPTH, min_samples_split=2, min_samples_leaf=1, seed=s)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                runs.append(dict(optuna.importance.get_param_importances(view, evaluator=ev)))
+                ev.fit(X=X, y=y, search_spaces=trans.bounds, column_to_encoded_columns=trans.column_to_encoded_columns)
             except RuntimeError:  # zero variance in every tree: nothing to decompose
                 return {}
-    keys = runs[0]
-    return {k: (float(np.mean([r[k] for r in runs])), float(np.std([r[k] for r in runs]))) for k in keys}
+        raw = {k: ev.get_importance(i)[0] for i, k in enumerate(varying)}
+        total = sum(raw.values())
+        runs.append({k: (raw.get(k, 0.0) / total if total > 0 else 1.0 / len(space)) for k in space})
+    return {k: (float(np.mean([r[k] for r in runs])), float(np.std([r[k] for r in runs]))) for k in space}
 
 
 # ----------------------------------------------------------------------------- surrogate
@@ -247,6 +275,72 @@ def partial_dependence(s: Surrogate, features: Features, gene: str, *, rows: np.
     return grid, pred
 
 
+# ----------------------------------------------------------------------------- agreement
+METHODS: tuple[str, ...] = ("PED-ANOVA", "fANOVA", "forest")
+TOP_K = 5
+"""Agreement is judged on each method's top 5 units (and rank correlation over all of them)."""
+
+
+def ranks(scores: dict[str, float], units: Sequence[str]) -> dict[str, int]:
+    """unit -> rank (1 = most important) by ``scores``; a unit without a score ranks last; ties keep unit order."""
+    order = sorted(units, key=lambda u: -scores.get(u, -math.inf))
+    return {u: i + 1 for i, u in enumerate(order)}
+
+
+def spearman(a: dict[str, int], b: dict[str, int]) -> float:
+    """Spearman's ρ of two rankings of the same units (no ties: 1 − 6Σd² / (n(n²−1)))."""
+    n = len(a)
+    if n < 2:
+        return float("nan")
+    d2 = sum((a[u] - b[u]) ** 2 for u in a)
+    return 1.0 - 6.0 * d2 / (n * (n * n - 1))
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How far the three importance methods agree.
+
+    Attributes:
+        ranks: method -> unit -> rank (1 = most important).
+        rho: "A / B" -> Spearman's ρ of the two methods' rankings over every unit.
+        overlap: "A / B" -> how many of their top-k units two methods share.
+        agreed: units in the top k of every method (in consensus order).
+        disputed: units in the top k of some methods but not all (in consensus order).
+        k: the top-k size.
+    """
+
+    ranks: dict[str, dict[str, int]]
+    rho: dict[str, float]
+    overlap: dict[str, int]
+    agreed: list[str]
+    disputed: list[str]
+    k: int = TOP_K
+
+    def consensus(self) -> list[str]:
+        """Units by mean rank over the methods (most important first)."""
+        units = list(next(iter(self.ranks.values())))
+        return sorted(units, key=lambda u: (sum(r[u] for r in self.ranks.values()), units.index(u)))
+
+    def rank_text(self, unit: str) -> str:
+        """``#1 / #15 / #12``: the unit's rank by each method, in :data:`METHODS` order."""
+        return " / ".join(f"#{self.ranks[m][unit]}" for m in self.ranks)
+
+    def text(self) -> str:
+        """One line naming what the methods agree and disagree on, with the rank correlations."""
+        k = self.k
+        agree = (", ".join(self.agreed) + f" (in all three top {k})") if self.agreed else f"no unit is in all three top {k}"
+        parts = [f"methods agree on {agree}"]
+        if self.disputed:
+            parts.append("disagree on " + ", ".join(f"{u} ({self.rank_text(u)})" for u in self.disputed)
+                         + f" [rank by {' / '.join(self.ranks)}]")
+        parts.append("Spearman ρ " + ", ".join(f"{pair} {r:+.2f}" for pair, r in self.rho.items()))
+        return "; ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"top_k": self.k, "ranks": self.ranks, "spearman_rho": self.rho, "top_k_overlap": self.overlap,
+                "agreed": self.agreed, "disputed": self.disputed, "consensus_order": self.consensus()}
+
+
 # ----------------------------------------------------------------------------- all together
 @dataclass
 class Importance:
@@ -261,6 +355,24 @@ class Importance:
         """Units by PED-ANOVA, the default evaluator."""
         return sorted(self.ped_anova, key=lambda u: -self.ped_anova[u])
 
+    def scores(self) -> dict[str, dict[str, float]]:
+        """method -> unit -> its importance (fANOVA: mean over seeds; forest: R² lost when permuted)."""
+        return {"PED-ANOVA": dict(self.ped_anova), "fANOVA": {u: v[0] for u, v in self.fanova.items()},
+                "forest": {u: v[0] for u, v in self.surrogate.importance.items()}}
+
+    def agreement(self, k: int = TOP_K) -> Agreement:
+        """Rank correlation, top-k overlap, and the units the methods agree and disagree on."""
+        units = list(self.ped_anova)
+        r = {m: ranks(s, units) for m, s in self.scores().items()}
+        pairs = [(a, b) for i, a in enumerate(METHODS) for b in METHODS[i + 1:]]
+        top = {m: {u for u in units if r[m][u] <= k} for m in METHODS}
+        order = sorted(units, key=lambda u: (sum(r[m][u] for m in METHODS), units.index(u)))
+        return Agreement(r, {f"{a} / {b}": spearman(r[a], r[b]) for a, b in pairs},
+                         {f"{a} / {b}": len(top[a] & top[b]) for a, b in pairs},
+                         [u for u in order if all(u in top[m] for m in METHODS)],
+                         [u for u in order if any(u in top[m] for m in METHODS) and not all(u in top[m] for m in METHODS)],
+                         k)
+
     def to_dict(self) -> dict[str, Any]:
         s = self.surrogate
         return {
@@ -274,19 +386,25 @@ class Importance:
                           "permutation_r2_drop": {k: v[0] for k, v in s.importance.items()},
                           "permutation_r2_drop_std": {k: v[1] for k, v in s.importance.items()}},
             "raw_params_ped_anova": self.raw_ped_anova,
+            "agreement": self.agreement().to_dict(),
         }
 
 
 def compute_importance(genomes: Sequence[Genome], y: np.ndarray, *, seed: int = 0,
                        features: Features | None = None) -> Importance:
-    """All importances for ``genomes`` scored ``y`` (higher is better; diverged trials already removed)."""
+    """All importances for ``genomes`` scored ``y`` (higher is better; diverged trials already removed).
+
+    The forest surrogate is fitted in a second thread while the Optuna evaluators run: its fitting and
+    prediction run in scikit-learn's compiled code, which releases the GIL, so on two cores the two
+    overlap. Each side is seeded on its own, so the numbers do not depend on the overlap.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     features = features or genome_features(genomes)
     y = np.asarray(y, dtype=float)
-    units = unit_view(features, y)
-    raw = view_study([g.to_params() for g in genomes], search_space(), y)
-    return Importance(
-        ped_anova=ped_anova(units),
-        fanova=fanova(units),
-        surrogate=surrogate(features, y, seed=seed),
-        raw_ped_anova=ped_anova(raw),
-    )
+    with ThreadPoolExecutor(1) as pool:
+        forest = pool.submit(surrogate, features, y, seed=seed)
+        units = unit_view(features, y)
+        raw = view_study([g.to_params() for g in genomes], search_space(), y)
+        ped, fa, raw_ped = ped_anova(units), fanova(units), ped_anova(raw)
+        return Importance(ped_anova=ped, fanova=fa, surrogate=forest.result(), raw_ped_anova=raw_ped)

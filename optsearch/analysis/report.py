@@ -28,8 +28,8 @@ from optsearch.analysis.evolution import (
 )
 from optsearch.analysis.evolution_figures import NO_CURVES, save_search_figures, write_search_figures
 from optsearch.analysis.figures import plotly_figures, write_figures
-from optsearch.analysis.importance import Importance, unit_label
-from optsearch.analysis.principles import N_BOOT
+from optsearch.analysis.importance import METHODS, Importance, unit_label
+from optsearch.analysis.principles import ALPHA, CORRECTION, N_BOOT, pct
 from optsearch.analysis.result import Analysis, analyze
 from optsearch.search.config import MEMORY_OBJECTIVE
 
@@ -121,33 +121,56 @@ def _counts_line(d: StudyData) -> str:
             f"{c['running']:,} running")
 
 
-def top_importances(result: Analysis, k: int = 5) -> str:
-    imp = result.importance.ped_anova
-    return ", ".join(f"{u} {imp[u]:.2f}" for u in result.importance.ranking()[:k])
+def top_importances(imp: Importance, method: str, k: int = 5) -> str:
+    """``lr_log10 0.92, wd_log10 0.03, …``: one method's top ``k`` units with their scores."""
+    scores = imp.scores()[method]
+    return ", ".join(f"{u} {scores[u]:.2f}" for u in sorted(scores, key=lambda u: -scores[u])[:k])
+
+
+def correction_text(result: Analysis) -> str:
+    """How the principles were corrected for multiple testing, in a few words."""
+    return f"{CORRECTION}-corrected over {result.tests} tests, family-wise error {pct(ALPHA)}"
 
 
 def summary_text(result: Analysis) -> str:
-    d, s = result.data, result.importance.surrogate
+    """The terminal summary: counts, the three importance methods and where they agree, the principles."""
+    d, imp = result.data, result.importance
+    s = imp.surrogate
     est = [p for p in result.principles if p.established and p.kind != "divergence"]
     tested = [p for p in result.principles if p.kind != "divergence"]
-    lines = [f"study {d.name!r} ({d.label}): {_counts_line(d)}",
-             f"importance (PED-ANOVA): {top_importances(result)}; surrogate CV R² {s.r2:.2f} ({s.verdict()})",
-             f"{len(est)} of {len(tested)} principles established in {result.seconds:.1f} s"]
+    name = {"PED-ANOVA": "PED-ANOVA", "fANOVA": "fANOVA", "forest": f"forest (CV R² {s.r2:.2f}: {s.verdict()})"}
+    lines = [f"study {d.name!r} ({d.label}): {_counts_line(d)}", "importance, top 5 by each method:"]
+    lines += [f"  {name[m]}: {top_importances(imp, m)}" for m in METHODS]
+    lines += [f"  {imp.agreement().text()}",
+              f"{len(est)} of {len(tested)} principles established ({correction_text(result)}) in {result.seconds:.1f} s"]
     for p in sorted(est, key=lambda p: -abs(p.effect or 0))[:3]:
         lines.append(f"  {p.sentence}")
     return "\n".join(lines)
 
 
 def importance_table(imp: Importance) -> list[str]:
-    """The importance of every unit by the three methods, as Markdown table rows."""
+    """The importance of every unit by the three methods with its rank by each, as Markdown table rows
+    (consensus order: mean rank over the methods)."""
     fa, sp = imp.fanova, imp.surrogate.importance
-    rows = ["| unit | PED-ANOVA | fANOVA (mean ± sd, 3 seeds) | forest: R² lost when permuted (± sd) |",
-            "|---|---:|---:|---:|"]
-    for u in imp.ranking():
+    ag = imp.agreement()
+    rows = ["| unit | PED-ANOVA | fANOVA (mean ± sd, 3 seeds) | forest: R² lost when permuted (± sd) | "
+            f"rank by {' / '.join(METHODS)} |", "|---|---:|---:|---:|---:|"]
+    for u in ag.consensus():
         f = f"{fa[u][0]:.3f} ± {fa[u][1]:.3f}" if u in fa else "–"
         p = f"{sp[u][0]:.3f} ± {sp[u][1]:.3f}" if u in sp else "–"
-        rows.append(f"| {unit_label(u)} | {imp.ped_anova[u]:.3f} | {f} | {p} |")
+        name = f"**{unit_label(u)}**" if u in ag.agreed else unit_label(u)
+        rows.append(f"| {name} | {imp.ped_anova[u]:.3f} | {f} | {p} | {ag.rank_text(u)} |")
     return rows
+
+
+def agreement_markdown(imp: Importance) -> str:
+    """The methods' agreement in a sentence: rank correlations, top-k overlaps, agreed and disputed units."""
+    ag = imp.agreement()
+    overlap = ", ".join(f"{pair} {n} of {ag.k}" for pair, n in ag.overlap.items())
+    return (f"**Agreement of the three methods**: {ag.text()}. Top-{ag.k} overlap: {overlap}. Units in bold are in "
+            f"the top {ag.k} of all three; trust those, and read a unit that only one method ranks high as that "
+            "method's view (PED-ANOVA looks at where the best trials sit; fANOVA and the forest at the variance of the "
+            "whole fitness surface).")
 
 
 def principles_markdown(result: Analysis, *, images: Sequence[str] = ()) -> str:
@@ -158,6 +181,7 @@ def principles_markdown(result: Analysis, *, images: Sequence[str] = ()) -> str:
     ps = result.principles
     sec = lambda kind: [p for p in ps if p.kind == kind]  # noqa: E731
     n_ci = sum(p.ci is not None for p in ps)
+    n_borderline = sum(not p.established and p.ci is not None and (p.ci[0] > 0 or p.ci[1] < 0) for p in ps)
     lines = [
         f"Objective: **{d.label}**. {_counts_line(d)}.",
         "",
@@ -172,6 +196,8 @@ def principles_markdown(result: Analysis, *, images: Sequence[str] = ()) -> str:
         f"({len(s.cv_r2)} folds) and out-of-bag R² = {s.oob_r2:.2f}: it {s.verdict()}.",
         "",
         *importance_table(imp),
+        "",
+        agreement_markdown(imp),
         "",
         "PED-ANOVA over the raw Optuna parameters (what the dashboard's own importance view shows): "
         + ", ".join(f"{k} {v:.3f}" for k, v in list(imp.raw_ped_anova.items())[:8]) + ".",
@@ -194,11 +220,16 @@ def principles_markdown(result: Analysis, *, images: Sequence[str] = ()) -> str:
         "",
         "Effects are mean differences between trials that depart from the hand-crafted choice (Adam's setting of a "
         "switch; having a primitive) and those that keep it, with seeded bootstrap 95 % percentile intervals "
-        f"({N_BOOT:,} resamples); an interval that crosses zero is *not established*. Top-quantile effects condition on "
+        f"({N_BOOT:,} resamples); an interval that crosses zero is *not established*. Because {result.tests} tests are "
+        f"made, an effect is *established* only when its interval excludes zero and it also survives {CORRECTION}'s "
+        f"step-down correction over all {result.tests} (adjusted p ≤ {ALPHA:g}; p from the bootstrap's standard error), "
+        f"so the chance that any established principle is a fluke stays under {pct(ALPHA)}; "
+        f"{n_borderline} interval(s) exclude zero but do not survive it. Top-quantile effects condition on "
         "the best 25 % of trials. A continuous gene's top-10 % range is found on one random half of the trials and "
         "tested on the other half. Diverged trials are excluded from fitness effects (their fitness is a sentinel) "
-        f"and compared by divergence rate instead. {n_ci} intervals are computed, so at 95 % about {0.05 * n_ci:.0f} may "
-        "exclude zero by chance: trust effects that are large, hold among the top trials too, and agree with the importances. "
+        f"and compared by divergence rate instead. Without the correction about {0.05 * n_ci:.0f} of the {n_ci} intervals "
+        "would exclude zero by chance; still, trust effects that are large, hold among the top trials too, and agree with "
+        "the importances. "
         "Trials of an evolutionary search are not a randomised experiment: a plain difference is an association within "
         "what the search sampled, and selection on fitness biases it (a survivor lacking one good gene tends to carry "
         "another). The effects marked *with the other genes held fixed* correct for that: each is the coefficient of the "

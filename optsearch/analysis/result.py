@@ -16,7 +16,7 @@ import numpy as np
 from optsearch.analysis.adjusted import adjusted_principles
 from optsearch.analysis.data import StudyData
 from optsearch.analysis.importance import Features, Importance, compute_importance, genome_features
-from optsearch.analysis.principles import Principle, compute_principles
+from optsearch.analysis.principles import ALPHA, CORRECTION, Principle, compute_principles, correct
 
 
 @dataclass
@@ -34,6 +34,11 @@ class Analysis:
     principles: list[Principle]
     seconds: float = 0.0
 
+    @property
+    def tests(self) -> int:
+        """How many principles were tested (the family the multiple-testing correction spans)."""
+        return sum(p.p is not None for p in self.principles)
+
     def to_dict(self) -> dict[str, Any]:
         d = self.data
         return {
@@ -47,6 +52,8 @@ class Analysis:
             "best": {"trial": int(d.numbers[np.argmax(d.y)]), "value": float(d.y.max()),
                      "formula": d.genomes[int(np.argmax(d.y))].formula()},
             "importance": self.importance.to_dict(),
+            "correction": {"method": CORRECTION, "alpha": ALPHA, "tests": self.tests,
+                           "rule": f"established: 95 % interval excludes 0 and {CORRECTION}-adjusted p ≤ alpha"},
             "principles": [p.to_dict() for p in self.principles],
         }
 
@@ -65,6 +72,7 @@ def analyze(data: StudyData, *, seed: int = 0) -> Analysis:
     principles = compute_principles(d.genomes, d.y, diverged=data.diverged, surrogate=imp.surrogate,
                                     features=features, unit=data.label, seed=seed)
     principles += adjusted_principles(d.genomes, d.y, d.generation, unit=data.label, seed=seed)
+    correct(principles)  # one family: every test this analysis reports
     return Analysis(data, d, features, imp, principles, time.perf_counter() - t0)
 
 
