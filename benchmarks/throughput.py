@@ -216,14 +216,14 @@ def run_task(name: str, p: int, steps: int, batch_size: int, n_ref: int, repeats
     for k, r in rows.items():
         per_step = r[0] / r[1] * p * 1e3
         note = f"   ({r[2]} diverged, retired)" if len(r) > 2 and r[2] else ""
-        print(f"{k:38s} {rate[k]:15.0f} {rate[k] / base:7.2f} {per_step:13.2f} {rate[k] * flops / 1e9:8.1f}{note}")
+        print(f"{k:38s} {rate[k]:15.1f} {rate[k] / base:7.2f} {per_step:13.2f} {rate[k] * flops / 1e9:8.1f}{note}")
     best = max((k for k in rows if k.startswith("(c)")), key=rate.get)
     print(f"ratio c/a (best batched): {rate[best] / base:.2f}")
     if len(backends) > 1:  # each backend at its better update against the first backend's
         best_of = {b: max(rate[k] for k in rate if k.startswith(f"(c) {name_of[b]},")) for b in backends}
         first = backends[0]
         print("backends (genome-steps/s, best update): " + ", ".join(
-            f"{name_of[b]} {best_of[b]:.0f} ({best_of[b] / best_of[first]:.2f}× {name_of[first]})" for b in backends))
+            f"{name_of[b]} {best_of[b]:.1f} ({best_of[b] / best_of[first]:.2f}× {name_of[first]})" for b in backends))
     for (b, c), (fb, up) in split.items():
         print(f"{name_of[b]} step of {p} ({'compiled' if c else 'eager'} update), timed in one loop: forward+backward "
               f"{fb * 1e3:.2f} ms ({p * flops / fb / 1e9:.1f} GFLOP/s) + update {up * 1e3:.2f} ms; "
