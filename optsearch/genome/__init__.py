@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from optsearch.genome.core import (
     ALPHA_RANGE,
-    BASELINES,
     BOOL_GENES,
     CLIP_CHOICES,
     EXTRA_CHOICES,
@@ -19,10 +18,10 @@ from optsearch.genome.core import (
     SIGN_CHOICES,
     Genome,
     define_search_space,
-    resolve,
     search_space,
     upgrade_params,
 )
+from optsearch.genome.named import BASELINES, resolve  # also fills NAMED
 
 __all__ = [
     "ALPHA_RANGE", "BASELINES", "BOOL_GENES", "CLIP_CHOICES", "EXTRA_CHOICES", "FLOAT_RANGES", "FORMAT_VERSION", "K", "LATER_GENES", "NAMED", "SIGN_CHOICES",

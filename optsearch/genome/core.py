@@ -18,6 +18,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
 from optsearch.errors import GenomeError
+from optsearch.genome import text
 from optsearch.genome.primitives import (
     EXTRA_PRIMITIVES, NONE, PRIMITIVES, SIGN_PRIMITIVES, TERM_CHOICES, state_needed,
 )
@@ -309,45 +310,11 @@ class Genome:
     # ----------------------------------------------------------------- text
     def formula(self) -> str:
         """The update rule as one readable line, duplicate terms merged (Σ α)."""
-        merged = self.merged_terms()
-        inner = " + ".join(
-            PRIMITIVES[t].symbol if a == 1.0 else f"{_num(a)}·{PRIMITIVES[t].symbol}" for t, a in merged.items()
-        )
-        rule = f"Δθ = −η_t·({inner})" if merged else "Δθ = 0"
-        if self.trust_ratio and merged:
-            rule = rule.replace("Δθ = −η_t·(", "Δθ = −η_t·trust(", 1)
-        if self.weight_decay:
-            rule += " − η_t·λ·θ"
-        notes = ["bias correction" if self.bias_correction else "no bias correction"]
-        if self.clip == "value":
-            notes.append(f"clip each |g_i|≤{_num(self.clip_threshold)} (element-wise)")
-        elif self.clip == "norm":
-            notes.append(f"clip ‖g‖₂≤{_num(self.clip_threshold)} (global norm)")
-        sched = []
-        if self.warmup:
-            sched.append(f"warmup {self.warmup_frac:.0%}")
-        if self.cosine_decay:
-            sched.append("cosine")
-        notes.append(", ".join(sched) if sched else "constant lr")
-        return f"{rule}   [{'; '.join(notes)}]"
+        return text.formula(self)
 
     def describe(self) -> str:
         """Formula plus hyperparameters, several lines (for ``genome show`` / ``study show``)."""
-        lines = [
-            self.formula(),
-            f"  η = 10^{self.lr_log10:.4g} = {self.lr:.3g}   β1 = {self.beta1:.4g}   β2 = {self.beta2:.4g}"
-            f"   ε = 10^{self.eps_log10:.4g}" + (f"   β3 = {self.beta3:.6g}" if self.extra_term in ("ademamix", "adan_diff")
-                                                else ""),
-            f"  λ = {'10^%.4g = %.3g' % (self.wd_log10, self.wd) if self.weight_decay else 'off'}",
-        ]
-        pairs = list(zip(self.terms, self.alphas))
-        if self.sign_term != NONE:
-            pairs.append((self.sign_term, self.sign_alpha))
-        if self.extra_term != NONE:
-            pairs.append((self.extra_term, self.extra_alpha))
-        slots = ", ".join(f"{t}×{a:.4g}" for t, a in pairs)
-        lines.append(f"  slots: {slots}")
-        return "\n".join(lines)
+        return text.describe(self)
 
 
 def _slot_sums(g: Genome) -> dict[str, float]:
@@ -364,10 +331,6 @@ def canonical_key(params: Mapping[str, Any]) -> tuple:
     """A hashable identity of the genome in Optuna ``params`` (an old trial lacking later genes included):
     two spellings of one optimizer (:meth:`Genome.canonical`) get one key."""
     return tuple(Genome.from_params(params).canonical().to_params().items())
-
-
-def _num(x: float) -> str:
-    return f"{x:.3g}"
 
 
 def _validate(g: Genome) -> None:
@@ -433,71 +396,11 @@ def define_search_space(trial: optuna.trial.BaseTrial) -> Genome:
     return Genome.from_params(params)
 
 
-def _none_slots(*terms: tuple[str, float]) -> dict[str, tuple]:
-    ts = [t for t, _ in terms] + [NONE] * (K - len(terms))
-    al = [a for _, a in terms] + [0.0] * (K - len(terms))
-    return {"terms": tuple(ts), "alphas": tuple(al)}
-
-
-NAMED: dict[str, Genome] = {
-    # Plain SGD, torch.optim.SGD without momentum: no optimizer state (the zero end of a memory front).
-    "sgd": Genome(**_none_slots(("grad", 1.0)), lr_log10=-1.0, bias_correction=False),
-    # SGD with momentum in EMA form, m_t = μ·m_{t−1} + (1−μ)·g_t from m_0 = 0: exactly
-    # torch.optim.SGD(lr=η·(1−μ), momentum=μ) (dampening 0), whose buffer is m_t/(1−μ) from step 1.
-    "sgd_momentum": Genome(**_none_slots(("momentum", 1.0)), lr_log10=-1.0, beta1_log1m=-1.0,
-                           bias_correction=False),
-    "adam": Genome(**_none_slots(("adam", 1.0)), lr_log10=-3.0, beta1_log1m=-1.0, beta2_log1m=-3.0,
-                   eps_log10=-8.0),
-    "adamw": Genome(**_none_slots(("adam", 1.0)), lr_log10=-3.0, weight_decay=True, wd_log10=-2.0),
-    # torch.optim.RMSprop defaults: α (our β2) = 0.99, ε = 1e-8, lr = 0.01, no bias correction.
-    "rmsprop": Genome(**_none_slots(("rms_norm", 1.0)), lr_log10=-2.0, beta2_log1m=-2.0,
-                      bias_correction=False),
-    "signum": Genome(**_none_slots(("sign_momentum", 1.0)), lr_log10=-3.0, beta1_log1m=-1.0,
-                     bias_correction=False),
-    "lion": Genome(
-        **_none_slots(("lion", 1.0)), lr_log10=-4.0, beta1_log1m=-1.0, beta2_log1m=-2.0, weight_decay=True, wd_log10=-1.0,
-        bias_correction=False,
-    ),
-    # "Evolving Deep Learning Optimizers" (2025), the published evolved genome. Its warmup of 100
-    # steps was over a 500-step run, hence warmup_frac = 0.2.
-    "paper_evolved": Genome(
-        terms=("sign_grad", "sign_grad", "adam", "adam"),
-        alphas=(0.4121, 0.3224, 2.0030, 1.6322),
-        lr_log10=-2.9199,
-        beta1_log1m=log1m(0.8553),
-        beta2_log1m=log1m(0.9358),
-        eps_log10=-8.2642,
-        weight_decay=True,
-        wd_log10=-3.0112,
-        bias_correction=False,
-        clip="none",
-        warmup=True,
-        warmup_frac=0.2,
-        cosine_decay=True,
-    ),
-    # torch.optim.Muon(nesterov=False)'s update for every 2-D weight (Newton–Schulz in the working dtype,
-    # not bf16), momentum for the other tensors; lr 0.02 and β = 0.95 as Muon's reference code.
-    "muon": Genome(terms=(NONE,) * K, alphas=(0.0,) * K, extra_term="ortho_momentum", extra_alpha=1.0,
-                   lr_log10=math.log10(0.02), beta1_log1m=log1m(0.95), bias_correction=False),
-    # LAMB: Adam's direction scaled per tensor by ‖θ‖/‖u‖, decoupled weight decay outside the ratio.
-    "lamb": Genome(**_none_slots(("adam", 1.0)), lr_log10=-3.0, weight_decay=True, wd_log10=-2.0, trust_ratio=True),
-}
-
-BASELINES: tuple[str, ...] = ("sgd_momentum", "adam", "adamw", "rmsprop")
-"""Named genomes the first generation is seeded with."""
-
-
-def resolve(spec: str) -> Genome:
-    """A genome from a name in :data:`NAMED` or a JSON file path."""
-    if spec in NAMED:
-        return NAMED[spec]
-    if spec.endswith(".json") or Path(spec).exists():
-        return Genome.load(spec)
-    raise GenomeError(f"unknown genome {spec!r}: not a named genome ({', '.join(NAMED)}) nor a file")
+NAMED: dict[str, Genome] = {}
+"""Known optimizers as genomes, by name; filled by :mod:`optsearch.genome.named` when the package loads."""
 
 
 __all__ = [
-    "BASELINES",
     "EXTRA_CHOICES",
     "RECIPE_GENES",
     "canonical_key",
@@ -507,7 +410,6 @@ __all__ = [
     "K",
     "NAMED",
     "define_search_space",
-    "resolve",
     "search_space",
     "upgrade_params",
 ]
