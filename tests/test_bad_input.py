@@ -102,7 +102,7 @@ TABLE = [
     ("storage file mistyped (run)", lambda w: ["study", "run", "base", "--storage", w["url"] + ".typo"], "no storage at"),
     ("storage file mistyped (list)", lambda w: ["study", "list", "--storage", w["url"] + ".typo"], "no storage at"),
     ("GPU device on a CPU machine", lambda w: ["study", "run", "base", "--device", "cuda:1", "--storage", w["url"]], "cuda:1"),
-    ("device that is no device (run)", lambda w: ["study", "run", "base", "--device", "tpu", "--storage", w["url"]], "device must be auto, cpu, cuda or cuda:K, got 'tpu'"),
+    ("device that is no device (run)", lambda w: ["study", "run", "base", "--device", "tpu", "--storage", w["url"]], "'device' must be auto, cpu, cuda or cuda:K, got 'tpu'"),
     ("device that is no device (benchmark)", lambda w: ["benchmark", "base", "--device", "tpu", "--storage", w["url"]], "got 'tpu'"),
     ("generations = 0", lambda w: ["study", "run", "base", "--generations", "0", "--storage", w["url"]], "--generations must be ≥ 1"),
     ("empty dataset dir", lambda w: ["study", "run", "mn", "--storage", w["url"], "--data-dir", w["empty_data"]], "mnist"),

@@ -60,5 +60,5 @@ def test_device_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             resolve_device("cuda:0")
-    with pytest.raises(ConfigError, match="must be auto, cpu, cuda or cuda:K"):
+    with pytest.raises(ConfigError, match="'device' must be auto, cpu, cuda or cuda:K"):
         resolve_device("cuda:x")

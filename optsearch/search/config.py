@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from optsearch.errors import ConfigError
+from optsearch.search.recipe import RECIPES, RecipeConfig, parse_recipe
 from optsearch.train.spec import PRECISIONS, RunSpec, check_device_string
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "studies"
@@ -82,33 +83,6 @@ class FunnelConfig:
     ablation: bool = True
     ablation_seeds: int | None = None
     ablation_margin: float = ABLATION_MARGIN
-
-
-RECIPES = ("evolve", "shared")
-
-
-@dataclass(frozen=True)
-class RecipeConfig:
-    """The training recipe every member runs with when ``[search] recipe = "shared"`` (the ``[recipe]`` table).
-
-    With ``evolve`` (the paper's setting, the default) warmup, cosine decay and clipping are genes like any
-    other, and the cheapest gains open to the search are recipe gains: a laptop run then rediscovers "Adam
-    with a recipe". With ``shared`` these genes are held fixed by the sampler (never mutated or crossed
-    over, stored as they ran), generation 0's baselines run with the same recipe, and the funnel's Adam
-    reference takes it too, so selection can only reward the update rule.
-    """
-
-    warmup: bool = True
-    warmup_frac: float = 0.05
-    cosine_decay: bool = True
-    clip: str = "none"
-    clip_threshold: float = 1.0
-
-    def genes(self) -> dict[str, Any]:
-        """The recipe as genome parameters, in canonical form (a silent threshold or fraction at its fixed value)."""
-        from optsearch.genome import Genome
-
-        return replace(Genome.named("adam"), **asdict(self)).canonical().recipe()
 
 
 @dataclass(frozen=True)
@@ -184,6 +158,8 @@ class StudyConfig:
         d["seeds"] = list(self.seeds)
         d["sampler"] = dict(self.sampler)
         d["funnel"] = {**d["funnel"], "tasks": list(self.funnel.tasks), "lr_sweep": list(self.funnel.lr_sweep)}
+        if self.recipe != "shared":  # the table only means something with a shared recipe
+            del d["shared_recipe"]
         return d
 
     @classmethod
@@ -242,7 +218,7 @@ class StudyConfig:
             sampler=dict(sampler),
             funnel=_funnel(d.get("funnel"), tasks, where),
             recipe=_choice(d, "recipe", RECIPES, _default(cls, "recipe"), where),
-            shared_recipe=_recipe(table, d.get("recipe", _default(cls, "recipe")), where, stored=stored),
+            shared_recipe=parse_recipe(table, d.get("recipe", _default(cls, "recipe")), where, stored=stored),
         )
         if cfg.recipe == "shared" and cfg.funnel.cosine_sweep:
             raise ConfigError(f"{where}: [funnel] cosine_sweep changes the schedule, which a shared recipe holds fixed")
@@ -397,28 +373,6 @@ def _funnel(f: Any, search_tasks: list[str], where: str) -> FunnelConfig:
         ablation=f.get("ablation", default("ablation")), ablation_seeds=_opt_int(f, "ablation_seeds", w, lo=3),
         ablation_margin=_number(f, "ablation_margin", f"{w}:", default("ablation_margin"), "[0, 1]"),
     )
-
-
-def _recipe(table: Any, mode: Any, where: str, *, stored: bool) -> RecipeConfig:
-    """Validate ``[recipe]``: only with ``recipe = "shared"`` (elsewhere it would be ignored), values in the genes' ranges."""
-    if table is None:
-        return RecipeConfig()
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where}: [recipe] must be a table")
-    if mode != "shared" and not stored and table:
-        raise ConfigError(f"{where}: a [recipe] table would be ignored unless [search] recipe = \"shared\"")
-    unknown = sorted(set(table) - set(RecipeConfig.__dataclass_fields__))
-    if unknown:
-        raise ConfigError(f"{where}: unknown [recipe] key(s) {', '.join(unknown)}; known: "
-                          f"{', '.join(RecipeConfig.__dataclass_fields__)}")
-    cfg = RecipeConfig(**{k: table.get(k, _default(RecipeConfig, k)) for k in RecipeConfig.__dataclass_fields__})
-    from optsearch.errors import GenomeError
-
-    try:
-        cfg.genes()
-    except GenomeError as e:
-        raise ConfigError(f"{where}: [recipe] {e}") from None
-    return cfg
 
 
 def _check_sampler(cfg: StudyConfig, where: str) -> None:

@@ -25,21 +25,12 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from optsearch.errors import ConfigError
-from optsearch.train.spec import DEFAULT_PRECISION, PRECISIONS  # declared once, torch-free
+from optsearch.train.spec import DEFAULT_PRECISION, PRECISIONS, check_precision  # declared once, torch-free
 
 CPU_EVAL_CHUNK = 1024
 """Examples per evaluation forward pass on a CPU (memory is not the limit there)."""
 CUDA_EVAL_MEMORY_FRACTION = 0.25
 """Share of the GPU's free memory one evaluation chunk's activations may take."""
-
-
-def check_precision(precision: str, dtype: torch.dtype) -> str:
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "bf16" and dtype != torch.float32:
-        raise ConfigError(f"precision 'bf16' needs float32 parameters, got {dtype}")
-    return precision
 
 
 def forward_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:

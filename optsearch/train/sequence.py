@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cache
+from typing import Callable
 
 import numpy as np
 import torch
@@ -62,6 +64,13 @@ def recall_arrays(spec: RecallSpec, n: int, rng: np.random.Generator) -> tuple[n
     seq[:, 1:-1:2] = vals + spec.keys
     seq[:, -1] = keys[np.arange(n), which]
     return seq, vals[np.arange(n), which].astype(np.int64)
+
+
+@cache
+def recall_splits(spec: RecallSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(x_train, y_train, x_test, y_test)`` generated from the spec's seed (cached: tasks on one spec share them)."""
+    rng = np.random.default_rng(spec.seed)
+    return (*recall_arrays(spec, spec.train, rng), *recall_arrays(spec, spec.test, rng))
 
 
 class CausalSelfAttention(nn.Module):
@@ -116,4 +125,9 @@ class TinyTransformer(nn.Module):
         return self.head(x[:, -1])
 
 
-__all__ = ["Block", "CausalSelfAttention", "RecallSpec", "TinyTransformer", "recall_arrays"]
+def transformer(spec: RecallSpec, **kw: int) -> Callable[[], nn.Module]:
+    """A factory of the task's model (the registry builds a fresh one per unit)."""
+    return lambda: TinyTransformer(spec.vocab, spec.length, spec.values, **kw)
+
+
+__all__ = ["Block", "CausalSelfAttention", "RecallSpec", "TinyTransformer", "recall_arrays", "recall_splits", "transformer"]

@@ -97,9 +97,7 @@ class RunSpec:
             raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        from optsearch.train.device import check_precision
-
-        check_precision(self.precision, self.torch_dtype)
+        check_precision(self.precision, self.dtype)
         for name in ("deterministic", "stop_diverged"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -118,11 +116,20 @@ class RunSpec:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+def check_precision(precision: str, dtype: "str | torch.dtype") -> str:
+    """A known precision, and ``bf16`` only with float32 parameters (autocast keeps them and the state FP32)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "bf16" and str(dtype).removeprefix("torch.") != "float32":
+        raise ConfigError(f"precision 'bf16' needs float32 parameters, got {dtype}")
+    return precision
+
+
 def check_device_string(spec: Any) -> str:
     """The device *string* a config or CLI may name: ``auto``, ``cpu``, ``cuda`` or ``cuda:K`` (no torch needed)."""
     ok = isinstance(spec, str) and (spec in ("auto", "cpu", "cuda") or (spec.startswith("cuda:") and spec[5:].isdigit()))
     if not ok:
-        raise ConfigError(f"device must be auto, cpu, cuda or cuda:K, got {spec!r}")
+        raise ConfigError(f"'device' must be auto, cpu, cuda or cuda:K, got {spec!r}")
     return spec
 
 
@@ -144,4 +151,4 @@ def resolve_device(spec: "str | torch.device | None") -> str:
     return spec
 
 
-__all__ = ["DEFAULT_PRECISION", "DTYPES", "PRECISIONS", "RunSpec", "SPLITS", "check_device_string", "resolve_device"]
+__all__ = ["DEFAULT_PRECISION", "DTYPES", "PRECISIONS", "RunSpec", "SPLITS", "check_device_string", "check_precision", "resolve_device"]

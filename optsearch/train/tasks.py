@@ -267,32 +267,10 @@ def _read_mnist1d(_: Path | None) -> Arrays:
     return _MNIST1D
 
 
-register(
-    Task(
-        name="digits",
-        build_model=mlp((64, 128, 10)),
-        read=_read_digits,
-        steps=300,
-        batch_size=128,
-        val_size=287,
-        embedded=True,
-        description="scikit-learn 8×8 digits, MLP 64-128-10",
-        input_shape=(64,),
-    )
-)
-register(
-    Task(
-        name="mnist1d",
-        build_model=mlp((40, 128, 10)),
-        read=_read_mnist1d,
-        steps=300,
-        batch_size=128,
-        val_size=800,
-        embedded=True,
-        description="MNIST-1D (generated offline), MLP 40-128-10",
-        input_shape=(40,),
-    )
-)
+register(Task(name="digits", build_model=mlp((64, 128, 10)), read=_read_digits, steps=300, batch_size=128,
+              val_size=287, embedded=True, description="scikit-learn 8×8 digits, MLP 64-128-10", input_shape=(64,)))
+register(Task(name="mnist1d", build_model=mlp((40, 128, 10)), read=_read_mnist1d, steps=300, batch_size=128,
+              val_size=800, embedded=True, description="MNIST-1D (generated offline), MLP 40-128-10", input_shape=(40,)))
 
 
 # ----------------------------------------------------------------------------- real datasets
@@ -410,32 +388,16 @@ register(Task(name="cifar10_small", build_model=cifar_small_cnn, read=_real("cif
 
 
 # ----------------------------------------------------------------------------- sequence tasks (a second model family)
-def _recall_reader(spec: "sequence.RecallSpec") -> Callable[[Path | None], Arrays]:
-    """Associative recall generated from the spec's seed (cached: tasks on one spec share their data)."""
-
-    @cache
-    def read(_: Path | None) -> Arrays:
-        rng = np.random.default_rng(spec.seed)
-        x_train, y_train = sequence.recall_arrays(spec, spec.train, rng)
-        x_test, y_test = sequence.recall_arrays(spec, spec.test, rng)
-        return Arrays(x_train, y_train, x_test, y_test)
-
-    return read
-
-
-def _transformer(spec: "sequence.RecallSpec", **kw: int) -> Callable[[], nn.Module]:
-    def build() -> nn.Module:
-        return sequence.TinyTransformer(spec.vocab, spec.length, spec.values, **kw)
-
-    return build
+def _sequence(spec: sequence.RecallSpec) -> Callable[[Path | None], Arrays]:
+    return lambda _: Arrays(*sequence.recall_splits(spec))  # generated, cached per spec
 
 
 _RECALL = sequence.RecallSpec()
 _RECALL_LARGE = sequence.RecallSpec(pairs=10, keys=24, train=30_000, seed=8765)
-register(Task(name="recall", build_model=_transformer(_RECALL), read=_recall_reader(_RECALL), steps=200,
+register(Task(name="recall", build_model=sequence.transformer(_RECALL), read=_sequence(_RECALL), steps=200,
               batch_size=64, val_size=2000, embedded=True, input_shape=(_RECALL.length,),
               description="associative recall (6 key-value pairs, generated), causal transformer 2×64"))
-register(Task(name="recall_large", build_model=_transformer(_RECALL_LARGE, d=96, layers=3),
-              read=_recall_reader(_RECALL_LARGE), steps=400, batch_size=64, val_size=2000, embedded=True,
+register(Task(name="recall_large", build_model=sequence.transformer(_RECALL_LARGE, d=96, layers=3),
+              read=_sequence(_RECALL_LARGE), steps=400, batch_size=64, val_size=2000, embedded=True,
               input_shape=(_RECALL_LARGE.length,),
               description="associative recall (10 pairs, generated), causal transformer 3×96 (a funnel task)"))
