@@ -74,10 +74,10 @@ class Verdict:
         return self.word != NOT_ESTABLISHED
 
     def text(self, than: str = "") -> str:
-        """``better than Adam`` / ``not established (interval includes 0)``: the phrase every printer uses."""
+        """``better than Adam`` / ``not established: interval includes 0``: the phrase every printer uses."""
         if self.established:
             return f"{self.word} than {than}" if than else self.word
-        return f"{self.word} ({self.reason})"
+        return f"{self.word}: {self.reason}"
 
 
 def verdict(diff: Interval | None, *, selected_on_these_runs: bool, reference_at_edge: bool) -> Verdict:

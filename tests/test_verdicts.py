@@ -39,7 +39,7 @@ def test_better_and_worse_need_fresh_runs_and_an_interior_reference():
 def test_each_reason_withholds_the_word(diff, selected, edge, reason):
     v = verdict(diff, selected_on_these_runs=selected, reference_at_edge=edge)
     assert v.word == NOT_ESTABLISHED and v.reason == reason and not v.established
-    assert v.text("Adam") == f"not established ({reason})"
+    assert v.text("Adam") == f"not established: {reason}"
 
 
 def test_funnel_headline_never_says_better_on_the_runs_that_picked_the_winner(tmp_path):
@@ -49,16 +49,15 @@ def test_funnel_headline_never_says_better_on_the_runs_that_picked_the_winner(tm
                        evaluator=FakeEvaluator())
     assert funnel.final_round(st).vs_reference().sign == 1  # the interval alone would say "better"
     text = "\n".join(funnel.headline(st))
-    assert "better" not in text and "not established (picked on these runs)" in text
+    assert "better" not in text and "not established: picked on these runs" in text
 
 
-def test_funnel_headline_on_fresh_runs_withholds_the_word_while_adam_is_at_an_edge(tmp_path):
+def test_funnel_headline_on_ablation_runs_that_chose_the_simplification_withholds_the_word(tmp_path):
     st, cfg = synthetic_study(tmp_path, POPULATION, k=3)
     funnel.run_funnels(st, cfg, device="cpu", data_dir=None, evaluator=FakeEvaluator())
-    text = "\n".join(funnel.headline(st))
-    assert "Adam did best at the sweep's highest lr" in text
-    line = next(x for x in text.splitlines() if x.startswith("simplified winner − Adam"))
-    assert "better" not in line and "not established (" in line
+    assert any(r.dropped for r in ablation.read(st).rows)  # the parts to drop were picked on these runs
+    line = next(x for x in funnel.headline(st) if x.startswith("simplified winner − Adam"))
+    assert "better" not in line and "not established: picked on these runs" in line
 
 
 def _tuned(lr_log10: float) -> Tuned:
@@ -78,8 +77,8 @@ def test_benchmark_cells():
     scaled = Interval(ABOVE.mean, ABOVE.lo, ABOVE.hi, ABOVE.n, ABOVE.sd)
     assert _verdict(scaled, "evolved", at_edge=False) == "evolved better"
     assert _verdict(BELOW, "evolved", at_edge=False) == "evolved worse"
-    assert _verdict(scaled, "evolved", at_edge=True) == "not established (a best lr at an end of its sweep)"
-    assert _verdict(ACROSS, "evolved", at_edge=False) == "not established (interval includes 0)"
+    assert _verdict(scaled, "evolved", at_edge=True) == "not established: a best lr at an end of its sweep"
+    assert _verdict(ACROSS, "evolved", at_edge=False) == "not established: interval includes 0"
     assert _verdict(None, "evolved", at_edge=False) == "(reference)"
 
 
