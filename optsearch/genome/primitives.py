@@ -76,10 +76,14 @@ class Primitive:
     """How the term depends on the scale of m: ``linear`` (term(m/c) = term(m)/c), ``invariant`` (only
     its sign matters) or "" (neither). When every m-reading term is one of the first two, bias
     correction is folded into their weights and m̂ is never materialised (one buffer less)."""
+    per_tensor: bool = False
+    """Not elementwise (Newton–Schulz: matmuls over each 2-D weight), so not free in a compiled population
+    update: computed there only when a member uses it."""
 
 
-def _p(name: str, symbol: str, needs: str, fn: Callable[[Moments], Any], m_scale: str = "") -> Primitive:
-    return Primitive(name, symbol, frozenset(needs.split()), fn, m_scale)
+def _p(name: str, symbol: str, needs: str, fn: Callable[[Moments], Any], m_scale: str = "", *,
+       per_tensor: bool = False) -> Primitive:
+    return Primitive(name, symbol, frozenset(needs.split()), fn, m_scale, per_tensor)
 
 
 # Each function returns either one of its inputs (g, m) or a tensor it allocated, and chains in-place
@@ -105,7 +109,7 @@ PRIMITIVES: dict[str, Primitive] = {
            "invariant"),
         # Muon (Jordan et al. 2024): the momentum of each 2-D weight orthogonalised by Newton–Schulz;
         # any other tensor (bias, conv kernel, norm scale) falls back to plain momentum. State: m.
-        _p("ortho_momentum", "NS(m)", "m", lambda s: orthogonalize(s.m, s.layout)),
+        _p("ortho_momentum", "NS(m)", "m", lambda s: orthogonalize(s.m, s.layout), per_tensor=True),
         # AdEMAMix (Pagliardini et al. 2024): a slow EMA of g (β3, not bias-corrected) over √v̂+ε, mixed
         # with the fast one by the α's of this term and an ``adam`` term. State: m3, v.
         _p("ademamix", "m₃/(√v+ε)", "m3 v", lambda s: s.m3 / s.denom),

@@ -17,7 +17,7 @@ import torch
 
 from optsearch.genome import Genome
 from optsearch.genome.primitives import (
-    EXTRA_PRIMITIVES, NORM_CLIP_EPS, PRIMITIVES, Layout, advance_and_direct, bias_corrections, schedule_factor,
+    NORM_CLIP_EPS, PRIMITIVES, Layout, advance_and_direct, bias_corrections, schedule_factor,
     state_needed, trust_ratio_,
 )
 
@@ -149,7 +149,9 @@ class PopulationUpdate:
 
     Only the primitives some member uses are computed (the others would be multiplied by zero
     anyway); with ``compile_update`` all of them are, so one compiled kernel serves every population
-    (the fused kernel is memory-bound: the extra arithmetic is free, a recompile is not).
+    (the fused kernel is memory-bound: the extra arithmetic is free, a recompile is not), the trust
+    ratio included (ratio 1 for members without it) and the ``m3`` buffer with it. Newton–Schulz is the
+    exception (matmuls over each 2-D weight, not free): only a population using it compiles it (a second graph).
 
     The step-dependent coefficients (bias corrections, η_t, the decay factor) of the whole run are one
     ``[4, steps, P, 1]`` table computed at construction in float64 and rounded once, as the one-genome
@@ -200,10 +202,8 @@ class PopulationUpdate:
         self.use_norm_clip = any(g.clip == "norm" for g in genomes)
         self.use_decay = any(g.weight_decay for g in genomes)
         merged = [g.merged_terms() for g in genomes]
-        # Compiled: every elementwise slot/sign term (one graph for all populations); the extra terms
-        # (Newton–Schulz, the m3 buffer) only where a member uses them.
         used = [n for n in PRIMITIVES
-                if any(n in m for m in merged) or (compile_update and n not in EXTRA_PRIMITIVES)]
+                if any(n in m for m in merged) or (compile_update and not PRIMITIVES[n].per_tensor)]
         self.weights = {n: col(m.get(n, 0.0) for m in merged) for n in used}
         self.state = {k: torch.zeros(p, num_params, dtype=dtype, device=device) for k in sorted(state_needed(used))}
         self.compiled = compile_update
@@ -262,7 +262,7 @@ class PopulationUpdate:
             _mark_population_dim(self.table, dim=2)
         self.eager_fallbacks += _run_update(
             full, *args, full or self.use_value_clip, full or self.use_norm_clip, full or self.use_decay, self.beta3,
-            self.trust, self.layout, self.use_trust)
+            self.trust, self.layout, full or self.use_trust)
 
 
 __all__ = ["COMPILE_BACKEND", "EAGER_FALLBACKS", "PopulationUpdate"]
