@@ -6,9 +6,8 @@ clipping, decoupled weight decay and the learning-rate schedule, and keeps torch
 contract: param groups with their own hyperparameters, ``state_dict``, LR schedulers, closures,
 ``maximize``, ``foreach``, ``capturable``, ``differentiable`` and complex parameters.
 
-:func:`genome_update` is the functional form (as ``torch.optim.adam.adam`` is Adam's): one step over lists
-of parameters, gradients and state dicts. ``GenomeOptimizer.step`` calls it once per param group, so the
-two cannot drift apart; ``tests/test_optim_torch.py`` runs PyTorch's optimizer-agnostic tests on both.
+:func:`genome_update` is the functional form (as ``torch.optim.adam.adam`` is Adam's); ``GenomeOptimizer.step``
+calls it per param group, so the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -28,8 +27,7 @@ from optsearch.genome.primitives import (
 
 
 class HyperparameterError(GenomeError, ValueError):
-    """An out-of-range optimizer hyperparameter: a :class:`GenomeError` for optsearch's CLI, and a
-    ``ValueError`` as ``torch.optim`` raises, so code written against torch's optimizers catches it."""
+    """An out-of-range hyperparameter: a GenomeError for our CLI, a ValueError as torch.optim raises."""
 
 
 class GenomeOptimizer(torch.optim.Optimizer):
@@ -91,7 +89,6 @@ class GenomeOptimizer(torch.optim.Optimizer):
     ) -> None:
         if not isinstance(genome, Genome):
             raise TypeError(f"genome must be an optsearch.Genome, got {type(genome).__name__}")
-        _check_total_steps(total_steps)  # before any group, so a bad T is reported even with no params
         if skip_nonfinite and capturable:
             raise GenomeError("skip_nonfinite needs a host read per step; it cannot be combined with capturable=True")
         self.genome = genome
@@ -108,8 +105,7 @@ class GenomeOptimizer(torch.optim.Optimizer):
         _check_group(self.param_groups[-1])
 
     def __getstate__(self) -> dict[str, Any]:
-        """torch's pickled state plus every public attribute (genome, skip_nonfinite, nonfinite_steps):
-        ``copy.deepcopy`` and ``pickle`` go through here, and torch's own keeps only three keys."""
+        """Every public attribute (genome, nonfinite_steps, ...): torch's keeps three, and deepcopy/pickle use it."""
         public = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
         return {**public, **super().__getstate__()}
 
@@ -209,9 +205,9 @@ def genome_update(
 ) -> None:
     """One step of ``genome`` over ``params`` in place: the functional form of :class:`GenomeOptimizer`.
 
-    As ``torch.optim.adam.adam`` is Adam's, this is what ``GenomeOptimizer.step`` runs for each param
-    group, for callers that keep their own state (meta-learning, ``torch.func``, custom loops). Call it
-    under ``torch.no_grad()`` unless ``differentiable``.
+    As ``torch.optim.adam.adam`` is Adam's: ``GenomeOptimizer.step`` runs it per param group, and callers that
+    keep their own state (meta-learning, custom loops) call it directly, under ``torch.no_grad()`` unless
+    ``differentiable``.
 
     Args:
         params: the tensors to update (complex ones as their real view).
@@ -237,9 +233,8 @@ def genome_update(
     _check_group(group, read_tensors=not capturable)  # capturable: tensors were checked when the group was made
     if not params:
         return
-    if len(grads) != len(params) or len(states) != len(params):
-        raise ValueError(f"genome_update needs one gradient and one state per parameter, got "
-                         f"{len(params)} params, {len(grads)} grads, {len(states)} states")
+    if not len(grads) == len(states) == len(params):
+        raise ValueError("genome_update needs one gradient and one state per parameter")
     gs = [_real(g) for g in grads]
     owned = False
     if clip:
@@ -270,10 +265,7 @@ def _step(params: list[torch.Tensor], grads: list[torch.Tensor], states: list[di
         foreach = _default_to_fused_or_foreach(params, differentiable, use_fused=False)[1]
     if not foreach:
         for p, g, b, st in zip(ps, gs, bufs, states):
-            if differentiable:
-                st["step"] = st["step"] + 1
-            else:
-                st["step"] += 1
+            st["step"] = st["step"] + 1 if differentiable else st["step"].add_(1)  # autograd may hold the old one
             _update(p, g, b, st["step"] if capturable else st["step"].item(), group)
         return
     steps = [st["step"] for st in states]
@@ -351,34 +343,24 @@ def _resolve_tensors(group: dict[str, Any]) -> dict[str, Any]:
     return {**group, "lr": lr, "betas": tuple(betas)}
 
 
-def _check_total_steps(total_steps: Any) -> None:
-    if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int)
-                                    or total_steps < 1):
-        raise GenomeError(f"total_steps must be a positive integer, got {total_steps!r}")
-
-
 def _check_group(group: dict[str, Any], *, read_tensors: bool = True) -> None:
     """One-line errors for a group's hyperparameters (its own keys or the genome's defaults), as torch.optim's
     (a :class:`HyperparameterError` is a ValueError). ``read_tensors=False`` checks tensors' sizes only, not
     their values, so a capturable step makes no host read."""
-    lr = group["lr"]
-    if isinstance(lr, torch.Tensor) and lr.numel() != 1:
-        raise HyperparameterError("Tensor lr must be 1-element")
     betas = group["betas"]
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise HyperparameterError(f"param group 'betas' must be a pair (beta1, beta2), got {betas!r}")
-    for i, b in enumerate(betas):
-        if isinstance(b, torch.Tensor) and b.numel() != 1:
-            raise HyperparameterError(f"Tensor betas[{i}] must be 1-element")
-    checks = [(lr, 0.0, None, "Invalid learning rate"), (group["weight_decay"], 0.0, None, "Invalid weight_decay value"),
-              (group["eps"], 0.0, None, "Invalid epsilon value"), (betas[0], 0.0, 1.0, "Invalid beta parameter at index 0"),
-              (betas[1], 0.0, 1.0, "Invalid beta parameter at index 1"), (group["beta3"], 0.0, 1.0, "Invalid beta3 value")]
-    for value, lo, hi, what in checks:
-        if isinstance(value, torch.Tensor) and not read_tensors:
-            continue
-        if not (lo <= value and (hi is None or value < hi)):
-            raise HyperparameterError(f"{what}: {value}" + (f" (must lie in [{lo:g}, {hi:g}))" if hi else ""))
-    _check_total_steps(group["total_steps"])
+    for what, t in (("lr", group["lr"]), ("betas[0]", betas[0]), ("betas[1]", betas[1])):
+        if isinstance(t, torch.Tensor) and t.numel() != 1:
+            raise HyperparameterError(f"Tensor {what} must be 1-element")
+    for value, hi, what in ((group["lr"], None, "learning rate"), (group["weight_decay"], None, "weight_decay value"),
+                            (group["eps"], None, "epsilon value"), (betas[0], 1.0, "beta parameter at index 0"),
+                            (betas[1], 1.0, "beta parameter at index 1"), (group["beta3"], 1.0, "beta3 value")):
+        if (read_tensors or not isinstance(value, torch.Tensor)) and not (0.0 <= value and (hi is None or value < hi)):
+            raise HyperparameterError(f"Invalid {what}: {value}" + (" (must lie in [0, 1))" if hi else ""))
+    t = group["total_steps"]
+    if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 1):
+        raise GenomeError(f"total_steps must be a positive integer, got {t!r}")
     alphas = group["alphas"]
     if not isinstance(alphas, dict) or any(n not in PRIMITIVES for n in alphas):
         raise GenomeError(f"param group 'alphas' must map primitive names ({', '.join(PRIMITIVES)}) to weights, "
