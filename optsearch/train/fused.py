@@ -8,12 +8,13 @@ so nothing is reshaped through a copy and the whole step is one graph that ``tor
   dense on the shared input (its weights stacked to ``P·C_out`` output channels); later ones run with
   ``groups = P`` (times the layer's own groups). One batch norm over the ``P·C`` channels is exactly
   per-member batch norm (statistics are per channel); pooling and activations need nothing.
-* features ``[N, P·F]`` after ``Flatten`` (a view: member p's features are block p, in its own order) or
-  after a first ``Linear`` on the shared input (one dense matmul with the stacked ``[P·out, in]``
-  weights). A ``Linear`` on per-member features is the block-diagonal matmul as a grouped convolution of
-  width 1: unlike ``bmm`` over ``[P, N, F]`` it needs no transpose, whose backward copies the gradient of
-  the flattened activations back into the channels layout.
-* logits ``[N, P·classes]``; the loss is the sum of the members' mean losses, so ordinary autograd gives
+* features ``[N, P, F]`` after ``Flatten`` (a view) or after a first ``Linear`` on the shared input (one
+  dense matmul with the stacked ``[P·out, in]`` weights); ``[P, N, F]`` after a ``Linear`` on
+  per-member features (one ``baddbmm``, reading ``[N, P, F]`` through a transposed view). Its backward
+  copies the flattened features' gradient once into the channels layout (the one activation copy of a
+  step, the smallest); a grouped width-1 convolution would avoid it but ran 8× slower than ``bmm`` on a CPU
+  (MNIST's fc layer, P = 8, oneDNN).
+* logits ``[P, N, classes]``; the loss is the sum of the members' mean losses, so ordinary autograd gives
   each member the gradient of its own loss.
 
 Dropout: each layer's mask is drawn with the member's own shape, in layer order, from torch's global RNG
@@ -113,49 +114,70 @@ def fused_forward(model: nn.Sequential, params: dict[str, torch.Tensor], buffers
     """
     p = next(iter(params.values())).shape[0]
     n = x.shape[0]
-    h, shared = x, True  # shared: [N, ...] as every member sees it; else [N, P·C, *spatial]
+    h, layout = x, "shared"  # shared [N, ...]; channels [N, P·C, ...]; npf [N, P, F]; pnf [P, N, F]
     pending = iter(masks or ())
     for k, m in enumerate(model):
         w, b = params.get(f"{k}.weight"), params.get(f"{k}.bias")
-        bias = None if b is None else b.reshape(-1)
         if isinstance(m, _CONVS):
+            if layout not in ("shared", "channels"):
+                raise ConfigError(f"fused backend: {type(m).__name__} after a Linear layer")
             conv = F.conv1d if isinstance(m, nn.Conv1d) else F.conv2d
-            groups = m.groups * (1 if shared else p)
-            h = conv(h, w.reshape(p * w.shape[1], *w.shape[2:]), bias, m.stride, m.padding, m.dilation, groups)
-        elif isinstance(m, nn.Linear):
-            if shared:  # one dense matmul: the shared input against all members' stacked weights
-                h = F.linear(h, w.reshape(-1, w.shape[-1]), bias)
-            elif h.dim() == 2:  # block-diagonal: a grouped 1-wide convolution keeps [N, P·F] with no transposes
-                h = F.conv1d(h.unsqueeze(-1), w.reshape(-1, w.shape[-1], 1), bias, groups=p).squeeze(-1)
-            else:
-                raise ConfigError("fused backend: a Linear layer on channels needs nn.Flatten first")
+            groups = m.groups * (p if layout == "channels" else 1)
+            h = conv(h, w.reshape(p * w.shape[1], *w.shape[2:]), None if b is None else b.reshape(-1),
+                     m.stride, m.padding, m.dilation, groups)
+            layout = "channels"
         elif isinstance(m, _NORMS):
-            if shared:
-                raise ConfigError(f"fused backend: {type(m).__name__} on the shared input")
+            if layout == "npf":
+                h2 = h.reshape(n, -1)
+            elif layout == "channels":
+                h2 = h
+            else:
+                raise ConfigError(f"fused backend: {type(m).__name__} needs channels or per-member features first")
             mean, var = buffers.get(f"{k}.running_mean"), buffers.get(f"{k}.running_var")
             count = buffers.get(f"{k}.num_batches_tracked")
             if training and count is not None:
                 count.add_(1)
-            h = F.batch_norm(h, None if mean is None else mean.view(-1), None if var is None else var.view(-1),
-                             None if w is None else w.reshape(-1), bias, training or mean is None,
-                             0.0 if m.momentum is None else m.momentum, m.eps)
+            h2 = F.batch_norm(h2, None if mean is None else mean.view(-1), None if var is None else var.view(-1),
+                              None if w is None else w.reshape(-1), None if b is None else b.reshape(-1),
+                              training or mean is None, 0.0 if m.momentum is None else m.momentum, m.eps)
+            h = h2.view(h.shape) if layout == "npf" else h2
+        elif isinstance(m, nn.Linear):
+            if layout == "shared":
+                h = F.linear(h, w.reshape(-1, w.shape[-1]), None if b is None else b.reshape(-1)).view(n, p, -1)
+                layout = "npf"
+            elif layout in ("npf", "pnf"):
+                hp = h.transpose(0, 1) if layout == "npf" else h
+                wt = w.transpose(1, 2)
+                h = torch.bmm(hp, wt) if b is None else torch.baddbmm(b.unsqueeze(1), hp, wt)
+                layout = "pnf"
+            else:
+                raise ConfigError("fused backend: a Linear layer on channels needs nn.Flatten first")
         elif isinstance(m, nn.Flatten):
-            h = h.reshape(n, -1)  # a view: member p's features are the contiguous block p, in its own order
+            if layout == "shared":
+                h = m(h)
+            elif layout == "channels":
+                h = h.reshape(n, p, -1)
+                layout = "npf"
         elif isinstance(m, nn.Unflatten):
-            if not shared:
+            if layout != "shared":
                 raise ConfigError("fused backend: nn.Unflatten only on the shared input")
             h = m(h)
         elif isinstance(m, nn.Dropout):
             if training and m.p > 0:
-                mask = next(pending)  # one member's shape [N, C, *spatial] or [N, F]
-                h = h * mask if shared else (h.view(n, p, *mask.shape[1:]) * mask.unsqueeze(1)).view(h.shape)
+                mask = next(pending)
+                if layout == "channels":
+                    h = (h.view(n, p, -1, *h.shape[2:]) * mask.unsqueeze(1)).view(h.shape)
+                elif layout == "npf":
+                    h = h * mask.unsqueeze(1)
+                else:  # pnf, or the shared input (the same mask for every member either way)
+                    h = h * mask
         else:  # pooling and elementwise activations act per channel or per element: any layout
             h = m(h)
-        if isinstance(m, (*_CONVS, nn.Linear)):
-            shared = False
-    if shared or h.dim() != 2:
+    if layout == "npf":
+        return h.transpose(0, 1)
+    if layout != "pnf":
         raise ConfigError("fused backend: the model must end with a Linear layer")
-    return h.view(n, p, -1).transpose(0, 1)
+    return h
 
 
 def fused_losses(model: nn.Sequential, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
@@ -165,9 +187,8 @@ def fused_losses(model: nn.Sequential, params: dict[str, torch.Tensor], buffers:
 
     The sum is what autograd differentiates: member p's parameters reach only its own loss.
     """
-    logits = fused_forward(model, params, buffers, x, masks, True).transpose(0, 1)  # [N, P, classes], contiguous
-    nll = -logits.log_softmax(-1).gather(2, y.view(-1, 1, 1).expand(-1, logits.shape[1], 1)).squeeze(2)
-    losses = nll.mean(0)
+    logits = fused_forward(model, params, buffers, x, masks, True)
+    losses = F.cross_entropy(logits.transpose(1, 2), y.expand(logits.shape[0], -1), reduction="none").mean(1)
     if live is not None:
         losses = torch.where(live, losses, 0.0)
     return losses, losses.sum()
