@@ -157,14 +157,16 @@ def test_differentiable_with_tensor_lr(name):
 
 
 # ------------------------------------------------------------------ hyperparameters
+@pytest.mark.parametrize("capturable", [False, True])
 @pytest.mark.parametrize("foreach", [False, True])
 @pytest.mark.parametrize("name", NAMES)
-def test_tensor_lr(name, foreach):
-    """torch: test_tensor_lr. A 1-element tensor lr runs the same trajectory as the number."""
+def test_tensor_lr(name, foreach, capturable):
+    """torch: test_tensor_lr. A 1-element tensor lr runs the same trajectory as the number (capturable keeps
+    it a tensor on the device, else it is read once per step)."""
     g = Genome.named(name)
     a, b = _params(), _params()
-    oa = GenomeOptimizer(a, g, T, foreach=foreach)
-    ob = GenomeOptimizer([{"params": b, "lr": torch.tensor(g.lr)}], g, T, foreach=foreach)
+    oa = GenomeOptimizer(a, g, T, foreach=foreach, capturable=capturable)
+    ob = GenomeOptimizer([{"params": b, "lr": torch.tensor([g.lr])}], g, T, foreach=foreach, capturable=capturable)
     _run(oa, a, 4)
     _run(ob, b, 4)
     for p, q in zip(a, b):
