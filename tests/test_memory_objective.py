@@ -37,6 +37,14 @@ def test_state_floats_is_what_the_optimizer_allocates(name, floats):
     assert g.state_floats() == floats == _allocated(g)
 
 
+@pytest.mark.parametrize("term", list(primitives.PRIMITIVES))
+def test_every_primitive_declares_the_state_it_keeps(term):
+    """A primitive added later (AdEMAMix's slow EMA, Adan's g-difference EMA, …) is counted only through its
+    ``needs``: what the optimizer keeps for it must be exactly that."""
+    g = Genome.single(term)
+    assert g.state_floats() == len(primitives.PRIMITIVES[term].needs) == _allocated(g)
+
+
 def test_only_active_terms_count_and_the_registry_decides():
     inactive = Genome(terms=("adam", "momentum", NONE, NONE), alphas=(0.0, 1.0, 0.0, 0.0))  # Adam's α is 0
     assert inactive.state_floats() == 1 == _allocated(inactive)
