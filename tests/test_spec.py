@@ -62,3 +62,24 @@ def test_device_resolution():
             resolve_device("cuda:0")
     with pytest.raises(ConfigError, match="'device' must be auto, cpu, cuda or cuda:K"):
         resolve_device("cuda:x")
+
+
+def test_engine_settings_flow_from_the_config_to_the_population(monkeypatch):
+    """[search] backend and compile_model reach every Population the evaluator builds."""
+    import optsearch.train.evaluate as ev
+    from optsearch.genome import NAMED
+
+    cfg = StudyConfig.from_dict({"search": {**MINIMAL["search"], "backend": "fused", "compile_model": True, "steps": 2,
+                                            "subsample": 100}})
+    seen = []
+    real = ev.Population
+
+    def spy(*a, **k):
+        seen.append((k["backend"], k["compile_model"]))
+        return real(*a, **{**k, "compile_model": False})  # (compiling is not what this test is about)
+
+    monkeypatch.setattr(ev, "Population", spy)
+    ev.evaluate([NAMED["adam"]], cfg.tasks, [0], cfg.run_spec(device="cpu", data_dir=None))
+    assert seen == [("fused", True)]
+    with pytest.raises(ConfigError, match="'backend' must be one of"):
+        StudyConfig.from_dict({"search": {**MINIMAL["search"], "backend": "gpu"}})

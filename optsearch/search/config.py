@@ -101,6 +101,8 @@ class StudyConfig:
     device: str = "auto"
     checkpoint_every: int = RunSpec.checkpoint_every
     precision: str = RunSpec.precision  # fp32 | tf32 | bf16: see optsearch.train.device
+    backend: str | None = RunSpec.backend  # the population engine (None: chosen per model and device)
+    compile_model: bool = RunSpec.compile_model
     pruning: PruningConfig = field(default_factory=PruningConfig)
     sampler: Mapping[str, Any] = field(default_factory=dict)
     funnel: FunnelConfig = field(default_factory=FunnelConfig)
@@ -144,7 +146,7 @@ class StudyConfig:
 
         return RunSpec(steps=self.steps, batch_size=self.batch_size, subsample=self.subsample, device=device,
                        data_dir=data_dir, checkpoint_every=self.checkpoint_every, precision=self.precision,
-                       compile_update=auto_compile(self.population, list(self.tasks), len(self.seeds), self.steps))
+                       backend=self.backend, compile_model=self.compile_model, compile_update=auto_compile(self.population, list(self.tasks), len(self.seeds), self.steps))
 
     def funnel_spec(self, *, device: str | None, data_dir: str | None) -> RunSpec:
         """How the funnel and the ablation train: the funnel's budget, the study's precision, validation splits."""
@@ -214,6 +216,8 @@ class StudyConfig:
             device=_device(d.get("device", _default(cls, "device")), where),
             checkpoint_every=_int(d, "checkpoint_every", where, lo=1, default=_default(cls, "checkpoint_every")),
             precision=_choice(d, "precision", PRECISIONS, _default(cls, "precision"), where),
+            backend=_engine(d.get("backend", _default(cls, "backend")), where),
+            compile_model=_bool(d, "compile_model", _default(cls, "compile_model"), where),
             pruning=_pruning(pruning, where, objective=d.get("objective", "aggregate"), stored=stored),
             sampler=dict(sampler),
             funnel=_funnel(d.get("funnel"), tasks, where),
@@ -305,6 +309,21 @@ def _check_tasks(tasks: list[str], where: str) -> None:
     for t in tasks:
         if t not in TASKS:
             raise ConfigError(f"{where}: unknown task {t!r}; known: {', '.join(TASKS)}")
+
+
+def _engine(x: Any, where: str) -> str | None:
+    from optsearch.train.engines import BACKENDS
+
+    if x is not None and x not in BACKENDS:
+        raise ConfigError(f"{where}: 'backend' must be one of {', '.join(BACKENDS)}, got {x!r}")
+    return x
+
+
+def _bool(d: Mapping[str, Any], key: str, default: bool, where: str) -> bool:
+    x = d.get(key, default)
+    if not isinstance(x, bool):
+        raise ConfigError(f"{where}: {key!r} must be true or false, got {x!r}")
+    return x
 
 
 def _device(x: Any, where: str) -> str:

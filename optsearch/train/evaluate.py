@@ -95,7 +95,8 @@ def evaluate(
             def make(model: torch.nn.Module, ids: list[int], unit_steps: int = unit_steps,
                      built: list[Population] = built) -> Population:
                 built.append(Population([genomes[i] for i in ids], model, unit_steps, backend=spec.backend,
-                                        compile_update=compile_update, members=ids, precision=spec.precision))
+                                        compile_update=compile_update, members=ids, precision=spec.precision,
+                                        compile_model=spec.compile_model))
                 return built[-1]
 
             run = UnitRun(u, len(units), task, seed, members, make, done, diverged, spec, callback=callback)

@@ -46,6 +46,8 @@ class RunSpec:
         compile_update: compile the population update; None decides by the call's size
             (:func:`optsearch.train.evaluate.auto_compile`).
         backend: the population engine (None: chosen per model and device).
+        compile_model: compile the population's forward and backward (``torch.compile(fullgraph=True)``; the
+            ``fused`` engine pads P to a few fixed sizes so retiring members does not recompile).
         stop_diverged: a member that diverged is not trained on later units (its fitness is already the
             worst); the benchmark turns it off, since a paired comparison needs every seed scored.
     """
@@ -62,6 +64,7 @@ class RunSpec:
     checkpoint_every: int = 50
     compile_update: bool | None = None
     backend: str | None = None
+    compile_model: bool = False
     stop_diverged: bool = True
 
     def __post_init__(self) -> None:
@@ -98,7 +101,7 @@ class RunSpec:
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         check_precision(self.precision, self.dtype)
-        for name in ("deterministic", "stop_diverged"):
+        for name in ("deterministic", "stop_diverged", "compile_model"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.compile_update is not None and not isinstance(self.compile_update, bool):
