@@ -336,11 +336,13 @@ def test_terminal_summary_and_figure_show_all_three_methods_and_their_agreement(
     assert single["json"]["importance"]["agreement"]["agreed"] == ag.agreed
 
 
-def test_fanova_matches_optunas_evaluator():
-    """fanova() skips Optuna's per-call search-space work; its numbers must stay Optuna's own."""
+def test_views_and_fanova_match_optunas_evaluators_on_a_study():
+    """The view skips the study's copies and fanova() Optuna's per-call search-space work; the numbers
+    must stay those Optuna's evaluators give on a real study of the same trials."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from optuna.trial import create_trial
 
-    from optsearch.analysis.importance import FANOVA_DEPTH, FANOVA_TREES, fanova, view_study
+    from optsearch.analysis.importance import FANOVA_DEPTH, FANOVA_TREES, fanova, ped_anova, view_study
 
     rng = np.random.default_rng(0)
     dists = {"lr": FloatDistribution(-5, -1), "wd": FloatDistribution(1e-6, 1e-1, log=True),
@@ -349,10 +351,15 @@ def test_fanova_matches_optunas_evaluator():
     params = [{"lr": rng.uniform(-5, -1), "wd": 10 ** rng.uniform(-6, -1), "on": bool(rng.integers(2)),
                "clip": ("none", "value", "norm")[rng.integers(3)], "fixed": True} for _ in range(120)]
     y = np.array([-(p["lr"] + 3) ** 2 + 0.3 * p["on"] + 0.1 * (p["clip"] == "norm") for p in params])
-    view = view_study(params, dists, y + rng.normal(0, 0.05, len(y)))
+    y = y + rng.normal(0, 0.05, len(y))
+    view = view_study(params, dists, y)
+    study = optuna.create_study(direction="maximize")
+    study.add_trials([create_trial(params=p, distributions=dists, value=float(v)) for p, v in zip(params, y)])
+    assert ped_anova(view) == pytest.approx(optuna.importance.get_param_importances(
+        study, evaluator=optuna.importance.PedAnovaImportanceEvaluator()), abs=1e-12)
     ours = fanova(view, seeds=(0, 1))
     theirs = [optuna.importance.get_param_importances(
-        view, evaluator=optuna.importance.FanovaImportanceEvaluator(n_trees=FANOVA_TREES, max_depth=FANOVA_DEPTH, seed=s))
+        study, evaluator=optuna.importance.FanovaImportanceEvaluator(n_trees=FANOVA_TREES, max_depth=FANOVA_DEPTH, seed=s))
         for s in (0, 1)]
     assert set(ours) == set(dists)
     for k in dists:
