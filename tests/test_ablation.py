@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-
 import hashlib
+import math
 
 import optuna
 import pytest
@@ -54,10 +54,21 @@ def new_study(tmp_path) -> optuna.Study:
 
 def test_components_remove_terms_and_neutralise_switches():
     labels = [label for label, _ in ablation.components(WINNER)]
-    assert labels == ["term adam (α 1)", "term sign_grad (α 0.3)", "term momentum (α 0.5)", "bias correction",
-                      "warmup", "cosine decay"]
+    assert labels == ["the update rule → Adam's", "term adam (α 1)", "term sign_grad (α 0.3)",
+                      "term momentum (α 0.5)", "bias correction", "warmup", "cosine decay"]
     only = Genome.named("adam")
     assert [label for label, _ in ablation.components(only)] == ["bias correction"]  # the last term never goes
+    # the rule → Adam's keeps the recipe and the step size (α's sum moves into the lr); β, ε → Adam's defaults
+    odd = dataclasses.replace(WINNER, beta1_log1m=-0.5, eps_log10=-6.0, clip="norm", clip_threshold=0.3)
+    parts = dict(ablation.components(odd))
+    rule = parts["the update rule → Adam's"]
+    assert rule.merged_terms() == {"adam": 1.0} and rule.recipe() == odd.recipe()
+    assert rule.lr_log10 == pytest.approx(odd.lr_log10 + math.log10(1.8))
+    consts = parts["β1, β2, ε → Adam's defaults"]
+    adam = Genome.named("adam")
+    assert (consts.beta1, consts.beta2, consts.eps) == (adam.beta1, adam.beta2, adam.eps)
+    assert consts.merged_terms() == odd.merged_terms()
+    assert "the update rule → Adam's" not in dict(ablation.components(odd, rule_parts=False))
 
 
 def test_removing_a_sign_term_clears_its_gene():
@@ -82,7 +93,9 @@ def test_ablation_drops_a_useless_term_and_switch_and_keeps_useful_ones(tmp_path
     assert not rows["cosine decay"].dropped and rows["cosine decay"].effect.mean == pytest.approx(-0.05, abs=0.005)
     # the first step also trained the reference on the same units: simplified − Adam ≈ +0.15 (momentum, cosine decay)
     assert result.vs_reference().mean == pytest.approx(0.15, abs=0.005) and result.vs_reference().sign == 1
-    assert runner.calls[0] == (1 + 6 + 1, UNITS[0])  # genome + 6 variants + the reference, one population
+    # genome + 7 variants, each at 3 lrs of its re-sweep, + the reference: one population
+    assert runner.calls[0] == (1 + 7 * len(ablation.LR_SWEEP) + 1, UNITS[0])
+    assert result.holm and result.margin == ablation.MARGIN <= 0.003
     text = "\n".join(ablation.summary(result))
     assert "simplified: " + simple.formula() in text and "| term adam (α 1) |" in text and "dropped at step" in text
     # read() replays the same decisions from the stored scores, without training
@@ -127,3 +140,51 @@ def test_a_resumed_ablation_keeps_the_rule_it_started_with(tmp_path):
         ablation.run(st, WINNER, UNITS, Runner(fail_after=6), margin=0.5)
     result = ablation.run(st, WINNER, UNITS, Runner())  # the default margin now: the stored 0.5 still rules
     assert result.margin == 0.5 and ablation.read(st) == result
+
+
+def test_holm_correction_keeps_a_part_that_only_passes_uncorrected():
+    """Three parts tested in one step: each one-sided test at 2.5 % alone would let the borderline one go;
+    Holm's step-down (2.5 %/3, then /2, then /1) does not."""
+    from optsearch import stats
+
+    base = [0.0] * 8
+    clear = stats.paired_difference([0.001 + 0.0002 * (k % 2) for k in range(8)], base)  # p ≈ 0
+    # a borderline part: its one-sided p-value lies between 2.5 %/3 and 2.5 %
+    spread = [-0.0005, 0.0035, -0.0025, 0.0015, -0.0035, 0.0025, -0.0015, 0.0005]
+    border = stats.paired_difference([-0.0008 + d for d in spread], base)  # p ≈ 0.019: between 2.5 %/2 and 2.5 %
+    noisy = stats.paired_difference([-0.003 + 0.002 * (-1) ** k for k in range(8)], base)  # not harmless at all
+    uncorrected = [ablation.harmless(e, 0.003) for e in (clear, border, noisy)]
+    corrected = ablation.holm_harmless([clear, border, noisy], 0.003)
+    assert uncorrected == [True, True, False] and corrected == [True, False, False]
+
+
+def test_a_winner_that_is_adam_plus_a_recipe_simplifies_to_adam_with_the_recipe(tmp_path):
+    """Truth: only the recipe (warmup) and the step size matter, best at lr 10^-2.75 for any rule. The rule →
+    Adam's is shown harmless at its best lr of the re-sweep and goes; the recipe stays; the final check on fresh
+    seeds reports simplified − unsimplified."""
+
+    def truth(g: Genome, unit) -> float:
+        step = g.lr_log10 + math.log10(sum(g.merged_terms().values()))
+        return (0.7 + 0.05 * g.warmup - 0.1 * (step + 2.75) ** 2 + noise(unit)
+                + 0.02 * noise(unit, str(sorted(g.to_params().items()))))
+
+    winner = Genome(terms=("adam", "adam", "sign_grad", "none"), alphas=(1.0, 0.5, 0.02, 0.0), lr_log10=-2.75,
+                    warmup=True, warmup_frac=0.2)
+    units = [("digits", s) for s in range(20, 28)]
+    fresh = [("digits", s) for s in range(40, 48)]
+    calls = []
+
+    def runner(genomes, unit):
+        calls.append(unit)
+        return [truth(g, unit) for g in genomes]
+
+    st = new_study(tmp_path)
+    result = ablation.run(st, winner, units, runner, final_units=fresh)
+    assert result.genome.merged_terms() == {"adam": 1.0} and result.genome.warmup  # Adam + the recipe
+    assert any(r.component == "the update rule → Adam's" and r.dropped for r in result.rows)
+    assert not any(r.component == "warmup" and r.dropped for r in result.rows)
+    assert result.final_diff is not None and result.final_diff.n == len(fresh)
+    assert set(calls[-len(fresh):]) == set(fresh)  # the check ran on the fresh seeds, after the steps
+    text = "\n".join(ablation.summary(result))
+    assert f"on {len(fresh)} fresh runs simplified − unsimplified" in text and "Holm-corrected" in text
+    assert ablation.read(st) == result  # replayed from storage, the final check included

@@ -333,8 +333,10 @@ def run_funnels(study: optuna.Study, cfg: StudyConfig, *, device: str, data_dir:
     if cfg.funnel.ablation and last is not None and last.generation >= cfg.generations:
         run_unit = evaluator_unit(cfg.funnel_spec(device=device, data_dir=data_dir), evaluator=evaluator)
         reference = last.reference.tuned if last.reference is not None else None
-        ablation.run(study, last.winner.tuned, units_for(cfg, "ablation", cfg.funnel.ablation_seeds), run_unit,
-                     reference=reference, margin=cfg.funnel.ablation_margin, progress=progress)
+        runs = cfg.funnel.ablation_seeds or max(ablation.MIN_RUNS, cfg.funnel.seeds)
+        ablation.run(study, last.winner.tuned, units_for(cfg, "ablation", runs), run_unit,
+                     reference=reference, margin=cfg.funnel.ablation_margin, progress=progress,
+                     final_units=units_for(cfg, "ablation-final", runs))
     if last is not None:
         write_note_section(study, "funnel", funnel_markdown(study))
 
