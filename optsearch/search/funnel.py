@@ -25,27 +25,23 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial
 
 from optsearch.genome import Genome
-from optsearch.genome.core import FLOAT_RANGES
 from optsearch.search import ablation
 from optsearch.search.config import StudyConfig
 from optsearch.search.generations import best_trials, completed_generations
 from optsearch.search.noise import genome_means, unit_seeds
 from optsearch.search.note import write_note_section
+from optsearch.search.funnel_sweep import (EXTEND, PREFIX, REFERENCE, Entry, extended, next_offset, reference_entry,
+                                           reference_genome, schedules, stage_key, variant, with_lr_offset)
 from optsearch.search.staged import Unit, complete_scores, evaluator_unit, run_stage
 from optsearch.stats import Interval, paired_difference, verdict
 
-PREFIX = "funnel:"
-REFERENCE = "adam"
-"""The named genome whose update rule, with the winner's recipe, every round measures for the headline."""
-EXTEND = 0.5
-"""Decades a sweep grows by, one lr at a time, while its best lies at an end."""
 
 
 def round_key(generation: int) -> str:
@@ -71,48 +67,10 @@ def units_for(cfg: StudyConfig, tag: str, n_seeds: int | None = None) -> list[Un
     return [(task, s) for s in seeds for task in cfg.funnel.tasks]
 
 
-def with_lr_offset(g: Genome, offset: float) -> Genome:
-    lo, hi, _ = FLOAT_RANGES["lr_log10"]
-    return replace(g, lr_log10=min(hi, max(lo, g.lr_log10 + offset)))
-
-
-def schedules(g: Genome, sweep: bool) -> tuple[bool, ...]:
-    """The cosine-decay settings a genome is measured with: its own first (it wins ties), then the other."""
-    return (g.cosine_decay, not g.cosine_decay) if sweep else (g.cosine_decay,)
-
-
-def variant(g: Genome, offset: float, cosine: bool) -> Genome:
-    return replace(with_lr_offset(g, offset), cosine_decay=cosine)
-
-
 def candidates(study: optuna.Study, k: int) -> list[tuple[FrozenTrial, float]]:
     """The ``k`` best distinct canonical genomes, each as (its newest COMPLETE trial, the mean over all its
     measurements, pruned ones included: :func:`optsearch.search.noise.genome_means`), best first."""
     return [(t, mean) for t, mean, _ in genome_means(study)[:k]]
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One genome's funnel result: its scores per unit at its best variant (lr offset, cosine decay)."""
-
-    name: str
-    number: int | None
-    told: float | None
-    genome: Genome
-    offset: float
-    scores: tuple[float, ...]
-    cosine: bool
-    by_variant: tuple[tuple[float, bool, float], ...]
-    """(lr offset, cosine decay, mean fitness) for every variant measured."""
-
-    @property
-    def mean(self) -> float:
-        return sum(self.scores) / len(self.scores)
-
-    @property
-    def tuned(self) -> Genome:
-        """The genome at its best variant of the sweep."""
-        return variant(self.genome, self.offset, self.cosine)
 
 
 @dataclass(frozen=True)
@@ -161,83 +119,14 @@ def read_round(attrs: dict[str, Any], generation: int) -> FunnelRound | None:
     if head.get("recipe_reference"):
         if not attrs.get(done_key(generation)):
             return None
-        entries[0] = _extended(attrs, generation, "win", entries[0])
-        ref = _extended(attrs, generation, "ref", _reference_entry(attrs, generation, entries[0]))
+        entries[0] = extended(attrs, generation, "win", entries[0])
+        ref = extended(attrs, generation, "ref", reference_entry(attrs, generation, entries[0]))
     return FunnelRound(int(head["generation"]), tuple((t, int(s)) for t, s in head["units"]), tuple(entries), ref)
 
 
 def done_key(generation: int) -> str:
     """Set once a round's winner and reference sweeps are interior (or at the lr range's end)."""
     return f"{PREFIX}{generation}:done"
-
-
-def stage_key(generation: int, tag: str, i: int) -> str:
-    """The ``i``-th sweep stage ``tag`` (``ref``: Adam with the winner's recipe, ``win``: extensions) of a round."""
-    return f"{PREFIX}{generation}:{tag}:{i}"
-
-
-def reference_genome(winner: Genome) -> Genome:
-    """Adam's update rule (its default lr, β, ε) with the winner's recipe: its sweep starts where Adam's does."""
-    return Genome.named(REFERENCE).with_recipe(winner)
-
-
-def _mean(xs: Sequence[float]) -> float:
-    return sum(xs) / len(xs)
-
-
-def _best(rows: Sequence[tuple[float, bool, Sequence[float]]]) -> int:
-    """Index of the best (offset, cosine, scores) row; ties: the smaller lr change, then the earlier row."""
-    return max(range(len(rows)), key=lambda i: (_mean(rows[i][2]), -abs(rows[i][0]), -i))
-
-
-def _reference_entry(attrs: dict[str, Any], generation: int, winner: Entry) -> Entry | None:
-    got = complete_scores(attrs, stage_key(generation, "ref", 0))
-    if got is None:
-        return None
-    head, scores = got
-    g = Genome.from_params(head["base"])
-    rows = [(float(o), g.cosine_decay, sc) for o, sc in zip(head["offsets"], scores)]
-    b = _best(rows)
-    return Entry(REFERENCE, None, None, g, rows[b][0], tuple(rows[b][2]), g.cosine_decay,
-                 tuple((o, c, _mean(sc)) for o, c, sc in rows))
-
-
-def _extended(attrs: dict[str, Any], generation: int, tag: str, e: Entry | None) -> Entry | None:
-    """``e`` with the extension stages of its sweep (``tag``) read in: its best variant over all of them."""
-    if e is None:
-        return None
-    rows = [(o, c, None) for o, c, _ in e.by_variant]
-    means = [m for _, _, m in e.by_variant]
-    best_scores: dict[int, tuple[float, ...]] = {}
-    i = 1 if tag == "ref" else 0
-    while (got := complete_scores(attrs, stage_key(generation, tag, i))) is not None:
-        head, scores = got
-        rows.append((float(head["offsets"][0]), bool(head["cosine"]), None))
-        means.append(_mean(scores[0]))
-        best_scores[len(rows) - 1] = tuple(scores[0])
-        i += 1
-    if not best_scores:
-        return e
-    b = max(range(len(rows)), key=lambda k: (means[k], -abs(rows[k][0]), -k))
-    if b not in best_scores:  # still a variant of the first sweep
-        return replace(e, by_variant=tuple((o, c, m) for (o, c, _), m in zip(rows, means)))
-    return replace(e, offset=rows[b][0], cosine=rows[b][1], scores=best_scores[b],
-                   by_variant=tuple((o, c, m) for (o, c, _), m in zip(rows, means)))
-
-
-def _next_offset(e: Entry) -> float | None:
-    """The next lr offset of ``e``'s sweep when its best is an end of it (None: interior or the lr range ends)."""
-    lo, hi, _ = FLOAT_RANGES["lr_log10"]
-    offsets = sorted({o for o, _, _ in e.by_variant})
-    if len(offsets) < 2:
-        return None
-    if e.offset == offsets[-1]:
-        nxt = min(offsets[-1] + EXTEND, hi - e.genome.lr_log10)
-        return nxt if nxt > offsets[-1] + 1e-9 else None
-    if e.offset == offsets[0]:
-        nxt = max(offsets[0] - EXTEND, lo - e.genome.lr_log10)
-        return nxt if nxt < offsets[0] - 1e-9 else None
-    return None
 
 
 def rounds(study: optuna.Study) -> list[FunnelRound]:
@@ -302,10 +191,10 @@ def _sweep_to_interior(study: optuna.Study, generation: int, units: Sequence[Uni
         i = first
         while complete_scores(study.user_attrs, stage_key(generation, tag, i)) is not None:  # stored: read in e
             i += 1
-        while (nxt := _next_offset(e)) is not None:
+        while (nxt := next_offset(e)) is not None:
             run_stage(study, stage_key(generation, tag, i), [variant(e.genome, nxt, e.cosine)], units, run_unit,
                       extra={"offsets": [nxt], "cosine": e.cosine}, progress=bar)
-            e = _extended(study.user_attrs, generation, tag, e)  # type: ignore[assignment]
+            e = extended(study.user_attrs, generation, tag, e)  # type: ignore[assignment]
             i += 1
         return e
 
@@ -313,7 +202,7 @@ def _sweep_to_interior(study: optuna.Study, generation: int, units: Sequence[Uni
     ref = reference_genome(winner.tuned)
     run_stage(study, stage_key(generation, "ref", 0), [variant(ref, o, ref.cosine_decay) for o in offsets], units,
               run_unit, extra={"offsets": list(offsets), "base": ref.to_params()}, progress=bar)
-    extend("ref", _reference_entry(study.user_attrs, generation, winner), 1)  # type: ignore[arg-type]
+    extend("ref", reference_entry(study.user_attrs, generation, winner), 1)  # type: ignore[arg-type]
     study.set_user_attr(done_key(generation), True)
 
 
@@ -460,6 +349,6 @@ def _bar(progress: bool, total: int, desc: str) -> Any:
     return tqdm(total=total, unit="run", desc=desc, dynamic_ncols=True)
 
 
-__all__ = ["Entry", "FunnelRound", "REFERENCE", "candidates", "final_round", "fresh_seeds", "funnel_markdown", "funnel_table",
+__all__ = ["EXTEND", "Entry", "FunnelRound", "REFERENCE", "candidates", "final_round", "fresh_seeds", "funnel_markdown", "funnel_table",
            "headline", "read_round", "round_key", "rounds", "run_funnels", "run_round", "schedules", "study_winner",
            "variant", "with_lr_offset"]
