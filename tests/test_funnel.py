@@ -237,19 +237,25 @@ def test_presets_load_with_a_funnel(name):
     assert cfg.funnel.enabled and cfg.funnel.seeds >= 3 and cfg.funnel.tasks
 
 
-def test_cpu_preset_uses_cnn_proxies_multi_fidelity_and_a_larger_funnel():
+def test_cpu_preset_searches_rules_on_two_families_and_meta_validates_on_larger_unseen_tasks():
     from torch import nn
 
-    from optsearch.train.tasks import TASKS
+    from optsearch.train.sequence import TinyTransformer
+    from optsearch.train.tasks import TASKS, same_data
 
     cfg = configs.preset("cpu")
-    for t in {*cfg.tasks, *cfg.funnel.tasks}:  # every proxy and funnel model is a CNN
-        assert any(isinstance(m, (nn.Conv1d, nn.Conv2d)) for m in TASKS[t].build_model().modules()), t
-    assert not {"mnist", "fashion_mnist"} & {*cfg.tasks, *cfg.funnel.tasks}  # the held-out tasks stay unseen
-    assert any(TASKS[t].input_shape and len(TASKS[t].input_shape) == 3 for t in cfg.funnel.tasks)  # a 2-D image CNN
-    assert cfg.pruning.pruner != "none" and cfg.funnel.ablation
-    assert (cfg.funnel.steps or 0) > (cfg.steps or 0)
-    assert cfg.funnel.ablation_margin > 0  # parts are dropped only when shown harmless
+    for tasks in (cfg.tasks, cfg.funnel.tasks):  # an image CNN and a transformer among the proxies, and in the funnel
+        models = [TASKS[t].build_model() for t in tasks]
+        assert any(any(isinstance(m, nn.Conv2d) for m in model.modules()) for model in models), tasks
+        assert any(isinstance(model, TinyTransformer) for model in models), tasks
+    assert not set(cfg.tasks) & set(cfg.funnel.tasks)  # the funnel is a meta-validation, not the proxy again
+    for f in cfg.funnel.tasks:  # larger than the proxy of its family
+        proxy = next(t for t in cfg.tasks if TASKS[t].traits.conv == TASKS[f].traits.conv)
+        assert TASKS[f].traits.num_params > TASKS[proxy].traits.num_params, (f, proxy)
+    assert not any(same_data(h, t) for h in ("mnist", "fashion_mnist") for t in {*cfg.tasks, *cfg.funnel.tasks})
+    assert cfg.recipe == "shared" and cfg.fixed_genes["cosine_decay"] and cfg.sampler.get("seed_modern")
+    assert cfg.pruning.pruner == "percentile" and cfg.funnel.ablation
+    assert cfg.funnel.ablation_seeds >= 8 and 0 < cfg.funnel.ablation_margin <= 0.003
 
 
 def _cli(*args: str) -> subprocess.Popen:
