@@ -366,3 +366,16 @@ def test_views_and_fanova_match_optunas_evaluators_on_a_study():
         assert ours[k][0] == pytest.approx(np.mean([t[k] for t in theirs]), abs=1e-12)
         assert ours[k][1] == pytest.approx(np.std([t[k] for t in theirs]), abs=1e-12)
     assert max(ours, key=lambda k: ours[k][0]) == "lr"
+
+
+def test_batched_bootstrap_fit_equals_one_weighted_fit_per_replicate():
+    from optsearch.analysis.adjusted import fit
+
+    rng = np.random.default_rng(0)
+    X = np.c_[np.ones(200), rng.normal(size=(200, 6))]
+    y = X @ rng.normal(size=7) + rng.normal(0, 0.1, 200)
+    W = rng.integers(0, 3, (5, 200)).astype(float)
+    batched = fit(X, y, W)
+    for w, coef in zip(W, batched):
+        rows = np.repeat(np.arange(200), w.astype(int))  # a replicate is the fit on the rows drawn
+        assert np.allclose(coef, np.linalg.lstsq(X[rows], y[rows], rcond=None)[0], atol=1e-4)
