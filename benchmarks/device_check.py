@@ -21,7 +21,8 @@ costs the same per step):
 
 Then the update's compile count and eager fallbacks, and the paper preset's projected wall time:
 generations × seeds × Σ_task steps × the fastest engine's step time at P × the share of member-steps
-trained (``--trained-share``: below 1 when pruning stops members early; 1 assumes none), plus the
+trained (``--trained-share``: below 1 when pruning stops members early; 1 assumes none; or measured by a
+study with ``--study NAME --storage URL``: its generations' stored member-steps), plus the
 measured cost of its evaluations.
 """
 
@@ -272,6 +273,19 @@ def projection(per_task: dict, preset: Path, trained_share: float = 1.0) -> dict
                        "(1: no pruning), the fastest engine's step time measured here"}
 
 
+def measured_share(name: str, storage: str | None) -> float:
+    """The share of member-steps a study's generations trained, as its workers stored it (pruning's saving)."""
+    from optsearch.search.storage import open_existing_study
+    from optsearch.search.worker import trained_share
+
+    study = open_existing_study(name, storage)
+    share = trained_share(study.get_trials(deepcopy=False))
+    if share is None:
+        raise SystemExit(f"study {name!r} stored no member-steps (run before they were measured): "
+                         "give --trained-share instead")
+    return share
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -288,8 +302,14 @@ def main() -> None:
     ap.add_argument("--compile-model", action="store_true", help="also time the fused engine compiled")
     ap.add_argument("--trained-share", type=float, default=1.0,
                     help="share of member-steps a generation trains (a pruned study's measured share; 1: none pruned)")
+    ap.add_argument("--study", help="take the trained share measured by this study (every generation it stored) "
+                    "instead of --trained-share")
+    ap.add_argument("--storage", help="the study's storage URL (with --study)")
     args = ap.parse_args()
     sys.stdout.reconfigure(line_buffering=True)
+    if args.study:
+        args.trained_share = measured_share(args.study, args.storage)
+        print(f"trained share measured by study {args.study!r}: {args.trained_share:.1%} of member-steps")
     dev = torch.device(args.device)
     compile_update = args.compile == "on" or (args.compile == "auto" and dev.type == "cuda")
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())

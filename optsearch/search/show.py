@@ -18,6 +18,7 @@ from optsearch.search.config import StudyConfig
 from optsearch.search.funnel import final_round, funnel_table, headline, study_winner
 from optsearch.search.generations import best_trials, completed_generations, generations, outcome, scalar_fitness as _scalar
 from optsearch.search.storage import open_study
+from optsearch.search.worker import trained_share
 from optsearch.train.tasks import FITNESS_TEXT
 
 
@@ -60,7 +61,7 @@ def seed_trial(study: optuna.Study, genome_name: str) -> FrozenTrial | None:
 
 def show_text(name: str, *, storage: str | None = None, top: int = 5) -> str:
     study, cfg = open_study(name, storage)
-    rows = ["gen  complete  pruned  diverged  failed  best      median    best formula"]
+    rows = ["gen  complete  pruned  diverged  failed  trained  best      median    best formula"]
     for g, ts in generations(study).items():
         states = [outcome(t) for t in ts]
         done = [t for t, st in zip(ts, states) if st == "complete"]
@@ -68,7 +69,7 @@ def show_text(name: str, *, storage: str | None = None, top: int = 5) -> str:
         best = max(done, key=_scalar) if done else None
         med = vals[len(vals) // 2] if vals else float("nan")
         rows.append(f"{g:>3}  {len(done):>8}  {states.count('pruned'):>6}  {states.count('diverged'):>8}  "
-                    f"{states.count('failed'):>6}  "
+                    f"{states.count('failed'):>6}  {_share(trained_share(ts)):>7}  "
                     f"{(_scalar(best) if best else float('nan')):<8.4f}  {med:<8.4f}  "
                     f"{_formula(best) if best else ''}")
     out = [summary_text(study, cfg), "", *rows]
@@ -96,6 +97,11 @@ def _formula(t: FrozenTrial) -> str:
         return Genome.from_params(t.params).formula()
     except GenomeError:
         return str(t.user_attrs.get("formula", ""))
+
+
+def _share(value: float | None) -> str:
+    """The generation's share of member-steps trained (pruning's saving); '-' before it was stored."""
+    return "-" if value is None else f"{value:.0%}"
 
 
 def _loss(value: float | None) -> str:

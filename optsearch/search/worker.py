@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from optsearch.genome import Genome, define_search_space
 from optsearch.search.config import StudyConfig
@@ -27,6 +27,7 @@ from optsearch.search.storage import Heartbeat, fail_dead_trials, mark_worker
 
 POLL_SECONDS = 1.0
 SURPLUS_ATTR = "optsearch:surplus"  # system attr of a trial failed unevaluated: its generation was full
+MEMBER_STEPS_ATTR = "member_steps"  # user attr: [steps it trained, steps of its units] (pruning's saving)
 FAIL_REASON_ATTR = "fail_reason"  # user attr of a trial failed by an exception or Ctrl-C: what happened
 
 
@@ -104,7 +105,8 @@ class Worker:
                 for t, _ in trials:  # Ctrl-C or a crash: free the slots for the resume (slot_retries caps them)
                     _tell_quietly(self.study, t.number, TrialState.FAIL, reason)
                 raise
-        for (trial, genome), member in zip(trials, result.members):
+        for i, ((trial, genome), member) in enumerate(zip(trials, result.members)):
+            trial.set_user_attr(MEMBER_STEPS_ATTR, [int(result.member_steps[i]), int(result.planned_steps)])
             self._tell(trial, member, target)
         if self.bar is not None:
             self.bar.update(len(trials))
@@ -155,6 +157,14 @@ class Worker:
             if self.cfg.memory:  # a property of the genome, not measured: not in MEASURED_ATTR, not averaged
                 told.append(float(Genome.from_params(trial.params).state_floats()))
             self.study.tell(trial, told)
+
+
+def trained_share(trials: Iterable[FrozenTrial]) -> float | None:
+    """Member-steps trained over member-steps planned, summed over the trials that stored them (None if
+    none did): 1 without pruning, lower by exactly what pruning and divergence saved."""
+    pairs = [t.user_attrs[MEMBER_STEPS_ATTR] for t in trials if MEMBER_STEPS_ATTR in t.user_attrs]
+    planned = sum(p for _, p in pairs)
+    return sum(d for d, _ in pairs) / planned if planned else None
 
 
 def _finite(x: float) -> float | None:

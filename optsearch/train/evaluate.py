@@ -82,6 +82,7 @@ def evaluate(
     pruned: set[int] = set()
     diverged: set[int] = set()
     fallbacks = 0
+    member_steps = [0] * n
 
     # dropout seeding must not disturb the caller's RNG (torch.manual_seed reseeds every GPU)
     with preserve_rng(dev), precision_mode(spec.precision, deterministic=spec.deterministic):
@@ -102,6 +103,8 @@ def evaluate(
             run = UnitRun(u, len(units), task, seed, members, make, done, diverged, spec, callback=callback)
             results, newly_pruned = run.train()
             fallbacks += sum(pop.update.eager_fallbacks for pop in built)
+            for m, trained in run.member_steps.items():
+                member_steps[m] += trained
             pruned |= newly_pruned
             for r in results:
                 done[r.member].append(r)
@@ -115,7 +118,8 @@ def evaluate(
         logging.getLogger("optsearch").warning(
             "%d population updates ran eagerly although compiling was asked for", fallbacks)
     return EvalResult(members=member_results, units=unit_keys, per_unit=per_unit, split=spec.split,
-                      eager_updates=fallbacks)
+                      eager_updates=fallbacks, member_steps=tuple(member_steps),
+                      planned_steps=sum(spec.steps or t.steps for t, _ in units))
 
 
 def _check(genomes: list, tasks: list[Task], seeds: list[int]) -> None:

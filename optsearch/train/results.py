@@ -76,6 +76,10 @@ class EvalResult:
         split: the split accuracies were measured on.
         eager_updates: population updates that ran eagerly although compiling was asked for (the
             compiler failed here; a warning was raised), 0 when all went as asked.
+        member_steps: per member, in genome order, the steps it was trained summed over the units it ran
+            (a member pruned or diverged counts the steps up to the checkpoint that retired it), so the
+            share of ``members × units × steps`` a call trained — pruning's saving — is measured.
+        planned_steps: the steps of all its units together, what each member trains unless retired.
     """
 
     members: tuple[MemberResult, ...]
@@ -83,6 +87,8 @@ class EvalResult:
     per_unit: tuple[UnitResult, ...]
     split: str
     eager_updates: int = 0
+    member_steps: tuple[int, ...] = ()
+    planned_steps: int = 0
 
     @property
     def fitness(self) -> tuple[float, ...]:

@@ -128,6 +128,9 @@ class UnitRun:
     curves: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
     marks: dict[int, int] = field(default_factory=dict)
     diverged: set[int] = field(default_factory=set)
+    member_steps: dict[int, int] = field(default_factory=dict)
+    """Steps each member of the unit was trained in it before it was retired (pruned, diverged) or the unit
+    ended: the rows a step computed, so pruning's saving is measured, not assumed."""
 
     def __post_init__(self) -> None:
         spec = self.spec
@@ -161,6 +164,7 @@ class UnitRun:
             history = torch.full((self.steps, len(self.members)), math.nan, dtype=self.dtype, device=self.device)
             cols = torch.arange(len(self.members), device=self.device)
             read_from = 0  # first step (0-based) whose losses have not been read yet
+            self.member_steps = {m: self.steps for m in self.members}  # lowered when a member is retired
         pruned: set[int] = set()
         for step in range(1, self.steps + 1):
             idx = order[step - 1]
@@ -172,6 +176,7 @@ class UnitRun:
             if not (end or (self.checkpoint_every and step % self.checkpoint_every == 0)):
                 continue
             with host_reads_allowed():  # the only reads: the losses since the last checkpoint, accuracies
+                training = set(pop.members)
                 self._read_losses(pop, history[read_from:step], column)
                 read_from = step
                 self._close_curves(step)
@@ -180,6 +185,8 @@ class UnitRun:
                     prune = self._checkpoint(pop, step, acc, final=False)
                     pruned |= prune
                     pop.retire(prune)
+                for m in training - set(pop.members):  # retired at this checkpoint: trained until now
+                    self.member_steps[m] = step
                 if not pop.members:  # everyone pruned or diverged: nothing left to train in this unit
                     break
                 cols = torch.tensor([column[m] for m in pop.members], dtype=torch.long, device=self.device)
