@@ -71,7 +71,6 @@ def evaluate(
     seeds = [int(s) for s in seeds]
     _check(genomes, task_list, seeds)
     dev = spec.torch_device()
-    dtype = spec.torch_dtype
     units = [(task, seed) for seed in seeds for task in task_list]
     compile_update = spec.compile_update
     if compile_update is None:
