@@ -105,9 +105,8 @@ class BatchedEngine(Engine):
 
     Activations are kept features-first, ``[A, features, batch]``: then ``W @ h`` needs no
     transposed weights, each weight gradient comes out in the parameter's own layout, and the
-    softmax runs along a strided dimension of size C with the batch contiguous. Measured here at
-    P = 50 on digits: 3.3 ms per forward+backward against 5.0 ms batch-first (where a softmax over
-    10 classes per row alone took 0.5 ms).
+    softmax runs along a strided dimension of size C with the batch contiguous (faster than batch-first,
+    where a softmax over 10 classes per row is costly; docs/measurements.md).
     """
 
     def rebuild(self) -> None:

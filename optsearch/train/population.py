@@ -59,8 +59,8 @@ class Population:
         members: the member ids (default ``0..P-1``), used in reports and by :meth:`retire`.
         channels_last: run the looped engine's convolutions channels-last (input and weights), faster
             on a CPU. The vmap engine stays contiguous: on an H200 channels-last gained nothing there
-            (17.05 vs 17.08 ms a step on MNIST at P = 50, and 10 % slower in bf16), and with batch norm
-            it raised (cuDNN clones the input in that layout, which vmap cannot do).
+            (docs/measurements.md), and with batch norm it raised (cuDNN clones the input in that layout,
+            which vmap cannot do).
         precision: ``fp32``, ``tf32`` or ``bf16`` (:mod:`optsearch.train.device`); only ``bf16`` changes
             what the population does itself (autocast around the forward pass).
         compile_model: ``torch.compile`` the fused engine's forward and backward as one graph over a
@@ -99,8 +99,8 @@ class Population:
         if compile_model and self.backend != "fused":
             raise ConfigError(f"compile_model needs backend='fused', not {self.backend!r}")
         self.compile_model = compile_model
-        # Looped convolutions run fastest with input *and* weights channels-last (measured here: 94 ms
-        # vs 113 ms contiguous and 136 ms with only the input channels-last). A 4-D weight is therefore
+        # Looped convolutions run fastest on a CPU with input *and* weights channels-last (slower contiguous,
+        # slowest with only the input channels-last; docs/measurements.md). A 4-D weight is therefore
         # stored in its row as (out, kh, kw, in) and viewed back as a channels-last [out, in, kh, kw].
         self.channels_last = channels_last and self.backend == "looped"
         self.precision = check_precision(precision, self.dtype)
