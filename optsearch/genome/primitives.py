@@ -156,6 +156,7 @@ def advance_and_direct(
     bc2: Any,
     beta3: Any = 0.0,
     layout: Layout | None = None,
+    rows: Mapping[str, torch.Tensor] | None = None,
 ) -> Any:
     """Advance the moment buffers in place with ``g`` and return the direction Σ α_k·prim_k.
 
@@ -171,6 +172,9 @@ def advance_and_direct(
         bc1, bc2: bias-correction denominators 1−β^t, or 1 where correction is off (numbers, 0-d
             tensors, TensorLists of 0-d tensors or [P, 1] columns).
         layout: the tensors of a ``[P, D]`` buffer (only Newton–Schulz reads it).
+        rows: primitive name -> the ``[P, D]`` rows (members) whose weight for it is non-zero: that term is
+            computed on those rows only and added into theirs, so a population computes each term once per
+            member that uses it, however many terms its one compiled update holds.
 
     Returns:
         The un-scaled update direction; the caller applies ``θ ← θ − η_t·direction``.
@@ -216,6 +220,14 @@ def advance_and_direct(
     s = Moments(g=g, m=m_hat, denom=denom, mu=mu_read, beta1=beta1, eps=eps, m3=m3, dm3=dm3, layout=layout)
     direction = None
     for name, alpha in weights.items():
+        idx = None if rows is None else rows.get(name)
+        if idx is not None:  # only the members using this term: gather their rows, add into theirs
+            if direction is None:
+                direction = torch.zeros_like(g)
+            term = PRIMITIVES[name].fn(_select(s, idx, PRIMITIVES[name].needs))
+            direction.index_add_(0, idx, term * alpha.index_select(0, idx))
+            del term
+            continue
         term = PRIMITIVES[name].fn(s)
         if direction is None:  # scale the first term in place unless it is an input (g, m)
             direction = term * alpha if term is s.g or term is s.m else term.mul_(alpha)
@@ -227,6 +239,15 @@ def advance_and_direct(
     if mu is not None:  # Lion reads μ before its update, so it advances last
         mu.lerp_(g, 1 - beta2)
     return g * 0.0 if direction is None else direction
+
+
+def _select(s: Moments, idx: torch.Tensor, needs: frozenset[str]) -> Moments:
+    """The rows ``idx`` of what a term with these ``needs`` reads (the rest left out: never gathered)."""
+    def sel(x: Any, need: str = "") -> Any:
+        return x.index_select(0, idx) if isinstance(x, torch.Tensor) and (not need or need in needs) else None
+
+    return Moments(g=sel(s.g), m=sel(s.m, "m"), denom=sel(s.denom, "v"), mu=sel(s.mu, "mu"), beta1=sel(s.beta1),
+                   eps=sel(s.eps), m3=sel(s.m3, "m3"), dm3=sel(s.dm3, "m3"), layout=s.layout)
 
 
 def _is_one(x: Any) -> bool:

@@ -47,6 +47,7 @@ def _apply_rows(
     trust: torch.Tensor | None = None,
     layout: Layout | None = None,
     use_trust: bool = False,
+    rows: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Clip, advance the moments, decay and step every row in place (the only [P, D] arithmetic).
 
@@ -63,7 +64,7 @@ def _apply_rows(
     if use_grad_scale:  # norm clipping: 1 for members that do not clip by norm
         grad.mul_(grad_scale)
     direction = advance_and_direct(grad, state, weights, beta1=beta1, beta2=beta2, eps=eps, bc1=bc1, bc2=bc2,
-                                   beta3=beta3, layout=layout)
+                                   beta3=beta3, layout=layout, rows=rows)
     if use_trust:  # LAMB's per-tensor ‖θ‖/‖u‖ for the members with the switch (θ before this step's decay)
         trust_ratio_(direction, theta, layout, trust)
     if use_decay:  # decoupled: θ ← θ·(1 − η_t·λ); exactly 1 for members without decay and frozen ones
@@ -148,8 +149,9 @@ class PopulationUpdate:
     """P genomes' update rules as ``[P, 1]`` coefficient columns over ``[P, D]`` buffers.
 
     Only the primitives some member uses are computed (the others would be multiplied by zero
-    anyway); with ``compile_update`` all of them are, so one compiled kernel serves every population
-    (the fused kernel is memory-bound: the extra arithmetic is free, a recompile is not), the trust
+    anyway); with ``compile_update`` all of them are in the graph, so one compiled kernel serves every
+    population, but each on the rows of the members using it only (index tensors built here: the genomes
+    are fixed for the population's life), so a term costs what its members need, not P rows; the trust
     ratio included (ratio 1 for members without it) and the ``m3`` buffer with it. Newton–Schulz is the
     exception (matmuls over each 2-D weight, not free): only a population using it compiles it (a second graph).
 
@@ -207,6 +209,9 @@ class PopulationUpdate:
         self.weights = {n: col(m.get(n, 0.0) for m in merged) for n in used}
         self.state = {k: torch.zeros(p, num_params, dtype=dtype, device=device) for k in sorted(state_needed(used))}
         self.compiled = compile_update
+        # compiled: every term is in the one graph, each computed on the rows of the members using it only
+        self.rows = {n: torch.tensor([i for i, m in enumerate(merged) if n in m], dtype=torch.long,
+                                     device=device) for n in used} if compile_update else None
         self._identity_columns()
         steps = torch.arange(1, self.total_steps + 1, dtype=f64, device=device).view(-1, 1, 1)
         self.table = self._coefficients(steps)  # [4, steps, P, 1]: bc1, bc2, lr_t, decay
@@ -221,6 +226,10 @@ class PopulationUpdate:
         self.weights = {n: w.index_select(0, rows) for n, w in self.weights.items()}
         self.state = {k: s.index_select(0, rows) for k, s in self.state.items()}
         self.table = self.table.index_select(2, rows)
+        if self.rows is not None:  # a retirement (a checkpoint's host read): renumber each term's members
+            new = {int(r): i for i, r in enumerate(rows.tolist())}
+            self.rows = {n: torch.tensor([new[int(r)] for r in idx.tolist() if int(r) in new], dtype=torch.long,
+                                         device=idx.device) for n, idx in self.rows.items()}
         self._identity_columns()
 
     def _identity_columns(self) -> None:
@@ -260,9 +269,10 @@ class PopulationUpdate:
             _mark_population_dim(theta, grad, *self.state.values(), *self.weights.values(), *args[4:], self.beta3,
                                  self.trust)
             _mark_population_dim(self.table, dim=2)
+            _mark_population_dim(*(self.rows or {}).values())
         self.eager_fallbacks += _run_update(
             full, *args, full or self.use_value_clip, full or self.use_norm_clip, full or self.use_decay, self.beta3,
-            self.trust, self.layout, full or self.use_trust)
+            self.trust, self.layout, full or self.use_trust, self.rows)
 
 
 __all__ = ["COMPILE_BACKEND", "EAGER_FALLBACKS", "PopulationUpdate"]
