@@ -54,8 +54,8 @@ def _wait_for_child_holding_generation_1(st: optuna.Study, parent: subprocess.Po
 
 def test_three_workers_survive_a_sigkill(storage_url, tmp_path):
     name = f"w{os.getpid()}_{time.monotonic_ns()}"  # the PostgreSQL cluster is shared by the session
-    # 1200 steps: at 300 a journal-backed study sometimes finished before the test saw a worker in generation 1.
-    cfg = write_config(tmp_path, steps=1200, population=POPULATION, generations=GENERATIONS)
+    # 600 steps: at 300 a journal-backed study sometimes finished before the test saw a worker in generation 1.
+    cfg = write_config(tmp_path, steps=600, population=POPULATION, generations=GENERATIONS)
     assert main(["study", "create", name, "--config", str(cfg), "--storage", storage_url]) == 0
     parent = subprocess.Popen(
         [sys.executable, "-m", "optsearch", "study", "run", name, "--storage", storage_url, "--workers", "3", "--quiet"],
@@ -160,7 +160,7 @@ def test_a_workers_share_is_compiled_as_the_whole_generation_would_be(tmp_path, 
     calls = []
 
     def recording(genomes, *a, **kw):
-        calls.append((len(genomes), kw["compile_update"]))
+        calls.append((len(genomes), a[2].compile_update))  # evaluate(genomes, tasks, seeds, spec, ...)
         raise KeyboardInterrupt  # nothing needs training: the decision is what is checked
 
     monkeypatch.setattr(ev, "evaluate", recording)
