@@ -371,8 +371,7 @@ def _funnel(f: Any, search_tasks: list[str], where: str) -> FunnelConfig:
         raise ConfigError(f"{where}: unknown [funnel] key(s) {', '.join(unknown)}")
     w = f"{where} [funnel]"
     for key in ("enabled", "ablation", "cosine_sweep"):
-        if not isinstance(f.get(key, True), bool):
-            raise ConfigError(f"{w}: {key!r} must be true or false, got {f[key]!r}")
+        _bool(f, key, True, w)
     tasks = _str_list(f["tasks"], "tasks", w) if f.get("tasks") not in (None, []) else list(search_tasks)
     _check_tasks(tasks, w)
     sweep = f.get("lr_sweep", list(_default(FunnelConfig, "lr_sweep")))
