@@ -188,3 +188,19 @@ def test_a_winner_that_is_adam_plus_a_recipe_simplifies_to_adam_with_the_recipe(
     text = "\n".join(ablation.summary(result))
     assert f"on {len(fresh)} fresh runs simplified − unsimplified" in text and "Holm-corrected" in text
     assert ablation.read(st) == result  # replayed from storage, the final check included
+
+
+def test_a_shared_recipe_is_not_ablated(tmp_path):
+    """With ``recipe = "shared"`` warmup, cosine decay and clipping were never searched: no variant, no cost;
+    the choice is stored with the steps, so a replay (``read``) rebuilds the same components."""
+    g = dataclasses.replace(WINNER, clip="norm", clip_threshold=0.5)
+    shared = [label for label, _ in ablation.components(g, shared_recipe=True)]
+    assert "warmup" not in shared and "cosine decay" not in shared and "clipping" not in shared
+    assert "bias correction" in shared and "the update rule → Adam's" in shared
+    assert {"warmup", "cosine decay", "clipping"} <= {label for label, _ in ablation.components(g)}
+    st = new_study(tmp_path)
+    runner = Runner()
+    result = ablation.run(st, g, UNITS, runner, shared_recipe=True)
+    assert runner.calls[0][0] == 1 + len(shared) * len(ablation.LR_SWEEP)
+    assert not {"warmup", "cosine decay", "clipping"} & {r.component for r in result.rows}
+    assert ablation.read(st) == result

@@ -71,11 +71,15 @@ SWITCHES: tuple[tuple[str, str, Any], ...] = (
     ("cosine decay", "cosine_decay", False),
 )
 """(label, genome field, neutral value) of every switch the ablation tries to turn off."""
+RECIPE_SWITCHES = frozenset({"clip", "warmup", "cosine_decay"})
+"""The switches that are the training recipe: with a shared recipe (``[search] recipe = "shared"``) they were
+never searched, so the ablation does not try them (each would cost a variant per lr of every step)."""
 
 
-def components(g: Genome, *, rule_parts: bool = True) -> list[tuple[str, Genome]]:
-    """(label, g without it) for each removable term, each switch not at its neutral value and (``rule_parts``)
-    the update rule → Adam's and β1, β2, ε → Adam's defaults, where they differ from ``g``'s."""
+def components(g: Genome, *, rule_parts: bool = True, shared_recipe: bool = False) -> list[tuple[str, Genome]]:
+    """(label, g without it) for each removable term, each switch not at its neutral value (the recipe's
+    switches only when the recipe was searched, not ``shared_recipe``) and (``rule_parts``) the update rule
+    → Adam's and β1, β2, ε → Adam's defaults, where they differ from ``g``'s."""
     out: list[tuple[str, Genome]] = []
     if rule_parts:
         adam = Genome.named(RULE)
@@ -93,7 +97,7 @@ def components(g: Genome, *, rule_parts: bool = True) -> list[tuple[str, Genome]
         for term, alpha in merged.items():  # without(): a sign term (AddSign/PowerSign) lives in its own gene
             out.append((f"term {term} (α {alpha:.3g})", g.without(term)))
     for label, name, neutral in SWITCHES:
-        if getattr(g, name) != neutral:
+        if getattr(g, name) != neutral and not (shared_recipe and name in RECIPE_SWITCHES):
             out.append((label, replace(g, **{name: neutral})))
     return out
 
@@ -137,15 +141,16 @@ class Ablation:
 
 def run(study: optuna.Study, start: Genome, units: Sequence[Unit], run_unit: RunUnit, *,
         reference: Genome | None = None, margin: float = MARGIN, progress: bool = False,
-        final_units: Sequence[Unit] = ()) -> Ablation:
+        final_units: Sequence[Unit] = (), shared_recipe: bool = False) -> Ablation:
     """Run (or resume) the ablation of ``start`` on ``units``, then the final check on ``final_units``.
 
-    The margin and the protocol are stored with the steps, so :func:`read` replays the decisions that
-    were made; an ablation already started keeps the rule it started with."""
+    The margin and the protocol (``shared_recipe``: the recipe's switches are not components) are stored with
+    the steps, so :func:`read` replays the decisions that were made; an ablation already started keeps the
+    rule it started with."""
     head = study.user_attrs.get(f"{PREFIX}0")
     rule: float | None = head.get("margin") if isinstance(head, dict) else margin
     proto = _protocol(head) if isinstance(head, dict) else {"lr_sweep": list(LR_SWEEP), "rule_parts": True,
-                                                              "holm": True}
+                                                              "holm": True, "shared_recipe": shared_recipe}
     bar = None
     if progress:
         from tqdm import tqdm
@@ -176,7 +181,7 @@ def run(study: optuna.Study, start: Genome, units: Sequence[Unit], run_unit: Run
 def _protocol(head: dict[str, Any]) -> dict[str, Any]:
     """The stored protocol of an ablation; one stored before the lr re-sweep, rule parts and Holm replays as it ran."""
     return {"lr_sweep": list(head.get("lr_sweep", [0.0])), "rule_parts": bool(head.get("rule_parts", False)),
-            "holm": bool(head.get("holm", False))}
+            "holm": bool(head.get("holm", False)), "shared_recipe": bool(head.get("shared_recipe", False))}
 
 
 def read(study: optuna.Study) -> Ablation | None:
@@ -237,13 +242,13 @@ def holm_harmless(effects: Sequence[Interval], margin: float, alpha: float = ALP
 def _replay(start: Genome, reference: Genome | None, margin: float | None, stage: Any,
             proto: dict[str, Any] | None = None) -> Ablation | None:
     """Step through the ablation; ``stage(step, genomes, has_reference)`` returns their scores (None: not yet)."""
-    proto = proto or {"lr_sweep": [0.0], "rule_parts": False, "holm": False}
+    proto = proto or {"lr_sweep": [0.0], "rule_parts": False, "holm": False, "shared_recipe": False}
     sweep = [float(o) for o in proto["lr_sweep"]]
     current, rows, step, runs = start, [], 0, 0
     ref_scores: list[float] | None = None
     current_scores: list[float] = []
     while True:
-        variants = components(current, rule_parts=proto["rule_parts"])
+        variants = components(current, rule_parts=proto["rule_parts"], shared_recipe=proto["shared_recipe"])
         if not variants and step > 0:
             break
         has_ref = step == 0 and reference is not None
@@ -317,5 +322,5 @@ def summary(a: Ablation) -> list[str]:
     return [head, f"simplified: {a.genome.formula()}", *table(a)]
 
 
-__all__ = ["Ablation", "LR_SWEEP", "MARGIN", "MIN_RUNS", "Row", "SWITCHES", "components", "harmless", "holm_harmless",
+__all__ = ["Ablation", "LR_SWEEP", "MARGIN", "MIN_RUNS", "RECIPE_SWITCHES", "Row", "SWITCHES", "components", "harmless", "holm_harmless",
            "read", "run", "summary", "table"]

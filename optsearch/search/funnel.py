@@ -225,7 +225,7 @@ def run_funnels(study: optuna.Study, cfg: StudyConfig, *, device: str, data_dir:
         runs = cfg.funnel.ablation_seeds or max(ablation.MIN_RUNS, cfg.funnel.seeds)
         ablation.run(study, last.winner.tuned, units_for(cfg, "ablation", runs), run_unit,
                      reference=reference, margin=cfg.funnel.ablation_margin, progress=progress,
-                     final_units=units_for(cfg, "ablation-final", runs))
+                     final_units=units_for(cfg, "ablation-final", runs), shared_recipe=cfg.recipe == "shared")
     if last is not None:
         write_note_section(study, "funnel", funnel_markdown(study))
 
