@@ -76,3 +76,53 @@ def test_an_ignored_pruning_setting_exits_2(tmp_path, capsys):
     assert main(["study", "create", "x", "--config", str(p), "--storage", f"sqlite:///{tmp_path}/s.db"]) == 2
     err = capsys.readouterr().err
     assert "cannot run in a per_task study" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("funnel", [
+    {"tasks": ["digits"]},  # the search task itself
+    {"tasks": ["digits"], "steps": 300},  # the same horizon (the task's own 300 steps)
+    {"tasks": ["mnist1d", "digits"], "steps": 200},  # a shorter one
+    {},  # the funnel's tasks default to the search's
+])
+def test_a_funnel_task_identical_to_a_search_task_is_a_config_error(funnel):
+    with pytest.raises(ConfigError, match=r"\[funnel\] task 'digits' is the search task 'digits'"):
+        config.StudyConfig.from_dict({**BASE, "funnel": funnel})
+
+
+@pytest.mark.parametrize("funnel", [
+    {"tasks": ["digits_cnn"]},  # the same data through a larger model
+    {"tasks": ["digits"], "steps": 600},  # a longer horizon
+    {"tasks": ["mnist1d"]},  # other data
+    {"tasks": ["digits"], "enabled": False},  # no funnel runs
+])
+def test_the_funnel_may_use_the_search_data_with_a_larger_model_or_a_longer_horizon(funnel):
+    assert config.StudyConfig.from_dict({**BASE, "funnel": funnel}).funnel.tasks == tuple(funnel["tasks"])
+
+
+def test_a_stored_config_from_before_the_funnel_rule_still_opens():
+    d = config.StudyConfig(tasks=("digits",), population=4, generations=2,
+                           funnel=config.FunnelConfig(enabled=True, tasks=("digits",))).to_dict()
+    assert config.StudyConfig.from_dict(d, stored=True).funnel.tasks == ("digits",)
+
+
+def test_the_funnel_rule_exits_2_from_the_cli_and_leaves_no_study(tmp_path, capsys):
+    from optsearch.cli import main
+
+    p = tmp_path / "c.toml"
+    p.write_text('[search]\ntasks = ["digits"]\npopulation = 4\ngenerations = 1\n[funnel]\ntasks = ["digits"]\n')
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert main(["study", "create", "x", "--config", str(p), "--storage", url]) == 2
+    assert "is the search task 'digits'" in capsys.readouterr().err
+    import optuna
+
+    assert not (tmp_path / "s.db").exists() or optuna.get_all_study_names(url) == []
+
+
+def test_control_key():
+    assert config.StudyConfig.from_dict(BASE).control == "none"  # configs and studies from before controls
+    assert config.StudyConfig.from_dict({**BASE, "control": "adamw"}).control == "adamw"
+    with pytest.raises(ConfigError, match="'control' must be a named genome"):
+        config.StudyConfig.from_dict({**BASE, "control": "adamx"})
+    for name in ("quick", "cpu", "paper", "paper-nsga"):
+        cfg = config.preset(name)
+        assert cfg.control == "adam" and config.StudyConfig.from_dict(cfg.to_dict(), stored=True) == cfg

@@ -44,7 +44,7 @@ ablation = {ablation}
 """
 
 
-def make_config(tmp_path: Path, *, steps: int = 30, funnel_steps: int = 30, k: int = 2, ablation: bool = True) -> Path:
+def make_config(tmp_path: Path, *, steps: int = 30, funnel_steps: int = 40, k: int = 2, ablation: bool = True) -> Path:
     p = tmp_path / "f.toml"
     p.write_text(CONFIG.format(steps=steps, funnel_steps=funnel_steps, k=k, ablation=str(ablation).lower()))
     return p
@@ -296,7 +296,7 @@ def test_study_run_resumes_inside_the_funnel_after_sigkill(tmp_path, capsys):
 @pytest.mark.slow
 def test_study_run_show_and_export_with_funnel_and_ablation(tmp_path, capsys):
     url = f"sqlite:///{tmp_path}/s.db"
-    cfg = make_config(tmp_path, steps=30, funnel_steps=30, k=2)
+    cfg = make_config(tmp_path, steps=30, funnel_steps=40, k=2)
     assert main(["study", "create", "f", "--config", str(cfg), "--storage", url]) == 0
     assert main(["study", "run", "f", "--storage", url, "--quiet"]) == 0
     out = capsys.readouterr().out
@@ -452,3 +452,31 @@ def test_candidates_are_ranked_by_the_mean_over_all_measurements_pruned_ones_inc
     add(steady, 0.8)
     ranked = funnel.candidates(st, 3)
     assert [(t.number, round(m, 4)) for t, m in ranked] == [(3, 0.8), (0, round((0.95 + 0.5 + 0.4) / 3, 4))]
+
+
+def test_candidates_are_ranked_relative_to_their_generations_control():
+    """Issue 23 item 4: a genome measured 0.9 on easy seeds (its generation's control 0.9) ranks below one
+    measured 0.7 on hard seeds (control 0.5); a pruned re-measurement counts relative to the control's curve at
+    its checkpoint. The study's best trial is ranked the same way."""
+    from optsearch.search.control import CONTROL_ATTR, CONTROL_CURVE_ATTR, RELATIVE_ATTR
+    from optsearch.search.generations import best_trials
+
+    dists = search_space()
+    st = optuna.create_study(direction="maximize")
+    easy, hard = replace(ADAM, lr_log10=-2.0), replace(ADAM, lr_log10=-3.5)
+
+    def add(g, generation, control, value=None, last=None):
+        attrs = {"generation": generation, CONTROL_ATTR: [control], CONTROL_CURVE_ATTR: {"fitness": [control]}}
+        if value is not None:
+            attrs[RELATIVE_ATTR] = [value - control]
+        st.add_trial(optuna.trial.create_trial(
+            params=g.to_params(), distributions=dists, value=value, user_attrs=attrs,
+            state=optuna.trial.TrialState.COMPLETE if last is None else optuna.trial.TrialState.PRUNED,
+            intermediate_values=None if last is None else {0: last}))
+
+    add(easy, 0, 0.9, 0.9)
+    add(hard, 1, 0.5, 0.7)
+    add(hard, 2, 0.6, last=0.7)  # pruned at checkpoint 0, where the control stood at 0.6: +0.1
+    ranked = funnel.candidates(st, 2)
+    assert [(t.number, round(m, 4)) for t, m in ranked] == [(1, 0.15), (0, 0.0)]
+    assert best_trials(st, 1)[0].number == 1  # raw, trial 0 (0.9) would be the best

@@ -191,3 +191,24 @@ def test_percentile_is_allowed_with_several_objectives_and_the_chance_rule_stays
         assert cfg(objective, pruner="percentile", percentile=10).pruning.percentile == 10.0
         with pytest.raises(ConfigError, match="cannot run in a .* study.*'percentile'"):
             cfg(objective, pruner="median")
+
+
+def test_with_a_control_a_generation_on_hard_seeds_is_compared_relative_to_its_control():
+    """Issue 23 item 4: generation 1 ran on seeds 0.2 harder (its control 0.4 where generation 0's was 0.6). Raw,
+    the median pruner stops all of it; relative to each generation's control at the same checkpoint, only the
+    member below generation 0's relative median stops. The control (the batch's last member) is never pruned."""
+    from optsearch.search.control import CONTROL_ATTR, CONTROL_CURVE_ATTR
+
+    study = optuna.create_study(direction="maximize")
+    for m, v in enumerate([0.50, 0.60, 0.70]):  # generation 0: relative −0.1, 0, +0.1; median 0
+        t = _trial(study, 0, m, [v, v])
+        t.set_user_attr("generation", 0)
+        t.set_user_attr(CONTROL_ATTR, [0.6])
+        t.set_user_attr(CONTROL_CURVE_ATTR, {"fitness": [0.6, 0.6]})
+        study.tell(t, v)
+    c = cfg("aggregate", pruner="median", warmup_checkpoints=0)
+    raw = Pruning(c, [_trial(study, 1, m, []) for m in range(2)], study, generation=1)
+    assert raw(mid([0.45, 0.35])) == [0, 1]
+    # the same members with the control as the batch's last member (0.4): relative +0.05 and −0.05
+    fair = Pruning(c, [_trial(study, 1, m, []) for m in range(2, 4)], study, generation=1, control=True)
+    assert fair(mid([0.45, 0.35, 0.4])) == [1] and fair.ctrl_curve == {"fitness": [0.4]}

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from optsearch.errors import ConfigError
+from optsearch.search.control import parse_control
 from optsearch.search.recipe import RECIPES, RecipeConfig, parse_recipe
 from optsearch.train.spec import PRECISIONS, RunSpec, check_device_string
 
@@ -108,6 +109,7 @@ class StudyConfig:
     funnel: FunnelConfig = field(default_factory=FunnelConfig)
     recipe: str = "evolve"
     shared_recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    control: str = "none"  # the control member's named genome or "none" (see optsearch.search.control)
 
     @property
     def fixed_genes(self) -> dict[str, Any]:
@@ -223,10 +225,13 @@ class StudyConfig:
             funnel=_funnel(d.get("funnel"), tasks, where),
             recipe=_choice(d, "recipe", RECIPES, _default(cls, "recipe"), where),
             shared_recipe=parse_recipe(table, d.get("recipe", _default(cls, "recipe")), where, stored=stored),
+            control=parse_control(d.get("control"), where),
         )
         if cfg.recipe == "shared" and cfg.funnel.cosine_sweep:
             raise ConfigError(f"{where}: [funnel] cosine_sweep changes the schedule, which a shared recipe holds fixed")
         _check_sampler(cfg, where)
+        if not stored:  # a study made before the rule still opens
+            _check_funnel_tasks(cfg, where)
         return cfg
 
 
@@ -391,6 +396,19 @@ def _funnel(f: Any, search_tasks: list[str], where: str) -> FunnelConfig:
         ablation=f.get("ablation", default("ablation")), ablation_seeds=_opt_int(f, "ablation_seeds", w, lo=3),
         ablation_margin=_number(f, "ablation_margin", f"{w}:", default("ablation_margin"), "[0, 1]"),
     )
+
+
+def _check_funnel_tasks(cfg: StudyConfig, where: str) -> None:
+    """A funnel task that is a search task (same reader, same model, no longer horizon) is no meta-validation."""
+    from optsearch.train.tasks import get_task, same_data
+
+    for f in cfg.funnel.tasks if cfg.funnel.enabled else ():
+        for s in cfg.tasks:
+            tf, ts = get_task(f), get_task(s)
+            if same_data(f, s) and tf.build_model is ts.build_model and (
+                    (cfg.funnel.steps or tf.steps) <= (cfg.steps or ts.steps)):
+                raise ConfigError(f"{where}: [funnel] task {f!r} is the search task {s!r} (same data and model, "
+                                  "no longer horizon): give the funnel a larger model, more steps or other data")
 
 
 def _check_sampler(cfg: StudyConfig, where: str) -> None:

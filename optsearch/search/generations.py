@@ -1,7 +1,8 @@
 """Reading a study's generations: trials by generation, how far a generation is, and the best genomes.
 
-Every reader (run loop, show, export, benchmark) ranks trials with :func:`scalar_fitness`, so "the
-best genome" means the same thing everywhere.
+Every reader (run loop, show, export, benchmark) ranks trials with :func:`ranking_fitness` (the
+:func:`scalar_fitness`, relative to the generation's control in a study with controls), so "the best
+genome" means the same thing everywhere.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from optsearch.search.control import RELATIVE_ATTR, Controls
 from optsearch.search.noise import measured
 from optsearch.search.sampler.slots import GENERATION_KEY
 
@@ -106,9 +108,22 @@ def outcome(t: FrozenTrial) -> str:
 
 
 def best_trials(study: optuna.Study, n: int = 1) -> list[FrozenTrial]:
-    """The ``n`` COMPLETE trials with the highest :func:`scalar_fitness`, best first."""
+    """The ``n`` COMPLETE trials with the highest :func:`ranking_fitness`, best first."""
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return sorted(done, key=scalar_fitness, reverse=True)[:n]
+    controls = Controls(done)
+    return sorted(done, key=lambda t: ranking_fitness(t, controls), reverse=True)[:n]
+
+
+def ranking_fitness(t: FrozenTrial, controls: Controls) -> float:
+    """What a COMPLETE trial is ranked by across generations: its :func:`scalar_fitness`, less its generation's
+    control in a study with controls (:data:`~optsearch.search.control.RELATIVE_ATTR`, stored when told)."""
+    if not controls.present:
+        return scalar_fitness(t)
+    rel = t.user_attrs.get(RELATIVE_ATTR)
+    if isinstance(rel, list) and rel:
+        return sum(rel) / len(rel)
+    values = fitness_values(t)
+    return (sum(values) - sum(controls.offset(t, len(values)))) / len(values)
 
 
 def best_value(study: optuna.Study) -> float | None:

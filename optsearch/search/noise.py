@@ -30,6 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from optsearch.genome.core import canonical_key
 from optsearch.search.config import StudyConfig
+from optsearch.search.control import Controls
 from optsearch.search.sampler.slots import trial_generation
 
 MEASURED_ATTR = "measured"
@@ -60,18 +61,26 @@ def evaluations(t: FrozenTrial) -> int:
     return int(t.user_attrs.get(EVALUATIONS_ATTR, 1))
 
 
-def measurement(t: FrozenTrial) -> list[float] | None:
+def measurement(t: FrozenTrial, controls: Controls | None = None) -> list[float] | None:
     """What a finished trial measured: a COMPLETE one its own values (:func:`measured`); a PRUNED one (stopped
     early or diverged) its fitness estimate at its last checkpoint (its last intermediate value, single-objective
-    studies); None when it has none (a per-task study reports no intermediate values)."""
+    studies); None when it has none (a per-task study reports no intermediate values).
+
+    With ``controls`` of a study that has them: relative to the control of the trial's generation (a pruned
+    one to the control's estimate at the same checkpoint; see :mod:`.control`)."""
+    rel = controls is not None and controls.present
     if t.state == TrialState.COMPLETE:
-        return measured(t)
+        own = measured(t)
+        return [v - c for v, c in zip(own, controls.offset(t, len(own)))] if rel else own  # type: ignore[union-attr]
     if t.state == TrialState.PRUNED and t.intermediate_values:
-        return [float(t.intermediate_values[max(t.intermediate_values)])]
+        step = max(t.intermediate_values)
+        shift = controls.at_checkpoint(t, "fitness", step) if rel else 0.0  # type: ignore[union-attr]
+        return [float(t.intermediate_values[step]) - shift]
     return None
 
 
-def earlier_measurements(study: optuna.Study, params: dict, generation: int) -> list[list[float]]:
+def earlier_measurements(study: optuna.Study, params: dict, generation: int,
+                         controls: Controls | None = None) -> list[list[float]]:
     """The measurements of the same (canonical) genome by finished trials of generations before ``generation``.
 
     Pruned re-measurements count, at their last checkpoint: leaving them out would let a genome measured
@@ -81,7 +90,7 @@ def earlier_measurements(study: optuna.Study, params: dict, generation: int) -> 
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         g = trial_generation(t)
-        m = measurement(t)
+        m = measurement(t, controls)
         if m is not None and g is not None and g < generation and canonical_key(t.params) == target:
             out.append(m)
     return out
@@ -92,15 +101,19 @@ def genome_means(study: optuna.Study) -> list[tuple[FrozenTrial, float, int]]:
     pruned ones included, and their count), best mean first; the aggregate over objectives for per-task studies.
 
     The funnel ranks its candidates by this, not by a genome's highest told value (the maximum of its noisy
-    draws) nor by a mean that drops its pruned re-measurements.
+    draws) nor by a mean that drops its pruned re-measurements. In a study with controls every measurement is
+    relative to its generation's control (:mod:`.control`), so a genome measured on hard seeds is not ranked
+    below one measured on easy seeds.
     """
     by: dict[tuple, list[FrozenTrial]] = {}
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    controls = Controls(finished)
+    for t in finished:
         by.setdefault(canonical_key(t.params), []).append(t)
     out = []
     for trials in by.values():
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
-        rows = [m for m in (measurement(t) for t in trials) if m is not None]
+        rows = [m for m in (measurement(t, controls) for t in trials) if m is not None]
         if not complete or not rows:
             continue
         mean = sum(sum(r) / len(r) for r in rows) / len(rows)

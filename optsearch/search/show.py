@@ -16,7 +16,10 @@ from optsearch.genome import Genome, upgrade_params
 from optsearch.search import ablation
 from optsearch.search.config import StudyConfig
 from optsearch.search.funnel import final_round, funnel_table, headline, study_winner
-from optsearch.search.generations import best_trials, completed_generations, generations, outcome, scalar_fitness as _scalar
+from optsearch.search.control import Controls
+from optsearch.search.generations import (
+    best_trials, completed_generations, generations, outcome, ranking_fitness, scalar_fitness as _scalar,
+)
 from optsearch.search.storage import open_study
 from optsearch.search.worker import trained_share
 from optsearch.train.tasks import FITNESS_TEXT
@@ -37,7 +40,9 @@ def summary_text(study: optuna.Study, cfg: StudyConfig) -> str:
         lines.append(f"the study's answer ({what}, {winner[0]}): {winner[1].formula()}")
     lines += headline(study)
     if winner is None or winner[2] != "best trial":
-        lines.append(f"highest told fitness on the proxies: trial {b.number} (generation "
+        what = ("best on the proxies relative to its generation's control" if _relative(study)
+                else "highest told fitness on the proxies")
+        lines.append(f"{what}: trial {b.number} (generation "
                      f"{b.user_attrs.get('generation')}), {_scalar(b):.4f}, the maximum of many noisy scores: "
                      f"{_formula(b)}")
     else:
@@ -48,6 +53,11 @@ def summary_text(study: optuna.Study, cfg: StudyConfig) -> str:
         lines.append(f"Adam seed, untuned (default lr 10^{Genome.named('adam').lr_log10:g}; trial {adam.number}): "
                      f"fitness {_scalar(adam):.4f} on the proxies — its lr was never tuned, so this is no comparison")
     return "\n".join(lines)
+
+
+def _relative(study: optuna.Study) -> bool:
+    """Whether the study ranks by fitness relative to each generation's control (:mod:`.control`)."""
+    return Controls(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))).present
 
 
 def seed_trial(study: optuna.Study, genome_name: str) -> FrozenTrial | None:
@@ -79,14 +89,18 @@ def show_text(name: str, *, storage: str | None = None, top: int = 5) -> str:
     done = ablation.read(study)
     if done is not None:
         out += ["", *ablation.summary(done)]
-    out += ["", f"top {top} genomes by told value:"]
+    controls = Controls(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    out += ["", f"top {top} genomes by " + ("fitness less their generation's control (Adam-like member trained on "
+                                            "the same seeds: seed-fair across generations):" if controls.present
+                                            else "told value:")]
     for t in best_trials(study, top):
+        vs = f" ({ranking_fitness(t, controls):+.4f} vs control)" if controls.present else ""
         scores = "  ".join(
             f"{task}: acc {t.user_attrs.get(f'{task}_accuracy', float('nan')):.4f} "
             f"loss {_loss(t.user_attrs.get(f'{task}_loss'))}"
             for task in cfg.tasks
         )
-        out.append(f"#{t.number} (gen {t.user_attrs.get('generation')}) fitness {_scalar(t):.4f}   {scores}")
+        out.append(f"#{t.number} (gen {t.user_attrs.get('generation')}) fitness {_scalar(t):.4f}{vs}   {scores}")
         out.append("   " + Genome.from_params(t.params).describe().replace("\n", "\n   "))
     return "\n".join(out)
 

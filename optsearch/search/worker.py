@@ -17,6 +17,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from optsearch.genome import Genome, define_search_space
 from optsearch.search.config import StudyConfig
+from optsearch.search.control import (
+    CONTROL_ATTR, CONTROL_CURVE_ATTR, CONTROL_NONE, RELATIVE_ATTR, Controls, control_genome, control_measurement,
+)
 from optsearch.search.generations import best_value, completed_generations, free_slots, latest_state, unclaimed_trials
 from optsearch.search.noise import (
     EVALUATIONS_ATTR, MEASURED_ATTR, UNIT_SEEDS_ATTR, combine, earlier_measurements, unit_seeds,
@@ -99,15 +102,21 @@ class Worker:
                         trials.append(asked)
                 if not trials:
                     return
-                result = self._evaluate([t for t, _ in trials], [g for _, g in trials], target)
+                result, pruning = self._evaluate([t for t, _ in trials], [g for _, g in trials], target)
             except BaseException as e:
                 reason = f"{type(e).__name__}: {e}"[:300]
                 for t, _ in trials:  # Ctrl-C or a crash: free the slots for the resume (slot_retries caps them)
                     _tell_quietly(self.study, t.number, TrialState.FAIL, reason)
                 raise
+        control = None
+        if pruning.ctrl is not None:  # the control member, trained last in the batch (see optsearch.search.control)
+            control = control_measurement(result.members[-1], self.cfg.tasks, self.cfg.per_task, target)
         for i, ((trial, genome), member) in enumerate(zip(trials, result.members)):
             trial.set_user_attr(MEMBER_STEPS_ATTR, [int(result.member_steps[i]), int(result.planned_steps)])
-            self._tell(trial, member, target)
+            if pruning.ctrl is not None:
+                trial.set_user_attr(CONTROL_ATTR, control)
+                trial.set_user_attr(CONTROL_CURVE_ATTR, {k: [_finite(v) for v in c] for k, c in pruning.ctrl_curve.items()})
+            self._tell(trial, member, target, control)
         if self.bar is not None:
             self.bar.update(len(trials))
             best = best_value(self.study)
@@ -134,12 +143,15 @@ class Worker:
     def _evaluate(self, trials: Sequence[optuna.Trial], genomes: Sequence[Genome], generation: int):
         from optsearch.train.evaluate import evaluate
 
-        pruning = Pruning(self.cfg, trials, self.study, generation)
+        control = control_genome(self.cfg.control, self.cfg.fixed_genes)
+        pruning = Pruning(self.cfg, trials, self.study, generation, control=control is not None)
         spec = self.cfg.run_spec(device=self.device, data_dir=self.data_dir)
-        return evaluate(genomes, list(self.cfg.tasks), unit_seeds(self.cfg, generation), spec, callback=pruning)
+        members = [*genomes, control] if control is not None else list(genomes)
+        return evaluate(members, list(self.cfg.tasks), unit_seeds(self.cfg, generation), spec, callback=pruning), pruning
 
-    def _tell(self, trial: optuna.Trial, member: Any, generation: int) -> None:
-        """Tell one member: PRUNED if it diverged or was pruned, else the mean over its genome's evaluations."""
+    def _tell(self, trial: optuna.Trial, member: Any, generation: int, control: list[float] | None = None) -> None:
+        """Tell one member: PRUNED if it diverged or was pruned, else the mean over its genome's evaluations
+        (and, with a control, store the mean over its genome's measurements relative to their controls)."""
         for task, scores in member.per_task.items():
             trial.set_user_attr(f"{task}_fitness", _finite(scores["fitness"]))
             trial.set_user_attr(f"{task}_accuracy", _finite(scores["accuracy"]))
@@ -154,6 +166,14 @@ class Worker:
             trial.set_user_attr(MEASURED_ATTR, [float(v) for v in own])
             trial.set_user_attr(EVALUATIONS_ATTR, 1 + len(earlier))
             told = combine(own, earlier)
+            if self.cfg.control != CONTROL_NONE:
+                controls = Controls([t for t in self.study.get_trials(deepcopy=False) if
+                                     (g := t.user_attrs.get("generation")) is not None and int(g) < generation],
+                                    relative=True)
+                mine = control if control is not None else controls.offset(trial._get_latest_trial(), len(own))
+                rel = [v - c for v, c in zip(own, mine)]
+                trial.set_user_attr(RELATIVE_ATTR, combine(rel, earlier_measurements(
+                    self.study, trial.params, generation, controls)))
             if self.cfg.memory:  # a property of the genome, not measured: not in MEASURED_ATTR, not averaged
                 told.append(float(Genome.from_params(trial.params).state_floats()))
             self.study.tell(trial, told)
