@@ -212,3 +212,27 @@ def test_with_a_control_a_generation_on_hard_seeds_is_compared_relative_to_its_c
     # the same members with the control as the batch's last member (0.4): relative +0.05 and −0.05
     fair = Pruning(c, [_trial(study, 1, m, []) for m in range(2, 4)], study, generation=1, control=True)
     assert fair(mid([0.45, 0.35, 0.4])) == [1] and fair.ctrl_curve == {"fitness": [0.4]}
+
+
+def test_percentile_with_several_objectives_compares_curves_relative_to_each_generations_control():
+    """Per-task study, generation 1 on seeds 0.3 harder on both tasks (its control, the batch's last member, at
+    0.3 where generation 0's stood at 0.6): raw, every member is below generation 0's bottom quarter on both tasks;
+    relative to the controls only the member that is weak relative to its own control stops, and the control's
+    curve is kept per task."""
+    from optsearch.search.control import CONTROL_ATTR, CONTROL_CURVE_ATTR
+
+    c = cfg("per_task", pruner="percentile", warmup_checkpoints=0)
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    for m, v in enumerate([0.5, 0.6, 0.7, 0.8]):  # generation 0: relative −0.1 … +0.2 on both tasks
+        t = _asked(study, 0, m)
+        t.set_user_attr("generation", 0)
+        t.set_user_attr(CONTROL_ATTR, [0.6, 0.6])
+        t.set_user_attr(CONTROL_CURVE_ATTR, {"digits": [0.6], "mnist1d": [0.6]})
+        t.set_user_attr("curves", {"digits": [v], "mnist1d": [v]})
+        study.tell(t, [v, v])
+    hard = [0.2, 0.4]  # relative to the control (0.3): −0.1 (bottom quarter of generation 0) and +0.1
+    raw = Pruning(c, [_asked(study, 1, m) for m in range(2)], study, generation=1)
+    assert raw(at("digits", hard)) == [] and raw(at("mnist1d", hard, unit=1)) == [0, 1]
+    fair = Pruning(c, [_asked(study, 1, m) for m in range(2, 4)], study, generation=1, control=True)
+    assert fair(at("digits", [*hard, 0.3])) == [] and fair(at("mnist1d", [*hard, 0.3], unit=1)) == [0]
+    assert fair.ctrl_curve == {"digits": [0.3], "mnist1d": [0.3]}

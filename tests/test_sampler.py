@@ -619,3 +619,21 @@ def test_optimize_with_threads_breeds_the_same_genomes_as_one_thread():
     many.optimize(slow, n_trials=18, n_jobs=3)
     assert {key(t): gene_params(t) for t in many.trials} == {key(t): gene_params(t) for t in one.trials}
     assert sorted(key(t) for t in many.trials) == [(g, m) for g in range(3) for m in range(6)]
+
+
+@pytest.mark.parametrize("objectives", [1, 2])
+def test_the_parent_pool_ranks_by_difference_from_the_control_when_trials_carry_it(objectives):
+    """Issue 23 item 4: an elite told 0.9 (a mean over earlier, easier seeds) is 0.0 above its controls; a child
+    told 0.7 on this generation's hard seeds is +0.2: with relative values stored the child ranks first, in a
+    single- and a two-objective (NSGA-II) pool alike; without them the told values decide, as before."""
+    from optsearch.search.control import RELATIVE_ATTR
+
+    told = [(0.9,) * objectives, (0.7,) * objectives]
+    trials = _frozen(told)
+    sampler = GeneticSampler(population_size=4, seed=0)
+    directions = [optuna.study.StudyDirection.MAXIMIZE] * objectives
+    assert [t.number for t in sampler.rank(trials, directions, 1)] == [0, 1]
+    for t, rel in zip(trials, (0.0, 0.2)):
+        t.user_attrs[RELATIVE_ATTR] = [rel] * objectives
+    assert [t.number for t in sampler.rank(trials, directions, 1)] == [1, 0]
+    assert trials[0].values == [0.9] * objectives  # the trials themselves are not changed

@@ -22,6 +22,10 @@ re-export the core's. A generation is ``population_size`` trials:
   filled with a fresh child from a new random stream (the reason is stored in :data:`REPLACED_KEY`),
   so a genome that always crashes cannot stall the study.
 
+In a study with a control member (:mod:`optsearch.search.control`) the parent pool is ranked by each
+trial's stored value relative to its generation's control, not by its told value: an elite's told value
+averages raw scores from generations on other seeds.
+
 Only generation g's COMPLETE trials are parents: PRUNED and FAIL trials never breed. The run loop
 tells a diverged or pruned member PRUNED, so it never breeds; a trial told the worst fitness
 (−1) as a value would simply rank last.

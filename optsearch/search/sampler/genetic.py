@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -10,6 +11,7 @@ from optuna.trial import FrozenTrial
 
 from optsearch.errors import ConfigError
 from optsearch.genome import Genome
+from optsearch.search.control import RELATIVE_ATTR
 from optsearch.search.sampler.config import GAConfig
 from optsearch.search.sampler.crossover import OnePointCrossover
 from optsearch.search.sampler.mutation import AnnealedMutation
@@ -84,6 +86,22 @@ class GeneticSampler(GeneticAlgorithmSampler):
         except ValueError as e:
             raise ConfigError(str(e)) from None
         self.config = cfg
+
+    def rank(self, trials: Sequence[FrozenTrial], directions: Sequence[StudyDirection],
+             generation: int = 0) -> list[FrozenTrial]:
+        """The core's ranking, on values relative to each trial's generation control when the trials carry them
+        (:data:`~optsearch.search.control.RELATIVE_ATTR`): an elite's told value averages raw scores from
+        generations on other seeds, its relative value does not mix seed difficulty into the comparison."""
+        if not trials or not all(isinstance(t.user_attrs.get(RELATIVE_ATTR), list) for t in trials):
+            return super().rank(trials, directions, generation)
+        shifted = []
+        for t in trials:
+            c = copy.copy(t)
+            rel = [float(v) for v in t.user_attrs[RELATIVE_ATTR]]
+            c.values = rel + list(t.values[len(rel):])  # a +memory study's last value is no measurement
+            shifted.append(c)
+        by_id = {t._trial_id: t for t in trials}
+        return [by_id[c._trial_id] for c in super().rank(shifted, directions, generation)]
 
 
 class _WithChangeOne:
