@@ -1,13 +1,14 @@
-"""The compiled population update computes each primitive only for the members that use it (issue 26)."""
+"""The population update computes Newton–Schulz and the trust ratio only for the members that use them, and the
+elementwise terms as one pass over every row (issue 26): counted through patched primitives, never timed."""
 
 from __future__ import annotations
 
 import dataclasses
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from optsearch.genome import NAMED
+from optsearch.genome import tensors as tensors_mod
 from optsearch.genome.primitives import PRIMITIVES, Layout
 from optsearch.train import update as update_mod
 from optsearch.train.update import PopulationUpdate
@@ -18,61 +19,87 @@ D = 48
 LAYOUT = Layout(((4, 8), (8,), (8,)))
 
 
-class _ElementsComputed(TorchDispatchMode):
-    """Counts the elements every op writes: the work an update does, whichever terms it holds."""
-
-    def __init__(self):
-        super().__init__()
-        self.elements = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.elements += t.numel()
-        return out
-
-
 def _step(genomes, compiled: bool, rows: bool = True, seed: int = 0):
-    """One eager run of the update with the compiled graph's arguments (every term in it); its θ and work."""
+    """Three eager runs of the update with the arguments ``apply`` passes (the compiled graph's with
+    ``compiled``: every elementwise term in it); θ after them and the update."""
     upd = PopulationUpdate(genomes, D, 10, device=CPU, dtype=torch.float64, compile_update=compiled, layout=LAYOUT)
     if not rows:
-        upd.rows = None
-    upd.compiled = False  # run _apply_rows eagerly, but with the compiled update's arguments (``full``)
+        upd.rows = upd.trust_rows = None
+    full = compiled
     gen = torch.Generator().manual_seed(seed)
     p = len(genomes)
     theta = torch.randn(p, D, generator=gen, dtype=torch.float64)
-    calls = {n: 0 for n in PRIMITIVES}
-    with _ElementsComputed() as counter:
-        for _ in range(3):
-            grad = torch.randn(p, D, generator=gen, dtype=torch.float64)
-            args = upd.coefficients(upd.step_count + 1)
-            upd.step_count += 1
-            update_mod._apply_rows(theta, grad, upd.state, upd.weights, upd.all_alive, upd.beta1, upd.beta2, upd.eps,
-                                   args["bc1"], args["bc2"], args["lr_t"], args["decay"], upd.value_clip, upd.ones,
-                                   True, True, True, upd.beta3, upd.trust, upd.layout, True, upd.rows)
-    return theta, counter.elements, upd
+    for _ in range(3):
+        grad = torch.randn(p, D, generator=gen, dtype=torch.float64)
+        upd.step_count += 1
+        c = upd.coefficients(upd.step_count)
+        update_mod._apply_rows(theta, grad, upd.state, upd.weights, upd.all_alive, upd.beta1, upd.beta2, upd.eps,
+                               c["bc1"], c["bc2"], c["lr_t"], c["decay"], upd.value_clip, upd.ones,
+                               full or upd.use_value_clip, full or upd.use_norm_clip, full or upd.use_decay, upd.beta3,
+                               upd.trust, upd.layout, full or upd.use_trust, upd.rows, upd.trust_rows)
+    return theta, upd
 
 
-def test_each_term_computed_only_for_its_members_with_identical_results():
-    genomes = random_genomes(30, seed=3)
-    with_rows, work_rows, upd = _step(genomes, compiled=True)
-    without, work_all, _ = _step(genomes, compiled=True, rows=False)
-    assert set(upd.rows) >= {n for n in PRIMITIVES if not PRIMITIVES[n].per_tensor}  # one graph: every term in it
-    torch.testing.assert_close(with_rows, without, rtol=1e-12, atol=1e-12)
-    assert work_rows < work_all
-
-
-def test_an_adam_population_does_not_compute_the_other_terms(monkeypatch):
-    called: list[str] = []
-    for name, prim in PRIMITIVES.items():  # spy on every term's function
+def _spy_rows(monkeypatch) -> dict[str, list[int]]:
+    """Patch every primitive and the trust ratio's norms to record how many rows each call computes."""
+    seen: dict[str, list[int]] = {}
+    for name, prim in PRIMITIVES.items():
         def spy(s, _fn=prim.fn, _name=name):
-            if s.g.shape[0]:
-                called.append(_name)
+            seen.setdefault(_name, []).append(s.g.shape[0])
             return _fn(s)
         monkeypatch.setitem(PRIMITIVES, name, dataclasses.replace(prim, fn=spy))
-    genomes = [NAMED["adam"]] * 6
-    theta, _, upd = _step(genomes, compiled=True)
-    assert len(upd.weights) > 1 and set(called) == {"adam"}  # the others are in the graph, on no rows
-    eager, _, _ = _step(genomes, compiled=False)  # the eager update holds the used terms only
-    torch.testing.assert_close(theta, eager, rtol=0, atol=0)
+    norms = tensors_mod._segment_norms
+
+    def spy_norms(x, sizes):
+        seen.setdefault("trust_ratio", []).append(x.shape[0])
+        return norms(x, sizes)
+    monkeypatch.setattr(tensors_mod, "_segment_norms", spy_norms)
+    return seen
+
+
+def test_newton_schulz_and_trust_ratio_computed_only_for_their_members(monkeypatch):
+    seen = _spy_rows(monkeypatch)
+    plain = [NAMED["adam"], NAMED["sgd_momentum"], NAMED["lion"]]
+    genomes = [NAMED["muon"], *plain, NAMED["lamb"], *plain]
+    for compiled in (False, True):
+        seen.clear()
+        _step(genomes, compiled)
+        assert seen["ortho_momentum"] == [1] * 3  # the one Muon member, each of the 3 steps
+        # eager: the norms of the one LAMB member only (θ and u); compiled: every row, ratio 1 where off
+        assert seen["trust_ratio"] == [1 if not compiled else len(genomes)] * 6
+        elementwise = {n for n in seen if n not in ("ortho_momentum", "trust_ratio")}
+        if compiled:  # one graph: every elementwise term in it, each one pass over every row
+            assert elementwise == {n for n in PRIMITIVES if not PRIMITIVES[n].per_tensor}
+            assert all(r == len(genomes) for n in elementwise for r in seen[n])
+        else:  # eager: the terms some member uses only
+            assert elementwise == {n for g in genomes for n in g.merged_terms()} - {"ortho_momentum"}
+
+
+def test_a_population_without_newton_schulz_never_runs_it(monkeypatch):
+    seen = _spy_rows(monkeypatch)
+    for compiled in (False, True):
+        seen.clear()
+        _, upd = _step([NAMED["adam"], NAMED["lamb"]], compiled)
+        assert "ortho_momentum" not in seen and "ortho_momentum" not in upd.weights and upd.rows is None
+    seen.clear()
+    _, upd = _step([NAMED["muon"]] * 3, compiled=False)  # every member uses it: eager gathers nothing
+    assert upd.rows is None and seen["ortho_momentum"] == [3] * 3
+
+
+def test_member_rows_give_the_same_update_as_every_row():
+    genomes = random_genomes(30, seed=3) + [NAMED["muon"], NAMED["lamb"]]
+    for compiled in (False, True):
+        with_rows, upd = _step(genomes, compiled)
+        without, _ = _step(genomes, compiled, rows=False)
+        assert upd.rows is not None and (compiled or upd.trust_rows is not None)
+        torch.testing.assert_close(with_rows, without, rtol=1e-12, atol=1e-12)
+    eager, _ = _step(genomes, compiled=False)
+    torch.testing.assert_close(with_rows, eager, rtol=1e-12, atol=1e-12)
+
+
+def test_retiring_members_renumbers_their_rows():
+    genomes = [NAMED["adam"], NAMED["muon"], NAMED["lamb"], NAMED["muon"], NAMED["lamb"]]
+    upd = PopulationUpdate(genomes, D, 10, device=CPU, dtype=torch.float64, layout=LAYOUT)
+    assert upd.rows["ortho_momentum"].tolist() == [1, 3] and upd.trust_rows.tolist() == [2, 4]
+    upd.keep_rows(torch.tensor([0, 3, 4]))
+    assert upd.rows["ortho_momentum"].tolist() == [1] and upd.trust_rows.tolist() == [2]

@@ -173,8 +173,8 @@ def advance_and_direct(
             tensors, TensorLists of 0-d tensors or [P, 1] columns).
         layout: the tensors of a ``[P, D]`` buffer (only Newton–Schulz reads it).
         rows: primitive name -> the ``[P, D]`` rows (members) whose weight for it is non-zero: that term is
-            computed on those rows only and added into theirs, so a population computes each term once per
-            member that uses it, however many terms its one compiled update holds.
+            computed on those rows only and added into theirs (the population passes it for Newton–Schulz,
+            whose matmuls cost more than the gather; an elementwise term is cheaper on every row).
 
     Returns:
         The un-scaled update direction; the caller applies ``θ ← θ − η_t·direction``.

@@ -48,6 +48,7 @@ def _apply_rows(
     layout: Layout | None = None,
     use_trust: bool = False,
     rows: dict[str, torch.Tensor] | None = None,
+    trust_rows: torch.Tensor | None = None,
 ) -> None:
     """Clip, advance the moments, decay and step every row in place (the only [P, D] arithmetic).
 
@@ -66,7 +67,7 @@ def _apply_rows(
     direction = advance_and_direct(grad, state, weights, beta1=beta1, beta2=beta2, eps=eps, bc1=bc1, bc2=bc2,
                                    beta3=beta3, layout=layout, rows=rows)
     if use_trust:  # LAMB's per-tensor ‖θ‖/‖u‖ for the members with the switch (θ before this step's decay)
-        trust_ratio_(direction, theta, layout, trust)
+        trust_ratio_(direction, theta, layout, trust, rows=trust_rows)
     if use_decay:  # decoupled: θ ← θ·(1 − η_t·λ); exactly 1 for members without decay and frozen ones
         theta.mul_(torch.where(alive, decay, 1.0))
     theta.addcmul_(torch.where(alive, direction, 0.0), lr_t, value=-1.0)
@@ -149,11 +150,13 @@ class PopulationUpdate:
     """P genomes' update rules as ``[P, 1]`` coefficient columns over ``[P, D]`` buffers.
 
     Only the primitives some member uses are computed (the others would be multiplied by zero
-    anyway); with ``compile_update`` all of them are in the graph, so one compiled kernel serves every
-    population, but each on the rows of the members using it only (index tensors built here: the genomes
-    are fixed for the population's life), so a term costs what its members need, not P rows; the trust
-    ratio included (ratio 1 for members without it) and the ``m3`` buffer with it. Newton–Schulz is the
-    exception (matmuls over each 2-D weight, not free): only a population using it compiles it (a second graph).
+    anyway); with ``compile_update`` every elementwise term is in the graph, on every row (weight 0 where
+    unused: one fused pass, cheaper than gathering each term's members), so one compiled kernel serves every
+    population; the trust ratio included (ratio 1 for members without it) and the ``m3`` buffer with it.
+    Newton–Schulz is the exception (matmuls over each 2-D weight, ≈ 2× an MLP member's forward+backward):
+    only a population using it compiles it (a second graph), and on either path it runs on the rows of the
+    members using it only (index tensors built here: the genomes are fixed for the population's life). The
+    eager update computes the trust ratio's norms on its members' rows only as well.
 
     The step-dependent coefficients (bias corrections, η_t, the decay factor) of the whole run are one
     ``[4, steps, P, 1]`` table computed at construction in float64 and rounded once, as the one-genome
@@ -209,9 +212,9 @@ class PopulationUpdate:
         self.weights = {n: col(m.get(n, 0.0) for m in merged) for n in used}
         self.state = {k: torch.zeros(p, num_params, dtype=dtype, device=device) for k in sorted(state_needed(used))}
         self.compiled = compile_update
-        # compiled: every term is in the one graph, each computed on the rows of the members using it only
-        self.rows = {n: torch.tensor([i for i, m in enumerate(merged) if n in m], dtype=torch.long,
-                                     device=device) for n in used} if compile_update else None
+        self.rows = _member_rows(merged, used, p, compile_update, device)
+        self.trust_rows = None if compile_update or not self.use_trust or all(g.trust_ratio for g in genomes) else \
+            torch.tensor([i for i, g in enumerate(genomes) if g.trust_ratio], dtype=torch.long, device=device)
         self._identity_columns()
         steps = torch.arange(1, self.total_steps + 1, dtype=f64, device=device).view(-1, 1, 1)
         self.table = self._coefficients(steps)  # [4, steps, P, 1]: bc1, bc2, lr_t, decay
@@ -226,10 +229,15 @@ class PopulationUpdate:
         self.weights = {n: w.index_select(0, rows) for n, w in self.weights.items()}
         self.state = {k: s.index_select(0, rows) for k, s in self.state.items()}
         self.table = self.table.index_select(2, rows)
-        if self.rows is not None:  # a retirement (a checkpoint's host read): renumber each term's members
+        if self.rows is not None or self.trust_rows is not None:  # a retirement (a checkpoint's host read)
             new = {int(r): i for i, r in enumerate(rows.tolist())}
-            self.rows = {n: torch.tensor([new[int(r)] for r in idx.tolist() if int(r) in new], dtype=torch.long,
-                                         device=idx.device) for n, idx in self.rows.items()}
+
+            def renumber(idx: torch.Tensor) -> torch.Tensor:
+                return torch.tensor([new[int(r)] for r in idx.tolist() if int(r) in new], dtype=torch.long,
+                                    device=idx.device)
+
+            self.rows = None if self.rows is None else {n: renumber(idx) for n, idx in self.rows.items()}
+            self.trust_rows = None if self.trust_rows is None else renumber(self.trust_rows)
         self._identity_columns()
 
     def _identity_columns(self) -> None:
@@ -272,7 +280,25 @@ class PopulationUpdate:
             _mark_population_dim(*(self.rows or {}).values())
         self.eager_fallbacks += _run_update(
             full, *args, full or self.use_value_clip, full or self.use_norm_clip, full or self.use_decay, self.beta3,
-            self.trust, self.layout, full or self.use_trust, self.rows)
+            self.trust, self.layout, full or self.use_trust, self.rows, self.trust_rows)
+
+
+def _member_rows(merged: Sequence[dict[str, float]], used: Sequence[str], p: int, compiled: bool,
+                 device: torch.device) -> dict[str, torch.Tensor] | None:
+    """The members (row indices) using each per-tensor term (Newton–Schulz): computed on those rows only.
+
+    Elementwise terms get none: on every row, weight 0 for the others, they are one fused pass in the compiled
+    graph (a gather and a scatter per term copy more than the term computes), and the eager update holds only
+    the terms some member uses. The compiled update gathers even when every member uses the term (one graph
+    for any such population); the eager one then skips the copy.
+    """
+    rows = {}
+    for n in used:
+        if PRIMITIVES[n].per_tensor:
+            idx = [i for i, m in enumerate(merged) if n in m]
+            if compiled or len(idx) < p:
+                rows[n] = torch.tensor(idx, dtype=torch.long, device=device)
+    return rows or None
 
 
 __all__ = ["COMPILE_BACKEND", "EAGER_FALLBACKS", "PopulationUpdate"]
