@@ -17,6 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optsearch.genome import Genome
 from optsearch.search.config import MULTI_OBJECTIVE_PRUNERS, OPTUNA_PRUNERS, StudyConfig
 from optsearch.search.control import Controls
+from optsearch.search.generations import ranking_fitness
 from optsearch.search.sampler.slots import trial_generation
 
 CURVES_ATTR = "curves"
@@ -35,7 +36,7 @@ class PastGenerations:
         self._study = study
         self._trials = [t for t in study.get_trials(deepcopy=False)
                         if (g := trial_generation(t)) is not None and g < generation]
-        self.controls = Controls(self._trials)
+        self.controls = Controls(self._trials, relative=relative or None)
         if relative:  # each curve relative to its generation's control curve (see optsearch.search.control)
             self._trials = [self.controls.shifted(t) for t in self._trials]
 
@@ -68,7 +69,7 @@ class PastGenerations:
         if not done:
             raise ValueError("no COMPLETE trial in earlier generations")
         sign = 1.0 if self.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
-        return max(done, key=lambda t: sign * t.value)
+        return max(done, key=lambda t: sign * ranking_fitness(t, self.controls))  # relative with a control
 
 
 class Pruning:
