@@ -19,8 +19,8 @@ def test_parsed_defaults_are_the_dataclass_defaults():
     cfg = StudyConfig.from_dict(MINIMAL)
     assert cfg == StudyConfig(tasks=("digits",), population=4, generations=1, funnel=FunnelConfig(tasks=("digits",)))
     assert cfg.pruning == PruningConfig()
-    with_funnel = StudyConfig.from_dict({**MINIMAL, "funnel": {}})
-    assert with_funnel.funnel == FunnelConfig(enabled=True, tasks=("digits",))
+    with_funnel = StudyConfig.from_dict({**MINIMAL, "funnel": {"steps": 600}})  # the search task at a longer horizon
+    assert with_funnel.funnel == FunnelConfig(enabled=True, tasks=("digits",), steps=600)
     assert cfg.precision == RunSpec().precision and cfg.checkpoint_every == RunSpec().checkpoint_every
 
 
