@@ -1,5 +1,5 @@
-"""The population update computes Newton–Schulz and the trust ratio only for the members that use them, and the
-elementwise terms as one pass over every row (issue 26): counted through patched primitives, never timed."""
+"""The population update computes each term only for the members that use it: every term in the compiled update,
+Newton–Schulz and the trust ratio in the eager one too (issue 26); counted through patched primitives, never timed."""
 
 from __future__ import annotations
 
@@ -68,11 +68,13 @@ def test_newton_schulz_and_trust_ratio_computed_only_for_their_members(monkeypat
         # eager: the norms of the one LAMB member only (θ and u); compiled: every row, ratio 1 where off
         assert seen["trust_ratio"] == [1 if not compiled else len(genomes)] * 6
         elementwise = {n for n in seen if n not in ("ortho_momentum", "trust_ratio")}
-        if compiled:  # one graph: every elementwise term in it, each one pass over every row
+        used = {n for g in genomes for n in g.merged_terms()} - {"ortho_momentum"}
+        if compiled:  # one graph: every elementwise term in it, each on its members' rows only (maybe none)
             assert elementwise == {n for n in PRIMITIVES if not PRIMITIVES[n].per_tensor}
-            assert all(r == len(genomes) for n in elementwise for r in seen[n])
-        else:  # eager: the terms some member uses only
-            assert elementwise == {n for g in genomes for n in g.merged_terms()} - {"ortho_momentum"}
+            assert {n for n in elementwise if seen[n][0]} == used
+            assert all(r == sum(n in g.merged_terms() for g in genomes) for n in elementwise for r in seen[n])
+        else:  # eager: the terms some member uses only, on every row
+            assert elementwise == used and all(r == len(genomes) for n in elementwise for r in seen[n])
 
 
 def test_a_population_without_newton_schulz_never_runs_it(monkeypatch):
@@ -80,7 +82,8 @@ def test_a_population_without_newton_schulz_never_runs_it(monkeypatch):
     for compiled in (False, True):
         seen.clear()
         _, upd = _step([NAMED["adam"], NAMED["lamb"]], compiled)
-        assert "ortho_momentum" not in seen and "ortho_momentum" not in upd.weights and upd.rows is None
+        assert "ortho_momentum" not in seen and "ortho_momentum" not in upd.weights
+        assert (upd.rows is not None) == compiled
     seen.clear()
     _, upd = _step([NAMED["muon"]] * 3, compiled=False)  # every member uses it: eager gathers nothing
     assert upd.rows is None and seen["ortho_momentum"] == [3] * 3

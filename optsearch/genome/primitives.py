@@ -173,8 +173,8 @@ def advance_and_direct(
             tensors, TensorLists of 0-d tensors or [P, 1] columns).
         layout: the tensors of a ``[P, D]`` buffer (only Newton–Schulz reads it).
         rows: primitive name -> the ``[P, D]`` rows (members) whose weight for it is non-zero: that term is
-            computed on those rows only and added into theirs (the population passes it for Newton–Schulz,
-            whose matmuls cost more than the gather; an elementwise term is cheaper on every row).
+            computed on those rows only and added into theirs (the compiled population update passes it for
+            every term, the eager one for Newton–Schulz, whose matmuls cost more than the gather).
 
     Returns:
         The un-scaled update direction; the caller applies ``θ ← θ − η_t·direction``.

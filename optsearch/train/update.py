@@ -150,13 +150,12 @@ class PopulationUpdate:
     """P genomes' update rules as ``[P, 1]`` coefficient columns over ``[P, D]`` buffers.
 
     Only the primitives some member uses are computed (the others would be multiplied by zero
-    anyway); with ``compile_update`` every elementwise term is in the graph, on every row (weight 0 where
-    unused: one fused pass, cheaper than gathering each term's members), so one compiled kernel serves every
-    population; the trust ratio included (ratio 1 for members without it) and the ``m3`` buffer with it.
-    Newton–Schulz is the exception (matmuls over each 2-D weight, ≈ 2× an MLP member's forward+backward):
-    only a population using it compiles it (a second graph), and on either path it runs on the rows of the
-    members using it only (index tensors built here: the genomes are fixed for the population's life). The
-    eager update computes the trust ratio's norms on its members' rows only as well.
+    anyway); with ``compile_update`` every elementwise term is in the graph, so one compiled kernel serves every
+    population, but each on the rows of the members using it only (index tensors built here: the genomes are
+    fixed for the population's life); the trust ratio included (ratio 1 for members without it) and the ``m3``
+    buffer with it. Newton–Schulz is the exception (matmuls over each 2-D weight, ≈ 2× an MLP member's
+    forward+backward): only a population using it compiles it (a second graph). The eager update, too, runs
+    Newton–Schulz and the trust ratio on the rows of the members using them only.
 
     The step-dependent coefficients (bias corrections, η_t, the decay factor) of the whole run are one
     ``[4, steps, P, 1]`` table computed at construction in float64 and rounded once, as the one-genome
@@ -285,19 +284,17 @@ class PopulationUpdate:
 
 def _member_rows(merged: Sequence[dict[str, float]], used: Sequence[str], p: int, compiled: bool,
                  device: torch.device) -> dict[str, torch.Tensor] | None:
-    """The members (row indices) using each per-tensor term (Newton–Schulz): computed on those rows only.
+    """The members (row indices) using each term: it is computed on those rows only.
 
-    Elementwise terms get none: on every row, weight 0 for the others, they are one fused pass in the compiled
-    graph (a gather and a scatter per term copy more than the term computes), and the eager update holds only
-    the terms some member uses. The compiled update gathers even when every member uses the term (one graph
-    for any such population); the eager one then skips the copy.
+    Compiled: every term of the one graph, even one that every member or none uses (one graph for any such
+    population; side by side, on every row with weight 0 was no faster there). Eager: the per-tensor terms
+    (Newton–Schulz) that not every member uses; an elementwise term costs less than its gather there.
     """
     rows = {}
     for n in used:
-        if PRIMITIVES[n].per_tensor:
-            idx = [i for i, m in enumerate(merged) if n in m]
-            if compiled or len(idx) < p:
-                rows[n] = torch.tensor(idx, dtype=torch.long, device=device)
+        idx = [i for i, m in enumerate(merged) if n in m]
+        if compiled or (PRIMITIVES[n].per_tensor and len(idx) < p):
+            rows[n] = torch.tensor(idx, dtype=torch.long, device=device)
     return rows or None
 
 
