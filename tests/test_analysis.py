@@ -129,6 +129,28 @@ def test_report_json_and_figures_written(single):
     assert single["json"]["study"] == "truth" and single["json"]["objective"] == "fitness"
 
 
+def test_report_draws_the_analysis_figures_in_a_forked_child_while_it_draws_the_search_ones(single, tmp_path,
+                                                                                           monkeypatch):
+    import os
+
+    from optsearch.analysis import figures
+
+    drawn_by = tmp_path / "pid"
+    real = figures.matplotlib_figures
+
+    def spy(result):
+        drawn_by.write_text(str(os.getpid()))
+        return real(result)
+
+    monkeypatch.setattr(figures, "matplotlib_figures", spy)
+    paths = write_outputs(single["result"], tmp_path / "out")
+    assert int(drawn_by.read_text()) != os.getpid()  # the child drew them ...
+    assert {p.name for p in paths} >= {"importance.png", "history.png", "principles.png"}
+    assert all(p.read_bytes()[:8] == PNG for p in paths if p.suffix == ".png")  # ... and they are there
+    with pytest.raises(ZeroDivisionError):  # the child's errors come back
+        figures.in_child(lambda: 1 / 0)()
+
+
 def test_dashboard_note_and_figures_saved_and_replaced_on_rerun(single):
     study = optuna.load_study(study_name="truth", storage=single["url"])
     note = get_note(study)

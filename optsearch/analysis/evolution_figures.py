@@ -14,17 +14,8 @@ import numpy as np
 import optuna
 
 from optsearch.analysis.evolution import (
-    Anatomy,
-    Generations,
-    Lineage,
-    Member,
-    anatomy,
-    fronts_by_generation,
-    generations,
-    memory_front,
-    read_members,
-    switch_name,
-    winner_lineage,
+    Anatomy, Generations, Lineage, Member, anatomy, fronts_by_generation, generations, memory_front, read_members,
+    switch_name, winner_lineage,
 )
 
 from optsearch.search.config import MEMORY_OBJECTIVE
@@ -276,27 +267,33 @@ def _figure(w: float, h: float, rows: int = 1, cols: int = 1, **kw: Any):
 
 
 def lineage_png(lin: Lineage):
+    """One arrow field per operator, one scatter per marker, labels out of the layout, a fixed legend place: an
+    annotation per link and ``loc="best"`` (which measures every label) took 44 s on 375 ancestors."""
     nodes = lin.nodes
     known = [m.fitness for m in nodes.values() if m.fitness is not None]
     floor = min(known) if known else 0.0
     fig, ax = _figure(10, 5.5)
     a = ax[0][0]
     for origin in sorted({o for *_, o in lin.edges}):
-        for k, (p, c, o) in enumerate(e for e in lin.edges if e[2] == origin):
-            a.annotate("", xy=(nodes[c].generation, _y(nodes[c], floor)), xytext=(nodes[p].generation, _y(nodes[p], floor)),
-                       arrowprops={"arrowstyle": "->", "color": _color(origin), "lw": 1.2})
-        a.plot([], [], color=_color(origin), label=origin or "unknown")
+        xy = np.array([[nodes[p].generation, _y(nodes[p], floor), nodes[c].generation, _y(nodes[c], floor)]
+                       for p, c, o in lin.edges if o == origin])
+        a.quiver(xy[:, 0], xy[:, 1], xy[:, 2] - xy[:, 0], xy[:, 3] - xy[:, 1], angles="xy", scale_units="xy", scale=1,
+                 color=_color(origin), width=0.0015, headwidth=5, headlength=6, label=origin or "unknown")
+    for root in (False, True):
+        ms = [m for m in nodes.values() if (m.number in lin.roots) == root]
+        if ms:
+            a.scatter([m.generation for m in ms], [_y(m, floor) for m in ms], s=120 if root else 40,
+                      marker="*" if root else "o", color=[STATE_COLORS.get(m.state, "k") for m in ms], zorder=3)
     for m in nodes.values():
-        root = m.number in lin.roots
-        a.scatter(m.generation, _y(m, floor), s=120 if root else 40, marker="*" if root else "o",
-                  color=STATE_COLORS.get(m.state, "k"), zorder=3)
-        a.annotate(f"#{m.number}", (m.generation, _y(m, floor)), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        a.annotate(f"#{m.number}", (m.generation, _y(m, floor)), fontsize=7, xytext=(4, 4),
+                   textcoords="offset points").set_in_layout(False)
     if lin.roots and lin.roots[0] in nodes:
         a.set_title(f"Lineage of trial {lin.roots[0]} ({len(nodes)} genomes): {_short(nodes[lin.roots[0]].formula, 90)}",
                     fontsize=9)
     a.set_xlabel("generation")
     a.set_ylabel("fitness")
-    a.legend(fontsize=8, title="operator", title_fontsize=8)
+    if lin.edges:
+        a.legend(fontsize=8, title="operator", title_fontsize=8, loc="lower right")
     a.xaxis.get_major_locator().set_params(integer=True)
     return fig
 
@@ -308,7 +305,7 @@ def generations_png(gs: Generations):
     ax[0][0].boxplot(data, positions=g, widths=0.6)
     ax[0][0].plot(g, gs.best_so_far, "k--", label="best so far")
     ax[0][0].set_ylabel("fitness")
-    ax[0][0].legend(fontsize=8)
+    ax[0][0].legend(fontsize=8, loc="lower right")
     ax[0][0].set_title("Fitness of complete members per generation", fontsize=10)
     bottom = np.zeros(len(g))
     for s, c in STATE_COLORS.items():
@@ -316,7 +313,7 @@ def generations_png(gs: Generations):
             ax[1][0].bar(g, gs.counts[s], bottom=bottom, color=c, label=s)
             bottom += gs.counts[s]
     ax[1][0].set_ylabel("members")
-    ax[1][0].legend(fontsize=7, ncol=5)
+    ax[1][0].legend(fontsize=7, ncol=5, loc="lower left")
     carried = {k: v for k, v in gs.terms.items() if v.any()}
     if carried:
         ax[2][0].stackplot(g, *carried.values(), labels=list(carried))
@@ -326,7 +323,7 @@ def generations_png(gs: Generations):
         ax[3][0].plot(g, v, marker=".", label=switch_name(k))
     ax[3][0].set_ylim(-0.02, 1.02)
     ax[3][0].set_ylabel("share departing")
-    ax[3][0].legend(fontsize=7, ncol=3)
+    ax[3][0].legend(fontsize=7, ncol=3, loc="upper left")
     ax[3][0].set_xlabel("generation")
     ax[3][0].set_xticks(g if len(g) <= 25 else g[:: max(1, len(g) // 20)])
     return fig
@@ -346,7 +343,7 @@ def memory_png(members: Sequence[Member]):
     a.set_xlabel(MEMORY_X)
     a.set_ylabel("fitness")
     a.xaxis.get_major_locator().set_params(integer=True)
-    a.legend(fontsize=8)
+    a.legend(fontsize=8, loc="lower right")
     a.set_title(f"{MEMORY_TITLE} (formulas in report.md)", fontsize=10)
     return fig
 
@@ -369,7 +366,7 @@ def pareto_png(members: Sequence[Member], names: Sequence[str]):
             a.annotate(f"#{m.number}", (m.values[i], m.values[j]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         a.set_xlabel(f"{names[i]} fitness")
         a.set_ylabel(f"{names[j]} fitness")
-        a.legend(fontsize=6, ncol=2, title="front of", title_fontsize=7)
+        a.legend(fontsize=6, ncol=2, title="front of", title_fontsize=7, loc="lower left")
     fig.suptitle("Pareto front per generation (last generation's members numbered; formulas in report.md)", fontsize=10)
     return fig
 
@@ -395,7 +392,7 @@ def anatomy_png(an: Anatomy):
             b.set_title(task, fontsize=9)
             b.set_xlabel(CURVE_X)
             b.set_ylabel(CURVE_Y)
-            b.legend(fontsize=8)
+            b.legend(fontsize=8, loc="lower right")
         else:
             b.text(0.5, 0.5, NO_CURVES.replace(": ", ":\n"), ha="center", va="center", fontsize=8, wrap=True)
             b.set_axis_off()

@@ -27,7 +27,7 @@ from optsearch.analysis.evolution import (
     Member, anatomy, fronts_by_generation, generation_summary_text, memory_front, read_members, winner_lineage,
 )
 from optsearch.analysis.evolution_figures import NO_CURVES, save_search_figures, write_search_figures
-from optsearch.analysis.figures import plotly_figures, write_figures
+from optsearch.analysis.figures import in_child, plotly_figures, write_figures
 from optsearch.analysis.importance import METHODS, Importance, unit_label
 from optsearch.analysis.principles import ALPHA, CORRECTION, N_BOOT, pct
 from optsearch.analysis.result import Analysis, analyze
@@ -64,9 +64,10 @@ def analyze_study(name: str, storage: str | None = None, objective: str | None =
 
 def write_outputs(result: Analysis, out: Path) -> list[Path]:
     """report.md, principles.json and the PNG figures in ``out``; returns the files written."""
-    pngs = write_figures(result, out)
+    pending = in_child(write_figures, result, out)  # the analysis's PNGs on the other core
     members = read_members(result.data.study)
     search_pngs = write_search_figures(result.data.study, out, members)
+    pngs = pending()
     js = write_json(result.to_dict(), out / "principles.json")
     text = report_markdown(result, [p.name for p in pngs]) + search_markdown(result.data.study, members,
                                                                              [p.name for p in search_pngs])
