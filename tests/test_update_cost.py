@@ -41,19 +41,19 @@ def _step(genomes, compiled: bool, rows: bool = True, seed: int = 0):
 
 
 def _spy_rows(monkeypatch) -> dict[str, list[int]]:
-    """Patch every primitive and the trust ratio's norms to record how many rows each call computes."""
+    """Patch every primitive and the trust ratio to record how many rows each call computes."""
     seen: dict[str, list[int]] = {}
     for name, prim in PRIMITIVES.items():
         def spy(s, _fn=prim.fn, _name=name):
             seen.setdefault(_name, []).append(s.g.shape[0])
             return _fn(s)
         monkeypatch.setitem(PRIMITIVES, name, dataclasses.replace(prim, fn=spy))
-    norms = tensors_mod._segment_norms
+    ratio = tensors_mod._ratio
 
-    def spy_norms(x, sizes):
-        seen.setdefault("trust_ratio", []).append(x.shape[0])
-        return norms(x, sizes)
-    monkeypatch.setattr(tensors_mod, "_segment_norms", spy_norms)
+    def spy_ratio(theta_norm, update_norm):  # one call per tensor of the layout
+        seen.setdefault("trust_ratio", []).append(theta_norm.shape[0])
+        return ratio(theta_norm, update_norm)
+    monkeypatch.setattr(tensors_mod, "_ratio", spy_ratio)
     return seen
 
 
@@ -66,7 +66,7 @@ def test_newton_schulz_and_trust_ratio_computed_only_for_their_members(monkeypat
         _step(genomes, compiled)
         assert seen["ortho_momentum"] == [1] * 3  # the one Muon member, each of the 3 steps
         # eager: the norms of the one LAMB member only (θ and u); compiled: every row, ratio 1 where off
-        assert seen["trust_ratio"] == [1 if not compiled else len(genomes)] * 6
+        assert seen["trust_ratio"] == [1 if not compiled else len(genomes)] * 3 * len(LAYOUT.shapes)
         elementwise = {n for n in seen if n not in ("ortho_momentum", "trust_ratio")}
         used = {n for g in genomes for n in g.merged_terms()} - {"ortho_momentum"}
         if compiled:  # one graph: every elementwise term in it, each on its members' rows only (maybe none)

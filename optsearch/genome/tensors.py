@@ -99,20 +99,14 @@ def trust_ratio_(direction: Any, theta: Any, layout: Layout | None, enabled: Any
         return direction
     if layout is None:
         return direction.mul_(_ratio(torch.linalg.vector_norm(theta), torch.linalg.vector_norm(direction)))
-    sizes = [n for _, n, _ in layout.segments()]
     u = direction if rows is None else direction.index_select(0, rows)
     t = theta if rows is None else theta.index_select(0, rows)
-    r = _ratio(_segment_norms(t, sizes), _segment_norms(u, sizes))  # [P, tensors]: one ratio op for all
-    if rows is None and enabled is not True:
-        r = torch.where(enabled, r, 1.0)
-    for i, piece in enumerate(u.split(sizes, dim=-1)):
-        piece.mul_(r[..., i:i + 1])
+    for offset, n, _ in layout.segments():
+        piece = u[..., offset:offset + n]
+        r = _ratio(torch.linalg.vector_norm(t[..., offset:offset + n], dim=-1, keepdim=True),
+                   torch.linalg.vector_norm(piece, dim=-1, keepdim=True))
+        piece.mul_(r if enabled is True or rows is not None else torch.where(enabled, r, 1.0))
     return direction if rows is None else direction.index_copy_(0, rows, u)
-
-
-def _segment_norms(x: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
-    """``[..., tensors]``: the 2-norm of each tensor's segment of the last dim."""
-    return torch.stack([torch.linalg.vector_norm(piece, dim=-1) for piece in x.split(sizes, dim=-1)], dim=-1)
 
 
 def _ratio(theta_norm: torch.Tensor, update_norm: torch.Tensor) -> torch.Tensor:
