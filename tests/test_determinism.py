@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import optuna
 import pytest
@@ -56,34 +55,23 @@ def outcome(url: str, name: str) -> dict[tuple[int, int], tuple]:
     return out
 
 
-def _kill_a_spawned_worker(url: str, name: str, parent: subprocess.Popen, timeout: float = 120) -> int:
-    """SIGKILL a spawned worker (not the parent) while it holds a RUNNING member of generation ≥ 1."""
-    st = optuna.load_study(study_name=name, storage=open_storage(url))
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert parent.poll() is None, "the study finished before a worker could be killed"
-        for g, ts in study.generations(st).items():
-            pids = {t.system_attrs.get(PID_ATTR) for t in ts if g >= 1 and t.state == TrialState.RUNNING}
-            pids -= {None, parent.pid}
-            if pids:
-                victim = min(pids)
-                os.kill(victim, signal.SIGKILL)
-                return victim
-        time.sleep(0.02)
-    pytest.fail("no spawned worker ever held a member of generation ≥ 1")
-
-
-def test_one_worker_and_three_with_a_kill_give_the_same_genomes(tmp_path):
+def test_one_worker_and_three_with_a_kill_give_the_same_genomes(tmp_path, hold):
     cfg = tmp_path / "d.toml"
     cfg.write_text(CONFIG)
     url = f"journal:///{tmp_path}/d.log"  # the SQLite file's commits (fsync) cost more than the training here
     for name in ("one", "three"):
         assert main(["study", "create", name, "--config", str(cfg), "--storage", url]) == 0
 
+    # The spawned workers are held at their first checkpoint of generation 1 (members RUNNING, a value
+    # reported): one is killed there, the others released — mid-generation every time, at any speed.
+    held = hold(spawned_only=True)
     parent = subprocess.Popen(
         [sys.executable, "-m", "optsearch", "study", "run", "three", "--storage", url, "--workers", "3", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    victim = _kill_a_spawned_worker(url, "three", parent)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=held.env)
+    victim = held.wait(parent)[0]
+    assert victim != parent.pid
+    os.kill(victim, signal.SIGKILL)
+    held.release()
     assert main(["study", "run", "one", "--storage", url, "--quiet"]) == 0  # meanwhile, one worker here
     _, err = parent.communicate(timeout=300)
     assert main(["study", "run", "three", "--storage", url, "--quiet"]) == 0  # the resume

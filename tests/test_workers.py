@@ -39,33 +39,26 @@ def storage_url(request, tmp_path):
     return request.getfixturevalue("postgres_url")
 
 
-def _wait_for_child_holding_generation_1(st: optuna.Study, parent: subprocess.Popen, timeout: float = 300) -> int:
-    """The pid of a spawned worker (not the parent) that holds a RUNNING member of generation 1."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert parent.poll() is None, parent.communicate()
-        running = [t for t in study.generations(st).get(1, []) if t.state == TrialState.RUNNING]
-        pids = {t.system_attrs.get(PID_ATTR) for t in running} - {None, parent.pid}
-        if pids:
-            return min(pids)
-        time.sleep(0.1)
-    pytest.fail("no spawned worker ever held a member of generation 1")
-
-
-def test_three_workers_survive_a_sigkill(storage_url, tmp_path):
+def test_three_workers_survive_a_sigkill(storage_url, tmp_path, hold):
     name = f"w{os.getpid()}_{time.monotonic_ns()}"  # the PostgreSQL cluster is shared by the session
-    # 600 steps: at 300 a journal-backed study sometimes finished before the test saw a worker in generation 1.
-    cfg = write_config(tmp_path, steps=600, population=POPULATION, generations=GENERATIONS)
+    # 40 steps (2 checkpoints): the spawned workers are held at their first checkpoint of generation 1, so the
+    # kill lands mid-generation, on a worker with members RUNNING and a reported value, however fast the
+    # training (at 300 steps a journal-backed study sometimes finished before a polling test saw a worker
+    # in generation 1, and 600 steps cost 58–81 s per storage).
+    cfg = write_config(tmp_path, steps=40, population=POPULATION, generations=GENERATIONS)
     assert main(["study", "create", name, "--config", str(cfg), "--storage", storage_url]) == 0
+    held = hold(spawned_only=True)
     parent = subprocess.Popen(
         [sys.executable, "-m", "optsearch", "study", "run", name, "--storage", storage_url, "--workers", "3", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=held.env,
     )
+    victim = held.wait(parent)[0]
+    assert victim != parent.pid
     st = optuna.load_study(study_name=name, storage=open_storage(storage_url))
-    victim = _wait_for_child_holding_generation_1(st, parent)
-    victims_trials = {t.number for t in st.get_trials() if t.system_attrs.get(PID_ATTR) == victim
-                      and t.state == TrialState.RUNNING}
+    victims_trials = {t.number for t in study.generations(st)[1] if t.system_attrs.get(PID_ATTR) == victim
+                      and t.state == TrialState.RUNNING and t.intermediate_values}
     os.kill(victim, signal.SIGKILL)
+    held.release()
     out, err = parent.communicate(timeout=600)
     assert parent.returncode == 0, err
     assert "worker process(es) died" in err  # the user is told, but the study is complete
