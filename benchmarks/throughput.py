@@ -16,8 +16,8 @@ Columns, all on the same genomes, batches and initial weights:
 Then the ceiling: the batched forward+backward alone and the fraction of a batched step it takes,
 with the achieved GFLOP/s (3 × forward FLOPs less the first layer's input gradient, per example,
 times the batch, per genome-step). One-at-a-time
-throughput does not depend on P, so ``--reference-genomes`` may time (a) and (b) on the first N
-genomes only. The population is the named baselines plus random genomes from the search space (a
+throughput does not depend on P, so ``--reference-genomes`` may time (a) and (b) on N evenly spaced
+genomes only (a sample with the population's mix of terms: Newton–Schulz members cost several times more). The population is the named baselines plus random genomes from the search space (a
 first generation); members that diverge are retired by (c) and not counted as trained steps.
 Timings are minima over ``--repeats`` interleaved repeats; on a shared machine they are noisy.
 """
@@ -38,7 +38,7 @@ from optsearch.train.evaluate import batch_indices, build_model, data_seed, task
 from optsearch.genome import NAMED, Genome, define_search_space
 from optsearch.optim import GenomeOptimizer
 from optsearch.train.population import Population
-from optsearch.genome.primitives import schedule_factor
+from optsearch.genome.primitives import NS_COEFFICIENTS, NS_EPS, NS_STEPS, schedule_factor
 from optsearch.train.tasks import get_task
 
 CPU = torch.device("cpu")
@@ -56,29 +56,38 @@ def population(n: int, seed: int = 0) -> list[Genome]:
 # ----------------------------------------------------------------------------- (a) notebook style
 @torch.no_grad()
 def notebook_update(params: list[torch.Tensor], state: dict, g: Genome, step: int, total: int) -> None:
-    """The paper notebook's way: per parameter, update m and v, compute each slot's term, sum, apply."""
+    """The paper notebook's way: per parameter, update the moments, compute each term separately, sum, apply.
+
+    It computes every term the genome holds (the slots, the sign-agreement gene, the modern ``extra_term``
+    and the trust ratio), each written out here by hand: a baseline that skipped Newton–Schulz or the
+    trust ratio would make the population look faster than it is."""
     lr_t = g.lr * schedule_factor(step, total, g.warmup, g.warmup_frac, g.cosine_decay)
     if g.clip == "norm":
         torch.nn.utils.clip_grad_norm_(params, g.clip_threshold)
+    terms = g.merged_terms()
+    b3 = g.beta3
     for p in params:
         grad = p.grad
         if g.clip == "value":
             grad = grad.clamp(-g.clip_threshold, g.clip_threshold)
-        st = state.setdefault(p, {"m": torch.zeros_like(p), "v": torch.zeros_like(p), "mu": torch.zeros_like(p)})
+        st = state.setdefault(p, {k: torch.zeros_like(p) for k in ("m", "v", "mu", "m3")})
+        dm3 = (1 - b3) * (grad - st["m3"])  # Adan's EMA of g_t − g_{t−1} is m3's change (g_0 = 0)
+        st["m3"] = b3 * st["m3"] + (1 - b3) * grad
         st["m"] = g.beta1 * st["m"] + (1 - g.beta1) * grad
         st["v"] = g.beta2 * st["v"] + (1 - g.beta2) * grad * grad
         m_hat = st["m"] / (1 - g.beta1**step) if g.bias_correction else st["m"]
         v_hat = st["v"] / (1 - g.beta2**step) if g.bias_correction else st["v"]
+        denom = v_hat.sqrt() + g.eps
         update = torch.zeros_like(p)
-        for term, alpha in zip(g.terms, g.alphas):
+        for term, alpha in terms.items():
             if term == "grad":
                 u = grad
             elif term == "momentum":
                 u = m_hat
             elif term == "rms_norm":
-                u = grad / (v_hat.sqrt() + g.eps)
+                u = grad / denom
             elif term == "adam":
-                u = m_hat / (v_hat.sqrt() + g.eps)
+                u = m_hat / denom
             elif term == "sign_grad":
                 u = grad.sign()
             elif term == "unit_grad":
@@ -89,14 +98,40 @@ def notebook_update(params: list[torch.Tensor], state: dict, g: Genome, step: in
                 u = m_hat.sign()
             elif term == "lion":
                 u = (g.beta1 * st["mu"] + (1 - g.beta1) * grad).sign()
+            elif term == "add_sign":
+                u = (1 + grad.sign() * m_hat.sign()) * grad
+            elif term == "power_sign":
+                u = torch.exp(grad.sign() * m_hat.sign()) * grad
+            elif term == "ortho_momentum":
+                u = newton_schulz(m_hat) if p.dim() == 2 else m_hat
+            elif term == "ademamix":
+                u = st["m3"] / denom
+            elif term == "adan_diff":
+                u = dm3 / denom
             else:
-                continue
+                raise ValueError(f"the notebook baseline does not know the term {term!r}")
             update = update + alpha * u
-        if "lion" in g.terms:
+        if "lion" in terms:
             st["mu"] = g.beta2 * st["mu"] + (1 - g.beta2) * grad
+        if g.trust_ratio:
+            pn, un = p.norm(), update.norm()
+            if pn > 0 and un > 0:
+                update = update * (pn / un)
         if g.weight_decay:
             p.mul_(1 - lr_t * g.wd)
         p.sub_(lr_t * update)
+
+
+def newton_schulz(m: torch.Tensor) -> torch.Tensor:
+    """Muon's quintic iteration on one matrix, written out (scaled by √max(1, rows/cols) as the library's)."""
+    a, b, c = NS_COEFFICIENTS
+    x = m.T if m.shape[0] > m.shape[1] else m
+    x = x / x.norm().clamp(min=NS_EPS)
+    for _ in range(NS_STEPS):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    x = x.T if m.shape[0] > m.shape[1] else x
+    return x * math.sqrt(max(1.0, m.shape[0] / m.shape[1]))
 
 
 def one_by_one(task, data, genomes: list[Genome], order: torch.Tensor, kind: str) -> tuple[float, int]:
@@ -181,7 +216,8 @@ def run_task(name: str, p: int, steps: int, batch_size: int, n_ref: int, repeats
     genomes = population(p)
     order = batch_indices(len(data.train_x), batch_size, steps, data_seed(0, name))
     flops = flops_per_genome_step(task, min(batch_size, len(data.train_x)))
-    ref = genomes[: max(1, min(n_ref or p, p))]
+    n = max(1, min(n_ref or p, p))  # evenly spaced: the sample has the population's mix of terms
+    ref = [genomes[i * p // n] for i in range(n)]
     print(f"\n## {name}: {task.description}; P = {p}, {steps} steps, batch {batch_size}; "
           f"(a), (b) timed on {len(ref)} of the {p} genomes; ≈ {flops / 1e6:.1f} MFLOP per genome-step")
     if compile_update:  # compile once, outside the timings (a one-time cost per process)
@@ -236,7 +272,7 @@ def main() -> None:
     ap.add_argument("--population", type=int, default=50)
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--reference-genomes", type=int, default=0, help="time (a), (b) on this many genomes (0: all)")
+    ap.add_argument("--reference-genomes", type=int, default=0, help="time (a), (b) on this many evenly spaced genomes (0: all)")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--no-compile", action="store_true", help="skip the compiled-update column")
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
