@@ -134,6 +134,7 @@ def test_report_draws_the_analysis_figures_in_a_forked_child_while_it_draws_the_
     import os
 
     from optsearch.analysis import figures
+    from optsearch.analysis.child import in_child
 
     drawn_by = tmp_path / "pid"
     real = figures.matplotlib_figures
@@ -148,7 +149,33 @@ def test_report_draws_the_analysis_figures_in_a_forked_child_while_it_draws_the_
     assert {p.name for p in paths} >= {"importance.png", "history.png", "principles.png"}
     assert all(p.read_bytes()[:8] == PNG for p in paths if p.suffix == ".png")  # ... and they are there
     with pytest.raises(ZeroDivisionError):  # the child's errors come back
-        figures.in_child(lambda: 1 / 0)()
+        in_child(lambda: 1 / 0)()
+
+
+def test_analysis_runs_fanova_and_the_adjusted_effects_in_a_forked_child_with_the_same_numbers(single, tmp_path,
+                                                                                                   monkeypatch):
+    import os
+
+    from optsearch.analysis import result as result_module
+
+    data = single["result"].data
+    ran_in = tmp_path / "pids"
+    for name in ("fanova", "adjusted_principles"):
+        def spy(*args, _real=getattr(result_module, name), _name=name, **kwargs):
+            with ran_in.open("a") as f:
+                f.write(f"{_name} {os.getpid()}\n")
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(result_module, name, spy)
+    parallel = analyze(data)
+    pids = dict(line.split() for line in ran_in.read_text().splitlines())
+    assert set(pids) == {"fanova", "adjusted_principles"} and int(pids["fanova"]) != os.getpid()  # in a child
+    serial = analyze(data, in_parallel=False)  # everything here, in order: the same numbers
+    dump = lambda r: json.dumps(r.to_dict(), sort_keys=True, default=str)  # noqa: E731 (NaN-safe equality)
+    assert dump(parallel) == dump(serial) == dump(single["result"])
+    assert parallel.importance.fanova and any(p.scope == "other genes held fixed" for p in parallel.principles)
+    monkeypatch.setattr(result_module, "fanova", lambda view: 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # the child's errors come back
+        analyze(data)
 
 
 def test_dashboard_note_and_figures_saved_and_replaced_on_rerun(single):

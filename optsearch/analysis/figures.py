@@ -247,42 +247,6 @@ def write_figures(result: Analysis, out: Path) -> list[Path]:
     return paths
 
 
-_JOB: tuple[Any, tuple] | None = None  # what the forked child runs: inherited with its memory, never pickled
-
-
-def _run_job() -> Any:
-    assert _JOB is not None
-    fn, args = _JOB
-    return fn(*args)
-
-
-def in_child(fn: Any, *args: Any):
-    """Start ``fn(*args)`` in a forked child process; returns a function that waits for its result.
-
-    Drawing PNGs is single-threaded Python and Agg: the report draws the analysis's figures in a child while
-    it draws the search's own (which read the storage) itself, so the two use both cores. The child gets
-    ``args`` by forking (the Analysis is not pickled; only the result comes back). Where fork is unavailable,
-    ``fn`` runs here when the result is asked for.
-    """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    global _JOB
-    if "fork" not in multiprocessing.get_all_start_methods():
-        return lambda: fn(*args)
-    _JOB = (fn, args)
-    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
-    future = pool.submit(_run_job)  # forks now, with _JOB set
-    _JOB = None
-
-    def result() -> Any:
-        try:
-            return future.result()
-        finally:
-            pool.shutdown()
-    return result
-
-
 def _short(p: Principle) -> str:
     """A principle's name for a dashboard card, where long labels would crowd out the plot."""
     if p.scope == ADJUSTED:

@@ -350,12 +350,14 @@ class Importance:
 
 
 def compute_importance(genomes: Sequence[Genome], y: np.ndarray, *, seed: int = 0,
-                       features: Features | None = None) -> Importance:
+                       features: Features | None = None, with_fanova: bool = True) -> Importance:
     """All importances for ``genomes`` scored ``y`` (higher is better; diverged trials already removed).
 
     The forest surrogate is fitted in a second thread while the Optuna evaluators run: its fitting and
     prediction run in scikit-learn's compiled code, which releases the GIL, so on two cores the two
-    overlap. Each side is seeded on its own, so the numbers do not depend on the overlap.
+    overlap. ``with_fanova=False`` leaves ``fanova`` empty for the caller to fill
+    (:func:`~optsearch.analysis.result.analyze` computes it in a forked child). Each estimator is seeded
+    on its own, so the numbers do not depend on where or in what order they run.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -365,5 +367,6 @@ def compute_importance(genomes: Sequence[Genome], y: np.ndarray, *, seed: int = 
         forest = pool.submit(surrogate, features, y, seed=seed)
         units = unit_view(features, y)
         raw = view_study([g.to_params() for g in genomes], search_space(), y)
-        ped, fa, raw_ped = ped_anova(units), fanova(units), ped_anova(raw)
+        ped, raw_ped = ped_anova(units), ped_anova(raw)
+        fa = fanova(units) if with_fanova else {}
         return Importance(ped_anova=ped, fanova=fa, surrogate=forest.result(), raw_ped_anova=raw_ped)

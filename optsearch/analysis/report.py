@@ -27,7 +27,8 @@ from optsearch.analysis.evolution import (
     Member, anatomy, fronts_by_generation, generation_summary_text, memory_front, read_members, winner_lineage,
 )
 from optsearch.analysis.evolution_figures import NO_CURVES, save_search_figures, write_search_figures
-from optsearch.analysis.figures import in_child, plotly_figures, write_figures
+from optsearch.analysis.child import in_child
+from optsearch.analysis.figures import plotly_figures, write_figures
 from optsearch.analysis.importance import METHODS, Importance, unit_label
 from optsearch.analysis.principles import ALPHA, CORRECTION, N_BOOT, pct
 from optsearch.analysis.result import Analysis, analyze
