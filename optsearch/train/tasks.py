@@ -393,11 +393,11 @@ def _sequence(spec: sequence.RecallSpec) -> Callable[[Path | None], Arrays]:
 
 
 _RECALL = sequence.RecallSpec()
-_RECALL_LARGE = sequence.RecallSpec(pairs=10, keys=24, train=30_000, seed=8765)
+_RECALL_LARGE = sequence.RecallSpec(pairs=8, keys=24, train=30_000, seed=8765)
 register(Task(name="recall", build_model=sequence.transformer(_RECALL), read=_sequence(_RECALL), steps=200,
               batch_size=64, val_size=2000, embedded=True, input_shape=(_RECALL.length,),
               description="associative recall (6 key-value pairs, generated), causal transformer 2×64"))
-register(Task(name="recall_large", build_model=sequence.transformer(_RECALL_LARGE, d=96, layers=3),
+register(Task(name="recall_large", build_model=sequence.transformer(_RECALL_LARGE, layers=3),
               read=_sequence(_RECALL_LARGE), steps=400, batch_size=64, val_size=2000, embedded=True,
               input_shape=(_RECALL_LARGE.length,),
-              description="associative recall (10 pairs, generated), causal transformer 3×96 (a funnel task)"))
+              description="associative recall (8 pairs, generated), causal transformer 3×64 (a funnel task)"))
