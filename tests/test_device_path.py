@@ -281,7 +281,7 @@ def test_precision_is_a_study_setting_passed_to_the_evaluator(monkeypatch):
     with pytest.raises(ConfigError, match="precision"):
         StudyConfig.from_dict({"search": {**base["search"], "precision": "fp16"}})
     seen = {}
-    monkeypatch.setattr(worker_mod, "Pruning", lambda *a: None)
+    monkeypatch.setattr(worker_mod, "Pruning", lambda *a, **k: None)
     monkeypatch.setattr("optsearch.train.evaluate.evaluate", lambda *a, **k: seen.update(spec=a[3]))
     fake = type("W", (), {"cfg": cfg, "study": None, "device": "cpu", "data_dir": None})()
     worker_mod.Worker._evaluate(fake, [], [], 0)
