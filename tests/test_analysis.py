@@ -428,3 +428,27 @@ def test_batched_bootstrap_fit_equals_one_weighted_fit_per_replicate():
     for w, coef in zip(W, batched):
         rows = np.repeat(np.arange(200), w.astype(int))  # a replicate is the fit on the rows drawn
         assert np.allclose(coef, np.linalg.lstsq(X[rows], y[rows], rcond=None)[0], atol=1e-4)
+
+
+def test_scikit_learn_is_imported_before_the_forest_thread_starts():
+    """A first import of scikit-learn in two threads at once can fail (partly initialised module): the forest's
+    thread must find it imported. In a fresh process, so no earlier test has imported it already."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import numpy as np\n"
+        "from optsearch.analysis import importance\n"
+        "from optsearch.genome import Genome\n"
+        "seen = []\n"
+        "def fake(*a, **k):\n"
+        "    seen.append(all(m in sys.modules for m in ('sklearn.ensemble', 'sklearn.metrics', 'sklearn.model_selection')))\n"
+        "    return importance.Surrogate(model=None, cv_r2=[], oob_r2=float('nan'))\n"
+        "importance.surrogate = fake\n"
+        "gs = [Genome(lr_log10=-3.0 + i / 10) for i in range(12)]\n"
+        "importance.compute_importance(gs, np.linspace(0, 1, 12), with_fanova=False)\n"
+        "assert seen == [True], seen\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]

@@ -361,6 +361,12 @@ def compute_importance(genomes: Sequence[Genome], y: np.ndarray, *, seed: int = 
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    # scikit-learn is imported before the thread starts: two threads importing it for the first time at once can
+    # see a partly initialised module ("cannot import name 'clone' … circular import"; seen in the test suite)
+    import sklearn.ensemble  # noqa: F401
+    import sklearn.metrics  # noqa: F401
+    import sklearn.model_selection  # noqa: F401
+
     features = features or genome_features(genomes)
     y = np.asarray(y, dtype=float)
     with ThreadPoolExecutor(1) as pool:
