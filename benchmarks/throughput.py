@@ -71,8 +71,9 @@ def notebook_update(params: list[torch.Tensor], state: dict, g: Genome, step: in
         if g.clip == "value":
             grad = grad.clamp(-g.clip_threshold, g.clip_threshold)
         st = state.setdefault(p, {k: torch.zeros_like(p) for k in ("m", "v", "mu", "m3")})
-        dm3 = (1 - b3) * (grad - st["m3"])  # Adan's EMA of g_t − g_{t−1} is m3's change (g_0 = 0)
-        st["m3"] = b3 * st["m3"] + (1 - b3) * grad
+        if "ademamix" in terms or "adan_diff" in terms:  # the slow EMA only where a term reads it, as the library
+            dm3 = (1 - b3) * (grad - st["m3"])  # Adan's EMA of g_t − g_{t−1} is m3's change (g_0 = 0)
+            st["m3"] = b3 * st["m3"] + (1 - b3) * grad
         st["m"] = g.beta1 * st["m"] + (1 - g.beta1) * grad
         st["v"] = g.beta2 * st["v"] + (1 - g.beta2) * grad * grad
         m_hat = st["m"] / (1 - g.beta1**step) if g.bias_correction else st["m"]
