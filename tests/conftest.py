@@ -87,10 +87,17 @@ def _evaluate_noting_generation(self, trials, genomes, generation):
 
 def _call_then_hold(self, cp):
     prune = _call(self, cp)
-    if _generation[0] == 1 and str(os.getppid()) != _SPARE and not (_DIR / "release").exists():
-        (_DIR / f"held-{os.getpid()}").write_text("")
-        while not (_DIR / "release").exists():
+    if _generation[0] != 1 or (_DIR / "release").exists():
+        return prune
+    if str(os.getppid()) == _SPARE:
+        # The spared lead works too: left running, it could finish every generation while the spawned
+        # workers are still importing torch (seen in CI), so it waits until one of them is held.
+        while not any(_DIR.glob("held-*")) and not (_DIR / "release").exists():
             time.sleep(0.05)
+        return prune
+    (_DIR / f"held-{os.getpid()}").write_text("")
+    while not (_DIR / "release").exists():
+        time.sleep(0.05)
     return prune
 
 
@@ -103,7 +110,8 @@ class Hold:
     """Stops `study run` worker processes at their first checkpoint of generation 1 until released.
 
     Start the processes with ``env=hold.env``; ``wait`` returns the pids that are held. Only workers
-    spawned by a `study run` are held when ``spawned_only`` (the parent, started by the test, is not).
+    spawned by a `study run` are held when ``spawned_only``; the parent, started by the test, then
+    waits at the same point until one of them is held (else it may finish the study alone).
     """
 
     def __init__(self, root: Path, *, spawned_only: bool):
