@@ -102,6 +102,26 @@ def test_ablation_drops_a_useless_term_and_switch_and_keeps_useful_ones(tmp_path
     assert ablation.read(st) == result
 
 
+def test_a_later_step_trains_neither_the_current_genome_nor_a_part_shown_to_hurt(tmp_path):
+    """Step 0 shows that removing adam, momentum, cosine decay or the rule costs more than the margin; later
+    steps keep them untested (their row is step 0's), and the current genome's scores are the previous
+    step's (it was measured there as the variant that was dropped)."""
+    st = new_study(tmp_path)
+    runner = Runner()
+    result = ablation.run(st, WINNER, UNITS, runner)
+    sizes = [n for n, unit in runner.calls if unit == UNITS[0]]
+    sweep = len(ablation.LR_SWEEP)
+    # step 0: the genome + 7 parts; step 1: the 2 harmless parts left; step 2: the last one
+    assert sizes == [1 + 7 * sweep, 2 * sweep, 1 * sweep] and result.steps == 3
+    rows = {r.component.split(" (")[0]: r for r in result.rows}
+    for part in ("term adam", "term momentum", "cosine decay", "the update rule → Adam's"):
+        assert rows[part].step == 0 and not rows[part].dropped and rows[part].effect.hi < -ablation.MARGIN
+    assert "| term adam (α 1) | -0.2" in "\n".join(ablation.summary(result)).replace("−", "-")
+    # an ablation stored before carrying replays by its own rule: every step trained everything again
+    head = st.user_attrs[f"{ablation.PREFIX}0"]
+    assert head["carry"] is True and ablation._protocol({**head, "carry": None})["carry"] is False
+
+
 def test_a_killed_ablation_resumes_where_it_stopped(tmp_path):
     st = new_study(tmp_path)
     with pytest.raises(KeyboardInterrupt):

@@ -150,7 +150,8 @@ def run(study: optuna.Study, start: Genome, units: Sequence[Unit], run_unit: Run
     head = study.user_attrs.get(f"{PREFIX}0")
     rule: float | None = head.get("margin") if isinstance(head, dict) else margin
     proto = _protocol(head) if isinstance(head, dict) else {"lr_sweep": list(LR_SWEEP), "rule_parts": True,
-                                                              "holm": True, "shared_recipe": shared_recipe}
+                                                              "holm": True, "shared_recipe": shared_recipe,
+                                                              "carry": True}
     bar = None
     if progress:
         from tqdm import tqdm
@@ -179,9 +180,11 @@ def run(study: optuna.Study, start: Genome, units: Sequence[Unit], run_unit: Run
 
 
 def _protocol(head: dict[str, Any]) -> dict[str, Any]:
-    """The stored protocol of an ablation; one stored before the lr re-sweep, rule parts and Holm replays as it ran."""
+    """The stored protocol of an ablation; one stored before the lr re-sweep, rule parts, Holm or carrying
+    replays as it ran."""
     return {"lr_sweep": list(head.get("lr_sweep", [0.0])), "rule_parts": bool(head.get("rule_parts", False)),
-            "holm": bool(head.get("holm", False)), "shared_recipe": bool(head.get("shared_recipe", False))}
+            "holm": bool(head.get("holm", False)), "shared_recipe": bool(head.get("shared_recipe", False)),
+            "carry": bool(head.get("carry", False))}
 
 
 def read(study: optuna.Study) -> Ablation | None:
@@ -241,30 +244,44 @@ def holm_harmless(effects: Sequence[Interval], margin: float, alpha: float = ALP
 
 def _replay(start: Genome, reference: Genome | None, margin: float | None, stage: Any,
             proto: dict[str, Any] | None = None) -> Ablation | None:
-    """Step through the ablation; ``stage(step, genomes, has_reference)`` returns their scores (None: not yet)."""
+    """Step through the ablation; ``stage(step, genomes, has_reference)`` returns their scores (None: not yet).
+
+    With ``carry`` (ablations stored since it), a step after the first does not train again what is known
+    on these units: the current genome (measured in the previous step as the variant that was dropped,
+    at its lr) and the parts shown to *hurt* — removing them cost more than the margin, the whole interval
+    below −margin — which are kept with the row of the step that showed it. Dropping a part shown harmless
+    is not expected to make a part that costs more than the margin free, and each such part saved 3 of a
+    step's members × every run."""
     proto = proto or {"lr_sweep": [0.0], "rule_parts": False, "holm": False, "shared_recipe": False}
+    carry = bool(proto.get("carry", False))
     sweep = [float(o) for o in proto["lr_sweep"]]
-    current, rows, step, runs = start, [], 0, 0
+    current, rows, step, runs, trained = start, [], 0, 0, 0
     ref_scores: list[float] | None = None
     current_scores: list[float] = []
+    hurting: dict[str, Row] = {}  # label -> the row that showed removing it costs more than the margin (carry)
     while True:
-        variants = components(current, rule_parts=proto["rule_parts"], shared_recipe=proto["shared_recipe"])
+        variants = [(label, g) for label, g in components(current, rule_parts=proto["rule_parts"],
+                                                          shared_recipe=proto["shared_recipe"]) if label not in hurting]
         if not variants and step > 0:
             break
         has_ref = step == 0 and reference is not None
+        known = carry and step > 0  # the current genome's scores on these units are the previous step's
         swept = [_with_offset(g, o) for _, g in variants for o in sweep]
-        genomes = [current, *swept, *([reference] if has_ref else [])]
+        genomes = [*([] if known else [current]), *swept, *([reference] if has_ref else [])]
         scores = stage(step, genomes, has_ref)
         if scores is None:
             return None
-        runs, current_scores = len(scores[0]), scores[0]
+        trained += 1
+        if not known:
+            current_scores = scores[0]
+        first, runs = (0 if known else 1), len(scores[0])
         if has_ref:
             ref_scores = scores[-1]
         effects = []
         for i, (label, _) in enumerate(variants):  # each variant at its best lr of the re-sweep
-            rows_i = scores[1 + i * len(sweep): 1 + (i + 1) * len(sweep)]
+            rows_i = scores[first + i * len(sweep): first + (i + 1) * len(sweep)]
             b = max(range(len(sweep)), key=lambda k: (sum(rows_i[k]), -abs(sweep[k]), -k))
-            effects.append((label, swept[i * len(sweep) + b], paired_difference(rows_i[b], scores[0]), rows_i[b]))
+            effects.append((label, swept[i * len(sweep) + b], paired_difference(rows_i[b], current_scores), rows_i[b]))
         if proto["holm"] and margin is not None:
             ok = holm_harmless([eff for _, _, eff, _ in effects], margin)
         else:
@@ -273,14 +290,18 @@ def _replay(start: Genome, reference: Genome | None, margin: float | None, stage
         if not free:
             rows += [Row(label, eff, False, step) for label, _, eff, _ in effects]
             break
+        if carry:
+            bar = margin if margin is not None else 0.0
+            hurting.update({label: Row(label, eff, False, step) for label, _, eff, _ in effects
+                            if math.isfinite(eff.hi) and eff.hi < -bar})
         i = max(free, key=lambda j: effects[j][2].mean)  # the part whose removal costs least
         label, smaller, eff, smaller_scores = effects[i]
         rows.append(Row(label, eff, True, step))
         current, current_scores = smaller, smaller_scores
         step += 1
+    rows += hurting.values()
     ref_diff = paired_difference(current_scores, ref_scores) if ref_scores is not None else None
-    return Ablation(start, current, tuple(rows), step + 1 if not rows or not rows[-1].dropped else step, ref_diff, runs,
-                    margin, holm=bool(proto["holm"]))
+    return Ablation(start, current, tuple(rows), trained, ref_diff, runs, margin, holm=bool(proto["holm"]))
 
 
 def _with_offset(g: Genome, offset: float) -> Genome:
