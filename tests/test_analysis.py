@@ -452,3 +452,27 @@ def test_scikit_learn_is_imported_before_the_forest_thread_starts():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_the_forest_on_every_core_gives_the_numbers_of_one_core(monkeypatch):
+    """The surrogate's forest fits its trees on threads; its CV scores and importances must not depend on how many."""
+    import sklearn.ensemble
+
+    used = []
+    fit = sklearn.ensemble.RandomForestRegressor.fit
+    monkeypatch.setattr(sklearn.ensemble.RandomForestRegressor, "fit",
+                        lambda self, X, y: (used.append(self.n_jobs), fit(self, X, y))[1])
+    from optsearch.analysis import importance
+    from optsearch.genome import Genome
+
+    rng = np.random.default_rng(0)
+    gs = [Genome(lr_log10=float(rng.uniform(-4, -1)), bias_correction=bool(rng.integers(2))) for _ in range(60)]
+    y = np.array([-(g.lr_log10 + 2.5) ** 2 + 0.3 * g.bias_correction for g in gs]) + rng.normal(0, 0.05, 60)
+    features = importance.genome_features(gs)
+    runs = []
+    for cores in (1, 4):
+        monkeypatch.setattr("os.cpu_count", lambda: cores)
+        s = importance.surrogate(features, y)
+        assert s.model.get_params()["n_jobs"] == 1  # fitted on `cores` threads, predicts on one
+        runs.append((s.cv_r2, s.oob_r2, s.importance, s.model.predict(features.X).tolist()))
+    assert runs[0] == runs[1] and set(used) == {1, 4}

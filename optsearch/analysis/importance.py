@@ -242,10 +242,23 @@ class Surrogate:
 
 
 def _forest(seed: int, oob: bool = False):
+    """100 trees built on every core (threads: tree building releases the GIL); fit it with :func:`_fit`.
+
+    The trees' seeds are drawn before they are built, so the trees are the same whatever ``n_jobs``; on two
+    cores the second one is free once the analysis's forked child (fANOVA, bootstrap) is done, and the forest
+    is the longest step."""
+    import os
+
     from sklearn.ensemble import RandomForestRegressor
 
     return RandomForestRegressor(n_estimators=100, min_samples_leaf=3, max_features=0.5, oob_score=oob,
-                                 random_state=seed, n_jobs=1)
+                                 random_state=seed, n_jobs=min(4, os.cpu_count() or 1))
+
+
+def _fit(forest, X: np.ndarray, y: np.ndarray):
+    """Fit on threads, then predict on one: threads add the trees' predictions in the order they finish, and
+    float sums in another order differ in the last bits (the analysis prints the same numbers every run)."""
+    return forest.fit(X, y).set_params(n_jobs=1)
 
 
 def surrogate(features: Features, y: np.ndarray, *, seed: int = 0, folds: int = 5, repeats: int = 3) -> Surrogate:
@@ -261,7 +274,7 @@ def surrogate(features: Features, y: np.ndarray, *, seed: int = 0, folds: int = 
     folds = min(folds, n // 2)
     if folds >= 2:
         for k, (tr, te) in enumerate(KFold(folds, shuffle=True, random_state=seed).split(X)):
-            m = _forest(seed + k).fit(X[tr], y[tr])
+            m = _fit(_forest(seed + k), X[tr], y[tr])
             base = r2_score(y[te], m.predict(X[te]))
             cv_r2.append(float(base))
             # Every permuted copy of the held-out fold in one predict call (a call costs ~25 ms of overhead).
@@ -275,7 +288,7 @@ def surrogate(features: Features, y: np.ndarray, *, seed: int = 0, folds: int = 
             pred = m.predict(np.concatenate(blocks)).reshape(len(blocks), len(te))
             for unit, p in zip(keys, pred):
                 drops[unit].append(base - r2_score(y[te], p))
-    final = _forest(seed, oob=n >= 20).fit(X, y)
+    final = _fit(_forest(seed, oob=n >= 20), X, y)
     oob = float(final.oob_score_) if n >= 20 else float("nan")
     imp = {u: (float(np.mean(d)), float(np.std(d))) for u, d in drops.items() if d}
     return Surrogate(final, cv_r2, oob, dict(sorted(imp.items(), key=lambda kv: -kv[1][0])))

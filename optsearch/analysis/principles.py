@@ -193,6 +193,13 @@ def departs(genomes: Sequence[Genome], key: str) -> np.ndarray:
     return np.array([switch_on(g, key) != ref for g in genomes], dtype=bool)
 
 
+def departures(genomes: Sequence[Genome]) -> dict[str, np.ndarray]:
+    """:func:`departs` for every switch and primitive, each genome's terms merged once (not once per key)."""
+    terms = [g.merged_terms() for g in genomes]
+    return {key: np.array([key in t for t in terms], dtype=bool) if key in PRIMITIVES else departs(genomes, key)
+            for key in (*SWITCHES, *PRIMS)}
+
+
 def departure_label(key: str) -> str:
     """What departing from the hand-crafted choice means, in words ("Disabling bias correction", …)."""
     if key in _SWITCH_LABELS:
@@ -209,9 +216,8 @@ def effect_principles(genomes: Sequence[Genome], y: np.ndarray, *, unit: str = "
     top = y >= np.quantile(y, 1 - top_quantile) if len(y) else np.zeros(0, dtype=bool)
     scope_top = f"top {pct(top_quantile)}"
     out: list[Principle] = []
-    for key in (*SWITCHES, *PRIMS):
+    for key, mask in departures(genomes).items():
         kind = "switch" if key in SWITCHES else "primitive"
-        mask = departs(genomes, key)
         out.append(_compare(kind, key, "all", departure_label(key), y, mask, unit=unit, seed=seed))
         out.append(_compare(kind, key, scope_top, departure_label(key), y[top], mask[top], unit=unit, seed=seed))
     return out
@@ -220,8 +226,8 @@ def effect_principles(genomes: Sequence[Genome], y: np.ndarray, *, unit: str = "
 def divergence_principles(finished: Sequence[Genome], diverged: np.ndarray, *, seed: int = 0) -> list[Principle]:
     """How each departure changes the divergence rate, among all finished (complete or diverged) trials."""
     rate = np.asarray(diverged, dtype=float)
-    return [_compare("divergence", key, "all", f"{departure_label(key)}, divergence rate", rate, departs(finished, key),
-                     unit="", seed=seed, percent=True) for key in (*SWITCHES, *PRIMS)]
+    return [_compare("divergence", key, "all", f"{departure_label(key)}, divergence rate", rate, mask,
+                     unit="", seed=seed, percent=True) for key, mask in departures(finished).items()]
 
 
 def _span(lo: float, hi: float, gene: str) -> float:
@@ -296,10 +302,17 @@ def compute_principles(genomes: Sequence[Genome], y: np.ndarray, *, diverged: Se
             (partial dependence is skipped without them).
         unit: how the objective is named in sentences.
     """
-    out = effect_principles(genomes, y, unit=unit, seed=seed)
-    out += continuous_principles(genomes, y, surrogate=surrogate, features=features, unit=unit, seed=seed)
-    if len(diverged):
-        finished = [*genomes, *diverged]
-        flags = np.r_[np.zeros(len(genomes)), np.ones(len(diverged))]
-        out += divergence_principles(finished, flags, seed=seed)
-    return out
+    effects, rates = principles_without_surrogate(genomes, y, diverged=diverged, unit=unit, seed=seed)
+    return effects + continuous_principles(genomes, y, surrogate=surrogate, features=features, unit=unit,
+                                           seed=seed) + rates
+
+
+def principles_without_surrogate(genomes: Sequence[Genome], y: np.ndarray, *, diverged: Sequence[Genome] = (),
+                                 unit: str = "fitness", seed: int = 0) -> tuple[list[Principle], list[Principle]]:
+    """The switch and primitive effects, and the divergence-rate effects (empty without ``diverged``): the
+    principles that need no forest, which the analysis computes in its child while it fits the forest."""
+    effects = effect_principles(genomes, y, unit=unit, seed=seed)
+    if not len(diverged):
+        return effects, []
+    flags = np.r_[np.zeros(len(genomes)), np.ones(len(diverged))]
+    return effects, divergence_principles([*genomes, *diverged], flags, seed=seed)

@@ -17,7 +17,8 @@ from optsearch.analysis.adjusted import adjusted_principles
 from optsearch.analysis.data import StudyData
 from optsearch.analysis.child import in_child
 from optsearch.analysis.importance import Features, Importance, compute_importance, fanova, genome_features, unit_view
-from optsearch.analysis.principles import ALPHA, CORRECTION, Principle, compute_principles, correct
+from optsearch.analysis.principles import (ALPHA, CORRECTION, Principle, continuous_principles, correct,
+                                           principles_without_surrogate)
 
 
 @dataclass
@@ -59,9 +60,12 @@ class Analysis:
         }
 
 
-def _independent(features: Features, d: StudyData, unit: str, seed: int) -> tuple[dict, list[Principle]]:
-    """fANOVA's importances and the adjusted principles: the steps that need neither the forest nor each other."""
-    return fanova(unit_view(features, d.y)), adjusted_principles(d.genomes, d.y, d.generation, unit=unit, seed=seed)
+def _independent(features: Features, d: StudyData, data: StudyData, seed: int) -> tuple[dict, tuple, list[Principle]]:
+    """fANOVA's importances, the principles that need no forest and the adjusted principles: the steps that
+    need neither the forest nor each other."""
+    plain = principles_without_surrogate(d.genomes, d.y, diverged=data.diverged, unit=data.label, seed=seed)
+    return (fanova(unit_view(features, d.y)), plain,
+            adjusted_principles(d.genomes, d.y, d.generation, unit=data.label, seed=seed))
 
 
 def analyze(data: StudyData, *, seed: int = 0, in_parallel: bool = True) -> Analysis:
@@ -69,27 +73,28 @@ def analyze(data: StudyData, *, seed: int = 0, in_parallel: bool = True) -> Anal
 
     Repeated genomes are merged first (:meth:`StudyData.distinct`), so the surrogate's K-fold CV is
     grouped by genome (no genome on both sides of a split) and every resampling counts a genome once;
-    the effects with the other genes held fixed resample within generations. ``in_parallel``: fANOVA and
-    the adjusted effects run in a forked child (:func:`~optsearch.analysis.child.in_child`) while this
+    the effects with the other genes held fixed resample within generations. ``in_parallel``: fANOVA, the
+    effects that need no forest and the adjusted effects run in a forked child (:func:`~optsearch.analysis.child.in_child`) while this
     process does the rest; ``False`` runs everything here, in order (the same numbers: every estimator has
     its own seed).
     """
     t0 = time.perf_counter()
     d = data.distinct()
     features = genome_features(d.genomes)
-    # fANOVA and the adjusted effects need neither the forest nor each other: a forked child computes them
-    # while this process fits the forest and computes the plain principles (both cores; same numbers).
+    # fANOVA, the effects and the adjusted effects need neither the forest nor each other: a forked child
+    # computes them while this process fits the forest and reads the continuous genes' partial dependence
+    # from it (both cores; same numbers, in the same order as compute_principles gives them).
     if in_parallel:
-        pending = in_child(_independent, features, d, data.label, seed)
+        pending = in_child(_independent, features, d, data, seed)
     else:
-        done = _independent(features, d, data.label, seed)
+        done = _independent(features, d, data, seed)
         pending = lambda: done  # noqa: E731
     imp = compute_importance(d.genomes, d.y, seed=seed, features=features, with_fanova=False)
-    principles = compute_principles(d.genomes, d.y, diverged=data.diverged, surrogate=imp.surrogate,
-                                    features=features, unit=data.label, seed=seed)
-    fa, adjusted = pending()
+    continuous = continuous_principles(d.genomes, d.y, surrogate=imp.surrogate, features=features,
+                                       unit=data.label, seed=seed)
+    fa, (effects, rates), adjusted = pending()
     imp = replace(imp, fanova=fa)
-    principles += adjusted
+    principles = effects + continuous + rates + adjusted
     correct(principles)  # one family: every test this analysis reports
     return Analysis(data, d, features, imp, principles, time.perf_counter() - t0)
 

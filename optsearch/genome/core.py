@@ -8,6 +8,7 @@ dropped by fANOVA.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, fields, replace
@@ -368,7 +369,15 @@ def _check_float(name: str, x: Any, lo: float, hi: float) -> None:
 
 
 def search_space() -> dict[str, BaseDistribution]:
-    """The static Optuna search space: parameter name -> distribution (insertion order is stable)."""
+    """The static Optuna search space: parameter name -> distribution (insertion order is stable).
+
+    A new dict each call (callers may edit it) over distributions built once: reading a study calls this
+    per trial, and building them was a tenth of loading 2,500 trials."""
+    return dict(_space())
+
+
+@functools.cache
+def _space() -> dict[str, BaseDistribution]:
     space: dict[str, BaseDistribution] = {}
     for i in range(K):
         space[f"term_{i}"] = CategoricalDistribution(TERM_CHOICES)
