@@ -21,7 +21,7 @@ import optuna
 
 from optsearch.analysis.data import trial_generation
 from optsearch.analysis.importance import PRIMS, SWITCHES
-from optsearch.analysis.principles import departs, departure_label
+from optsearch.analysis.principles import departs, departures, departure_label
 from optsearch.errors import GenomeError, OptsearchError
 from optsearch.genome import Genome, search_space, upgrade_params
 from optsearch.search.funnel import final_round
@@ -173,8 +173,9 @@ def generations(members: Sequence[Member]) -> Generations:
     terms: dict[str, np.ndarray] = {}
     switches: dict[str, np.ndarray] = {}
     genomes = {g: [m.genome for m in by_gen[g] if m.genome is not None] for g in gens}
+    share = {g: departures(genomes[g]) for g in gens if genomes[g]}
     for key in (*PRIMS, *SWITCHES):
-        freq = np.array([departs(genomes[g], key).mean() if genomes[g] else 0.0 for g in gens])
+        freq = np.array([share[g][key].mean() if genomes[g] else 0.0 for g in gens])
         (terms if key in PRIMS else switches)[key] = freq
     return Generations(gens, fitness, counts, best, so_far, terms, switches)
 

@@ -18,7 +18,7 @@ from optsearch.analysis.importance import PRIMS, SWITCHES, Importance
 from optsearch.analysis.adjusted import SCOPE as ADJUSTED
 from optsearch.analysis.data import StudyData
 from optsearch.analysis.evolution import pareto_mask
-from optsearch.analysis.principles import ALPHA, CORRECTION, TOP_QUANTILE, Principle, departs, departure_label, pct
+from optsearch.analysis.principles import ALPHA, CORRECTION, TOP_QUANTILE, Principle, departures, departure_label, pct
 from optsearch.analysis.result import Analysis
 
 
@@ -36,7 +36,8 @@ def term_frequencies(d: StudyData) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     departs from Adam's setting of each switch."""
     gens = np.array(sorted({g for g, _ in d.population}))
     by_gen = {g: [x for gg, x in d.population if gg == g] for g in gens}
-    freq = {k: np.array([departs(by_gen[g], k).mean() for g in gens]) for k in (*PRIMS, *SWITCHES)}
+    share = {g: departures(by_gen[g]) for g in gens}
+    freq = {k: np.array([share[g][k].mean() for g in gens]) for k in (*PRIMS, *SWITCHES)}
     return gens, freq
 
 

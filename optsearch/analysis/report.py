@@ -24,7 +24,7 @@ import numpy as np
 from optsearch.errors import OptsearchError
 from optsearch.analysis.data import StudyData, load_study_data
 from optsearch.analysis.evolution import (
-    Member, anatomy, fronts_by_generation, generation_summary_text, memory_front, read_members, winner_lineage,
+    Member, anatomy, fronts_by_generation, generation_summary_text, memory_front, winner_lineage,
 )
 from optsearch.analysis.evolution_figures import NO_CURVES, save_search_figures, write_search_figures
 from optsearch.analysis.child import in_child
@@ -66,7 +66,7 @@ def analyze_study(name: str, storage: str | None = None, objective: str | None =
 def write_outputs(result: Analysis, out: Path) -> list[Path]:
     """report.md, principles.json and the PNG figures in ``out``; returns the files written."""
     pending = in_child(write_figures, result, out)  # the analysis's PNGs on the other core
-    members = read_members(result.data.study)
+    members = result.members
     search_pngs = write_search_figures(result.data.study, out, members)
     pngs = pending()
     js = write_json(result.to_dict(), out / "principles.json")
@@ -332,7 +332,7 @@ def save_to_dashboard(result: Analysis) -> list[str]:
     ids = []
     for name, fig in plotly_figures(result).items():
         ids.append(save_plotly_graph_object(d.study, fig, graph_object_id=graph_id(d.objective, name)))
-    return ids + save_search_figures(d.study)
+    return ids + save_search_figures(d.study, result.members)
 
 
 __all__ = [

@@ -7,6 +7,7 @@ can be used (or replaced) on its own.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -15,6 +16,7 @@ import numpy as np
 
 from optsearch.analysis.adjusted import adjusted_principles
 from optsearch.analysis.data import StudyData
+from optsearch.analysis.evolution import Member, read_members
 from optsearch.analysis.child import in_child
 from optsearch.analysis.importance import Features, Importance, compute_importance, fanova, genome_features, unit_view
 from optsearch.analysis.principles import (ALPHA, CORRECTION, Principle, continuous_principles, correct,
@@ -35,6 +37,11 @@ class Analysis:
     importance: Importance
     principles: list[Principle]
     seconds: float = 0.0
+
+    @functools.cached_property
+    def members(self) -> list[Member]:
+        """Every trial with a generation, read once for the search figures of the report and the dashboard."""
+        return read_members(self.data.study)
 
     @property
     def tests(self) -> int:
