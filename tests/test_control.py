@@ -179,3 +179,15 @@ def test_study_show_ranks_the_top_genomes_relative_to_the_control(monkeypatch, t
     assert "genomes by fitness less their generation's control" in text
     best = best_trials(study, 1)[0]
     assert f"#{best.number} (gen" in text.split("genomes by fitness less")[1].splitlines()[1]
+
+
+def test_the_dashboards_winner_is_the_best_relative_to_the_control(monkeypatch):
+    """Without a funnel, the search figures' winner (lineage, anatomy) is the study's best as ranked against its
+    generation's control, not the raw maximum, which mixes seed difficulty with quality."""
+    from optsearch.analysis.evolution import best_member, read_members, winner_member
+
+    study, _ = run(monkeypatch, config(), hard=0.1)  # odd generations drawn on easy seeds
+    members = read_members(study)
+    best = best_trials(study, 1)[0]
+    assert winner_member(study, members).number == best.number
+    assert best_member(members).number != best.number  # the raw maximum is another trial here

@@ -25,7 +25,7 @@ from optsearch.analysis.principles import departs, departures, departure_label
 from optsearch.errors import GenomeError, OptsearchError
 from optsearch.genome import Genome, search_space, upgrade_params
 from optsearch.search.funnel import final_round
-from optsearch.search.generations import fitness_values, outcome
+from optsearch.search.generations import best_trials, fitness_values, outcome
 
 ORIGIN_ATTR = "GeneticSampler:origin"
 PARENTS_ATTR = "GeneticSampler:parents"
@@ -280,10 +280,13 @@ def checkpoint_layout(study: optuna.Study) -> list[tuple[str, int, int]] | None:
 
 
 def winner_member(study: optuna.Study, members: Sequence[Member]) -> Member | None:
-    """The funnel winner's trial when a funnel round ran (the study's confirmed answer), else the best member."""
+    """The funnel winner's trial when a funnel round ran (the study's confirmed answer), else the study's best
+    trial as every ranking takes it (:func:`~optsearch.search.generations.best_trials`: less its generation's
+    control in a study with controls), else the best member."""
     last = final_round(study)
-    confirmed = next((m for m in members if last is not None and m.number == last.winner.number), None)
-    return confirmed or best_member(members)
+    number = last.winner.number if last is not None else next((t.number for t in best_trials(study, 1)), None)
+    found = next((m for m in members if m.number == number), None)
+    return found or best_member(members)
 
 
 def winner_lineage(study: optuna.Study, members: Sequence[Member]) -> Lineage:
