@@ -369,10 +369,8 @@ def _check_float(name: str, x: Any, lo: float, hi: float) -> None:
 
 
 def search_space() -> dict[str, BaseDistribution]:
-    """The static Optuna search space: parameter name -> distribution (insertion order is stable).
-
-    A new dict each call (callers may edit it) over distributions built once: reading a study calls this
-    per trial, and building them was a tenth of loading 2,500 trials."""
+    """The static Optuna search space: parameter name -> distribution (insertion order is stable); a new dict
+    over distributions built once (reading a study calls this per trial)."""
     return dict(_space())
 
 
@@ -387,10 +385,8 @@ def _space() -> dict[str, BaseDistribution]:
     for name in BOOL_GENES:
         space[name] = CategoricalDistribution((False, True))
     space["clip"] = CategoricalDistribution(CLIP_CHOICES)
-    space["sign_term"] = CategoricalDistribution(SIGN_CHOICES)
-    space["sign_alpha"] = FloatDistribution(*ALPHA_RANGE)
-    space["extra_term"] = CategoricalDistribution(EXTRA_CHOICES)
-    space["extra_alpha"] = FloatDistribution(*ALPHA_RANGE)
+    space["sign_term"], space["sign_alpha"] = CategoricalDistribution(SIGN_CHOICES), FloatDistribution(*ALPHA_RANGE)
+    space["extra_term"], space["extra_alpha"] = CategoricalDistribution(EXTRA_CHOICES), FloatDistribution(*ALPHA_RANGE)
     return {n: space[n] for n in Genome().to_params()}  # the field order of to_params()
 
 
