@@ -21,6 +21,7 @@ put in their top 5 and those only some do. A reader should trust what the method
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Container, Sequence
@@ -245,10 +246,8 @@ def _forest(seed: int, oob: bool = False):
     """100 trees built on every core (threads: tree building releases the GIL); fit it with :func:`_fit`.
 
     The trees' seeds are drawn before they are built, so the trees are the same whatever ``n_jobs``; on two
-    cores the second one is free once the analysis's forked child (fANOVA, bootstrap) is done, and the forest
-    is the longest step."""
-    import os
-
+    cores the second one is free once the analysis's forked child (fANOVA, the effects, the bootstrap) is
+    done, and the forest is the longest step."""
     from sklearn.ensemble import RandomForestRegressor
 
     return RandomForestRegressor(n_estimators=100, min_samples_leaf=3, max_features=0.5, oob_score=oob,

@@ -81,9 +81,9 @@ def analyze(data: StudyData, *, seed: int = 0, in_parallel: bool = True) -> Anal
     Repeated genomes are merged first (:meth:`StudyData.distinct`), so the surrogate's K-fold CV is
     grouped by genome (no genome on both sides of a split) and every resampling counts a genome once;
     the effects with the other genes held fixed resample within generations. ``in_parallel``: fANOVA, the
-    effects that need no forest and the adjusted effects run in a forked child (:func:`~optsearch.analysis.child.in_child`) while this
-    process does the rest; ``False`` runs everything here, in order (the same numbers: every estimator has
-    its own seed).
+    effects that need no forest and the adjusted effects run in a forked child
+    (:func:`~optsearch.analysis.child.in_child`) while this process does the rest; ``False`` runs everything
+    here, in order (the same numbers: every estimator has its own seed).
     """
     t0 = time.perf_counter()
     d = data.distinct()

@@ -250,8 +250,8 @@ def _replay(start: Genome, reference: Genome | None, margin: float | None, stage
     on these units: the current genome (measured in the previous step as the variant that was dropped,
     at its lr) and the parts shown to *hurt* — removing them cost more than the margin, the whole interval
     below −margin — which are kept with the row of the step that showed it. Dropping a part shown harmless
-    is not expected to make a part that costs more than the margin free, and each such part saved 3 of a
-    step's members × every run."""
+    is not expected to make a part that costs more than the margin free, and each such part not tried again
+    saves its lr re-sweep's members on every run."""
     proto = proto or {"lr_sweep": [0.0], "rule_parts": False, "holm": False, "shared_recipe": False}
     carry = bool(proto.get("carry", False))
     sweep = [float(o) for o in proto["lr_sweep"]]
