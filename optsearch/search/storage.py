@@ -2,7 +2,8 @@
 
 * ``sqlite:///path.db`` (the default, nothing to start) and any SQLAlchemy RDB URL such as
   ``postgresql+psycopg://user@host/db`` → :class:`optuna.storages.RDBStorage` with heartbeats, so a
-  crashed worker's trials are failed by the next worker (``fail_stale_trials``).
+  crashed worker's trials are failed by the next worker (``fail_stale_trials``); its trials are read without
+  the ORM (:class:`~optsearch.search.trial_read.TrialReadStorage`).
 * ``journal:///abs/path.log``, ``journal://relative.log`` or a path ending in ``.log``/``.journal`` → the journal file storage.
   It has no heartbeat, so every worker also records its host and pid on its trials and a RUNNING
   trial whose process is gone from this host is failed at once.
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Iterable
 
 import optuna
-from optuna.storages import BaseStorage, GrpcStorageProxy, JournalStorage, RDBStorage
+from optuna.storages import BaseStorage, GrpcStorageProxy, JournalStorage
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
@@ -38,6 +39,7 @@ from optuna.trial import TrialState
 from optsearch.errors import StudyError
 from optsearch.search.config import StudyConfig
 from optsearch.search.sampler.slots import unclaimed_for
+from optsearch.search.trial_read import TrialReadStorage
 
 DEFAULT_STORAGE = "sqlite:///studies/optsearch.db"
 HEARTBEAT_INTERVAL = 5
@@ -86,7 +88,7 @@ def open_storage(url: str | None = None, *, create: bool = True) -> BaseStorage:
         if "://" not in url:
             raise StudyError(f"storage {url!r} is not a URL (expected e.g. sqlite:///studies/optsearch.db, "
                              "postgresql+psycopg://user@host/db, journal:///path.log or grpc://host:13000)")
-        return RDBStorage(
+        return TrialReadStorage(
             url,
             heartbeat_interval=HEARTBEAT_INTERVAL,
             grace_period=GRACE_PERIOD,
