@@ -33,6 +33,7 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from optsearch.genome import BOOL_GENES, CLIP_CHOICES, FLOAT_RANGES, Genome, search_space
 from optsearch.analysis.agreement import METHODS, TOP_K, Agreement, ranks, spearman
+from optsearch.analysis.fanova_trees import TreeBoxes, importance as tree_importance
 from optsearch.genome.primitives import PRIMITIVES
 
 CONTINUOUS: tuple[str, ...] = tuple(FLOAT_RANGES)
@@ -178,10 +179,11 @@ def fanova(view: View, seeds: Sequence[int] = FANOVA_SEEDS) -> dict[str, tuple[f
     """fANOVA importances over several fixed seeds: unit -> (mean, standard deviation).
 
     The numbers are those of ``get_param_importances(view, evaluator=FanovaImportanceEvaluator(...))``
-    per seed (a test checks they are equal), but the view's search space and its encoding are worked
-    out once for all seeds: Optuna's evaluator recomputes them on every call, and comparing every
+    per seed (a test checks they are equal to 1e-12), but the view's search space and its encoding are
+    worked out once for all seeds: Optuna's evaluator recomputes them on every call, and comparing every
     trial's distributions to find the space took a third of fANOVA's time on 2,500 trials. The space is
-    static (every trial of the view has the same distributions), so the first trial's is the space.
+    static (every trial of the view has the same distributions), so the first trial's is the space. Each
+    tree's marginal variances come from :mod:`~optsearch.analysis.fanova_trees` (all midpoints at once).
     """
     from optuna._transform import _SearchSpaceTransform
     from optuna.importance._fanova._fanova import _Fanova
@@ -205,7 +207,8 @@ def fanova(view: View, seeds: Sequence[int] = FANOVA_SEEDS) -> dict[str, tuple[f
                 ev.fit(X=X, y=y, search_spaces=trans.bounds, column_to_encoded_columns=trans.column_to_encoded_columns)
             except RuntimeError:  # zero variance in every tree: nothing to decompose
                 return {}
-        raw = {k: ev.get_importance(i)[0] for i, k in enumerate(varying)}
+        trees = [TreeBoxes(t) for t in ev._trees]  # Optuna's trees, their marginals at every midpoint at once
+        raw = {k: tree_importance(trees, trans.column_to_encoded_columns[i]) for i, k in enumerate(varying)}
         total = sum(raw.values())
         runs.append({k: (raw.get(k, 0.0) / total if total > 0 else 1.0 / len(space)) for k in space})
     return {k: (float(np.mean([r[k] for r in runs])), float(np.std([r[k] for r in runs]))) for k in space}
@@ -255,9 +258,28 @@ def _forest(seed: int, oob: bool = False):
 
 
 def _fit(forest, X: np.ndarray, y: np.ndarray):
-    """Fit on threads, then predict on one: threads add the trees' predictions in the order they finish, and
-    float sums in another order differ in the last bits (the analysis prints the same numbers every run)."""
+    """Fit on threads; its own ``predict`` then runs on one (see :func:`predict`)."""
     return forest.fit(X, y).set_params(n_jobs=1)
+
+
+def predict(forest, X: np.ndarray) -> np.ndarray:
+    """``forest.predict(X)`` with one thread per core, to the bit.
+
+    scikit-learn's threads add the trees' predictions in the order they finish, and float sums in another
+    order differ in the last bits (the analysis prints the same numbers every run). Here the trees predict on
+    threads (tree traversal releases the GIL) and their predictions are added in the trees' order, as
+    ``predict`` with ``n_jobs=1`` adds them; the tests check the two are equal.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    X32 = np.ascontiguousarray(X, dtype=np.float32)  # what the forest's predict hands its trees
+    with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
+        preds = list(pool.map(lambda tree: tree.predict(X32, check_input=False), forest.estimators_))
+    out = np.zeros(len(X32))
+    for p in preds:
+        out += p
+    out /= len(preds)
+    return out
 
 
 def surrogate(features: Features, y: np.ndarray, *, seed: int = 0, folds: int = 5, repeats: int = 3) -> Surrogate:
@@ -274,7 +296,7 @@ def surrogate(features: Features, y: np.ndarray, *, seed: int = 0, folds: int = 
     if folds >= 2:
         for k, (tr, te) in enumerate(KFold(folds, shuffle=True, random_state=seed).split(X)):
             m = _fit(_forest(seed + k), X[tr], y[tr])
-            base = r2_score(y[te], m.predict(X[te]))
+            base = r2_score(y[te], predict(m, X[te]))
             cv_r2.append(float(base))
             # Every permuted copy of the held-out fold in one predict call (a call costs ~25 ms of overhead).
             blocks, keys = [], []
@@ -284,7 +306,7 @@ def surrogate(features: Features, y: np.ndarray, *, seed: int = 0, folds: int = 
                     Xp[:, cols] = Xp[rng.permutation(len(te))][:, cols]  # one permutation for the group
                     blocks.append(Xp)
                     keys.append(unit)
-            pred = m.predict(np.concatenate(blocks)).reshape(len(blocks), len(te))
+            pred = predict(m, np.concatenate(blocks)).reshape(len(blocks), len(te))
             for unit, p in zip(keys, pred):
                 drops[unit].append(base - r2_score(y[te], p))
     final = _fit(_forest(seed, oob=n >= 20), X, y)
@@ -308,7 +330,7 @@ def partial_dependence(s: Surrogate, features: Features, gene: str, *, rows: np.
     j = features.columns.index(gene)
     tiled = np.repeat(X[None], points, axis=0)
     tiled[:, :, j] = grid[:, None]
-    pred = s.model.predict(tiled.reshape(-1, X.shape[1])).reshape(points, len(X)).mean(axis=1)
+    pred = predict(s.model, tiled.reshape(-1, X.shape[1])).reshape(points, len(X)).mean(axis=1)
     return grid, pred
 
 
