@@ -455,7 +455,7 @@ def test_scikit_learn_is_imported_before_the_forest_thread_starts():
 
 
 def test_the_forest_on_every_core_gives_the_numbers_of_one_core(monkeypatch):
-    """The surrogate's forest fits its trees on threads; its CV scores and importances must not depend on how many."""
+    """The surrogate's forest fits and predicts on threads; its CV scores and importances must not depend on how many."""
     import sklearn.ensemble
 
     used = []
@@ -475,4 +475,7 @@ def test_the_forest_on_every_core_gives_the_numbers_of_one_core(monkeypatch):
         s = importance.surrogate(features, y)
         assert s.model.get_params()["n_jobs"] == 1  # fitted on `cores` threads, predicts on one
         runs.append((s.cv_r2, s.oob_r2, s.importance, s.model.predict(features.X).tolist()))
+        # its trees predict on `cores` threads, added in the trees' order: scikit-learn's one-thread numbers
+        X = rng.normal(size=(5000, features.X.shape[1])) + features.X.mean(axis=0)
+        assert importance.predict(s.model, X).tolist() == s.model.predict(X).tolist()
     assert runs[0] == runs[1] and set(used) == {1, 4}

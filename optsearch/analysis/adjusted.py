@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from optsearch.analysis.importance import CONDITIONAL, CONTINUOUS, PRIMS, SWITCHES, switch_on
-from optsearch.analysis.principles import MIN_GROUP, N_BOOT, Principle, boot_p, rng_for, departs, departure_label, fmt
+from optsearch.analysis.principles import MIN_GROUP, N_BOOT, Principle, boot_p, departure_label, departures, fmt, rng_for
 from optsearch.genome import Genome
 
 SCOPE = "other genes held fixed"
@@ -41,8 +41,8 @@ def design(genomes: Sequence[Genome], knots_from: Sequence[Genome] | None = None
     """
     ref = list(knots_from) if knots_from is not None else list(genomes)
     cols: dict[str, np.ndarray] = {"intercept": np.ones(len(genomes))}
-    for key in (*SWITCHES, *PRIMS):
-        cols[key] = departs(genomes, key).astype(float)
+    for key, mask in departures(genomes).items():  # every switch and primitive
+        cols[key] = mask.astype(float)
     for gene in CONTINUOUS:
         x = np.array([float(getattr(g, gene)) for g in genomes])
         xr = np.array([float(getattr(g, gene)) for g in ref])
@@ -132,9 +132,10 @@ def adjusted_principles(genomes: Sequence[Genome], y: np.ndarray, generation: np
     if n < 4 * MIN_GROUP:
         return []
     effects = adjusted_tests(genomes, y, generation, seed=seed)
+    masks = departures(genomes)
     out = []
     for key, (d, lo, hi, pval) in effects.items():
-        mask = departs(genomes, key)
+        mask = masks[key]
         ok = lo > 0 or hi < 0
         label = departure_label(key)
         sentence = (f"{label} with the other genes held fixed: {fmt(d)} {unit} (95 % CI {fmt(lo)}…{fmt(hi)}, "

@@ -54,20 +54,30 @@ def analyze_study(name: str, storage: str | None = None, objective: str | None =
     data = load_study_data(name, storage, objective)
     result = analyze(data, seed=seed)
     out = output_dir(name, out_dir)
-    files = write_outputs(result, out)
+    ids: list[str] = []
+    files = write_outputs(result, out, meanwhile=(lambda: ids.extend(save_to_dashboard(result))) if dashboard else None)
     lines = [summary_text(result), f"wrote {out}: {', '.join(p.name for p in files)}"]
     if dashboard:
-        ids = save_to_dashboard(result)
         lines.append(f"saved the analysis note and {len(ids)} figures into the study for optuna-dashboard "
                      f"(python -m optsearch dashboard {name})")
     return "\n".join(lines)
 
 
-def write_outputs(result: Analysis, out: Path) -> list[Path]:
-    """report.md, principles.json and the PNG figures in ``out``; returns the files written."""
+def write_outputs(result: Analysis, out: Path, *, meanwhile: Callable[[], Any] | None = None) -> list[Path]:
+    """report.md, principles.json and the PNG figures in ``out``; returns the files written.
+
+    A forked child draws the analysis's PNGs while this process draws the search's and then runs
+    ``meanwhile`` (:func:`analyze_study` saves the dashboard's note and figures there: the child's share is the
+    longer one).
+    """
+    import matplotlib.backends.backend_agg  # noqa: F401  imported once, before the fork, not in both processes
+    import matplotlib.figure  # noqa: F401
+
     pending = in_child(write_figures, result, out)  # the analysis's PNGs on the other core
     members = result.members
     search_pngs = write_search_figures(result.data.study, out, members)
+    if meanwhile is not None:
+        meanwhile()
     pngs = pending()
     js = write_json(result.to_dict(), out / "principles.json")
     text = report_markdown(result, [p.name for p in pngs]) + search_markdown(result.data.study, members,
