@@ -136,16 +136,23 @@ def test_report_draws_the_analysis_figures_in_a_forked_child_while_it_draws_the_
     from optsearch.analysis import figures
     from optsearch.analysis.child import in_child
 
-    drawn_by = tmp_path / "pid"
+    import time
+
+    drawn_by, meanwhile_ran = tmp_path / "pid", tmp_path / "meanwhile"
     real = figures.matplotlib_figures
 
-    def spy(result):
-        drawn_by.write_text(str(os.getpid()))
+    def spy(result):  # waits (up to 60 s) for `meanwhile`: it must run here while the child draws, not after
+        deadline = time.monotonic() + 60
+        while not meanwhile_ran.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        drawn_by.write_text(f"{os.getpid()} {meanwhile_ran.exists()}")
         return real(result)
 
     monkeypatch.setattr(figures, "matplotlib_figures", spy)
-    paths = write_outputs(single["result"], tmp_path / "out")
-    assert int(drawn_by.read_text()) != os.getpid()  # the child drew them ...
+    paths = write_outputs(single["result"], tmp_path / "out", meanwhile=lambda: meanwhile_ran.write_text(str(os.getpid())))
+    pid, waited = drawn_by.read_text().split()
+    assert int(pid) != os.getpid()  # the child drew them ...
+    assert waited == "True" and int(meanwhile_ran.read_text()) == os.getpid()  # ... while this process ran `meanwhile`
     assert {p.name for p in paths} >= {"importance.png", "history.png", "principles.png"}
     assert all(p.read_bytes()[:8] == PNG for p in paths if p.suffix == ".png")  # ... and they are there
     with pytest.raises(ZeroDivisionError):  # the child's errors come back

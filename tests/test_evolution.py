@@ -338,3 +338,50 @@ def test_dashboard_redraws_the_search_figures_when_trials_finish(single, tmp_pat
         assert server.refreshes == 2
     after = json.loads(cards()[GRAPH_PREFIX + "generations"])
     assert [d["x"][0] for d in after["data"] if d["type"] == "box"] == [0, 1, 2, 3]
+
+
+def _bred_members(generations_: int, size: int = 3) -> list:
+    """A synthetic search: each member a crossover of two members of the generation before, fitness rising."""
+    from optsearch.analysis.evolution import Member
+
+    members, rng = [], np.random.default_rng(0)
+    for g in range(generations_):
+        for i in range(size):
+            number = g * size + i
+            parents = [] if g == 0 else sorted(rng.choice(size, 2, replace=False) + (g - 1) * size)
+            members.append(Member(number, g, i, "complete", float(g + rng.uniform()), (0.0,),
+                                  "random" if g == 0 else "crossover", [int(p) for p in parents], Genome()))
+    return members
+
+
+def test_a_large_lineage_labels_only_its_main_line_of_fitter_parents():
+    """375 labels at 7 pt overlapped into a smear (and were most of the lineage PNG's drawing time)."""
+    from optsearch.analysis.evolution import main_line
+    from optsearch.analysis.evolution_figures import LABELLED, lineage_png
+
+    members = _bred_members(40)
+    lin = lineage(members)
+    assert len(lin.nodes) > LABELLED
+    line = main_line(lin)
+    by = {m.number: m for m in members}
+    assert line[0] == lin.roots[0] and by[line[-1]].generation == 0 and len(line) == 40
+    for child, parent in zip(line, line[1:]):  # each step goes to the child's fitter parent
+        assert parent == max(by[child].parents, key=lambda n: by[n].fitness)
+    labels = {t.get_text() for t in lineage_png(lin).axes[0].texts if t.get_text().startswith("#")}
+    assert labels == {f"#{n}" for n in line}
+    small = lineage(_bred_members(5))
+    assert len({t.get_text() for t in lineage_png(small).axes[0].texts if t.get_text().startswith("#")}) == len(small.nodes)
+
+
+def test_the_generations_png_labels_its_ticks_with_the_generation_numbers():
+    """The box plot's own ticks labelled the boxes 0, 1, 2 … so thinned ticks of 50 generations read 0 … 24."""
+    import io
+
+    from optsearch.analysis.evolution_figures import generations_png
+
+    fig = generations_png(generations(_bred_members(50)))
+    fig.savefig(io.BytesIO(), format="png")
+    bottom = fig.axes[-1]
+    shown = [(t, lab.get_text()) for t, lab in zip(bottom.get_xticks(), bottom.get_xticklabels()) if lab.get_visible()]
+    assert shown and all(float(text.replace("−", "-")) == t for t, text in shown)
+    assert max(t for t, _ in shown) >= 40

@@ -141,6 +141,21 @@ def lineage(members: Sequence[Member], roots: Sequence[int] | None = None) -> Li
 
 
 # ----------------------------------------------------------------------------- generations
+def main_line(lin: Lineage) -> list[int]:
+    """The roots and, from each, the chain of fitter parents back to a founder: the lineage's main line."""
+    parents: dict[int, list[int]] = {}
+    for p, c, _ in lin.edges:
+        parents.setdefault(c, []).append(p)
+    line: list[int] = []
+    for node in lin.roots:
+        while node in lin.nodes and node not in line:
+            line.append(node)
+            up = [n for n in parents.get(node, []) if n in lin.nodes]
+            fitness = {n: lin.nodes[n].fitness for n in up}
+            node = max(up, key=lambda n: (fitness[n] if fitness[n] is not None else -math.inf, -n)) if up else None
+    return line
+
+
 @dataclass
 class Generations:
     """Per generation (``generation[i]``): fitness of the complete members, outcome counts, carried units.
@@ -376,6 +391,6 @@ def generation_summary_text(study: optuna.Study, *, members: Sequence[Member] | 
     return "\n".join(lines)
 
 
-__all__ = ["Anatomy", "Curve", "checkpoint_layout", "Generations", "Lineage", "Member", "anatomy", "best_member", "fronts_by_generation", "memory_front",
+__all__ = ["Anatomy", "Curve", "checkpoint_layout", "Generations", "Lineage", "Member", "anatomy", "best_member", "fronts_by_generation", "main_line", "memory_front",
            "generation_summary_text", "generations", "lineage", "pareto_mask", "read_members", "sparkline",
            "winner_lineage", "winner_member"]

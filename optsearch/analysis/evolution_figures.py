@@ -14,9 +14,10 @@ import numpy as np
 import optuna
 
 from optsearch.analysis.evolution import (
-    Anatomy, Generations, Lineage, Member, anatomy, fronts_by_generation, generations, memory_front, read_members,
-    switch_name, winner_lineage,
+    Anatomy, Generations, Lineage, Member, anatomy, fronts_by_generation, generations, main_line, memory_front,
+    read_members, switch_name, winner_lineage,
 )
+from optsearch.analysis.figures import figure
 
 from optsearch.search.config import MEMORY_OBJECTIVE
 
@@ -259,20 +260,19 @@ def save_search_figures(study: optuna.Study, members: Sequence[Member] | None = 
 
 
 # ----------------------------------------------------------------------------- matplotlib (report PNGs)
-def _figure(w: float, h: float, rows: int = 1, cols: int = 1, **kw: Any):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(w, h), layout="constrained")
-    return fig, fig.subplots(rows, cols, squeeze=False, **kw)
+LABELLED = 60
+"""A lineage of more members than this labels only its roots' main line (more labels overlap into a smear)."""
 
 
 def lineage_png(lin: Lineage):
     """One arrow field per operator, one scatter per marker, labels out of the layout, a fixed legend place: an
-    annotation per link and ``loc="best"`` (which measures every label) took 44 s on 375 ancestors."""
+    annotation per link and ``loc="best"`` (which measures every label) took 44 s on 375 ancestors. Every member
+    is labelled up to :data:`LABELLED` members, else the main line (:func:`main_line`); the dashboard's lineage
+    names every member on hover."""
     nodes = lin.nodes
     known = [m.fitness for m in nodes.values() if m.fitness is not None]
     floor = min(known) if known else 0.0
-    fig, ax = _figure(10, 5.5)
+    fig, ax = figure(10, 5.5)
     a = ax[0][0]
     for origin in sorted({o for *_, o in lin.edges}):
         xy = np.array([[nodes[p].generation, _y(nodes[p], floor), nodes[c].generation, _y(nodes[c], floor)]
@@ -284,7 +284,7 @@ def lineage_png(lin: Lineage):
         if ms:
             a.scatter([m.generation for m in ms], [_y(m, floor) for m in ms], s=120 if root else 40,
                       marker="*" if root else "o", color=[STATE_COLORS.get(m.state, "k") for m in ms], zorder=3)
-    for m in nodes.values():
+    for m in (nodes.values() if len(nodes) <= LABELLED else [nodes[n] for n in main_line(lin)]):
         a.annotate(f"#{m.number}", (m.generation, _y(m, floor)), fontsize=7, xytext=(4, 4),
                    textcoords="offset points").set_in_layout(False)
     if lin.roots and lin.roots[0] in nodes:
@@ -299,10 +299,11 @@ def lineage_png(lin: Lineage):
 
 
 def generations_png(gs: Generations):
-    fig, ax = _figure(11, 10, 4, 1, sharex=True, height_ratios=[2, 1, 1, 1])
+    fig, ax = figure(11, 10, 4, 1, sharex=True, height_ratios=[2, 1, 1, 1],
+                     margins=dict(left=0.07, right=0.99, bottom=0.05, top=0.97, hspace=0.1))
     g = gs.generation
     data = [f if len(f) else np.array([np.nan]) for f in gs.fitness]
-    ax[0][0].boxplot(data, positions=g, widths=0.6)
+    ax[0][0].boxplot(data, positions=g, widths=0.6, manage_ticks=False)  # its ticks would read 0, 1, … not g
     ax[0][0].plot(g, gs.best_so_far, "k--", label="best so far")
     ax[0][0].set_ylabel("fitness")
     ax[0][0].legend(fontsize=8, loc="lower right")
@@ -332,7 +333,7 @@ def generations_png(gs: Generations):
 def memory_png(members: Sequence[Member]):
     done = [m for m in members if m.fitness is not None and m.genome is not None]
     front = memory_front(members)
-    fig, ax = _figure(7, 5)
+    fig, ax = figure(7, 5)
     a = ax[0][0]
     a.scatter([m.genome.state_floats() for m in done], [m.fitness for m in done], s=8, color="0.75", label="members")
     a.step([m.genome.state_floats() for m in front], [m.fitness for m in front], "o-", where="post", color="#d62728",
@@ -355,7 +356,7 @@ def pareto_png(members: Sequence[Member], names: Sequence[str]):
     done = [m for m in members if m.values]
     last = max(fronts) if fronts else 0
     cmap = __import__("matplotlib").colormaps["viridis"]
-    fig, ax = _figure(6 * len(pairs), 5.5, 1, len(pairs))
+    fig, ax = figure(6 * len(pairs), 5.5, 1, len(pairs))
     for a, (i, j) in zip(ax[0], pairs):
         a.scatter([m.values[i] for m in done], [m.values[j] for m in done], s=6, color="0.75")
         for g, front in fronts.items():
@@ -373,7 +374,7 @@ def pareto_png(members: Sequence[Member], names: Sequence[str]):
 
 def anatomy_png(an: Anatomy):
     tasks = _curve_tasks(an) or ["training curves"]
-    fig, ax = _figure(7 + 4 * len(tasks), 4.5, 1, 1 + len(tasks), width_ratios=[1.2] + [1] * len(tasks))
+    fig, ax = figure(7 + 4 * len(tasks), 4.5, 1, 1 + len(tasks), width_ratios=[1.2] + [1] * len(tasks))
     parts = an.parts[::-1]
     a = ax[0][0]
     vals = [x if x is not None else 0.0 for _, _, x, _, _ in parts]
