@@ -437,6 +437,24 @@ def test_batched_bootstrap_fit_equals_one_weighted_fit_per_replicate():
         assert np.allclose(coef, np.linalg.lstsq(X[rows], y[rows], rcond=None)[0], atol=1e-4)
 
 
+def test_the_bootstrap_regression_gives_the_same_bits_whatever_blas_is_allowed():
+    """OpenBLAS on two threads sums in another order than on one: the adjusted effects' fit pins it to one thread,
+    so the printed analysis does not depend on how many threads BLAS would take."""
+    from threadpoolctl import threadpool_limits
+
+    from optsearch.analysis.adjusted import bootstrap_counts, fit
+
+    rng = np.random.default_rng(0)
+    n, d = 2000, 40
+    X, y = np.c_[np.ones(n), rng.normal(size=(n, d - 1))], rng.normal(size=n)
+    W = bootstrap_counts(rng.integers(0, n, (250, n)), n)
+    fits = []
+    for threads in (1, 2):
+        with threadpool_limits(threads, user_api="blas"):
+            fits.append(fit(X, y, W))
+    assert np.array_equal(fits[0], fits[1])
+
+
 def test_scikit_learn_is_imported_before_the_forest_thread_starts():
     """A first import of scikit-learn in two threads at once can fail (partly initialised module): the forest's
     thread must find it imported. In a fresh process, so no earlier test has imported it already."""

@@ -62,8 +62,17 @@ def fit(X: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> np.n
     """Least-squares coefficients of ``y`` on ``X``; with ``weights`` (k, n), one fit per row of weights.
 
     A bootstrap replicate is the same fit with each row weighted by how often it was drawn, so all
-    replicates are solved in one batched call instead of one Python-level fit each.
+    replicates are solved in one batched call instead of one Python-level fit each. BLAS runs on one thread
+    here: OpenBLAS on two threads sums the products in another order (coefficients differing at ~1e-8 between
+    processes were seen), and the analysis prints the same numbers every run; it runs beside the forest anyway.
     """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        return _fit(X, y, weights)
+
+
+def _fit(X: np.ndarray, y: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
     scale = X.std(axis=0)
     scale[scale == 0] = 1.0
     Z = X / scale
