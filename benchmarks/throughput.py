@@ -34,6 +34,7 @@ import optuna
 import torch
 import torch.nn.functional as F
 
+from optsearch.train.device import retain_freed_host_memory
 from optsearch.train.evaluate import batch_indices, build_model, data_seed, task_data
 from optsearch.genome import NAMED, Genome, define_search_space
 from optsearch.optim import GenomeOptimizer
@@ -282,8 +283,10 @@ def main() -> None:
     args = ap.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # progress shows through pipes
     torch.set_num_threads(args.threads)
+    retained = retain_freed_host_memory()  # as every CPU training unit does; (a), (b) and (c) alike
     print(f"# throughput — torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{args.threads} threads of {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
+          f"{args.threads} threads of {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start, "
+          f"freed host memory {'kept' if retained else 'returned to the OS'}")
     for name in args.tasks.split(","):
         run_task(name.strip(), args.population, args.steps, args.batch_size, args.reference_genomes, args.repeats,
                  not args.no_compile, [b.strip() for b in args.backends.split(",") if b.strip()] or [None])

@@ -19,7 +19,9 @@ without one), for when a run must be replayed bit for bit on a GPU.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import platform
 from typing import Callable, Iterator
 
 import torch
@@ -60,6 +62,38 @@ def precision_mode(precision: str, *, deterministic: bool = False) -> Iterator[N
         (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
          torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) = saved[:4]
         torch.use_deterministic_algorithms(saved[4], warn_only=saved[5])
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+HOST_MMAP_THRESHOLD = 32 << 20
+"""Host blocks below this come from the heap and are reused (glibc's ceiling for the mmap threshold)."""
+_RETAINED: bool | None = None
+
+
+def retain_freed_host_memory() -> bool:
+    """Keep freed host memory for reuse instead of handing it back to the OS (glibc only; once per process).
+
+    A CPU training step allocates and frees megabyte-sized temporaries (activations, the update's
+    ``[P, D]`` terms). glibc returns a freed block at the top of its heap to the OS whenever more than
+    twice its adaptive mmap threshold is free there, so every step faults the same pages in again and
+    the kernel zeroes each one: for the digits population that page work is comparable to the update's
+    arithmetic (docs/measurements.md). Fixing the thresholds keeps those pages mapped; the price is that
+    the process's resident memory stays at its peak, which a training worker reaches anyway.
+    Does nothing where the user tuned malloc already (``MALLOC_*_`` variables) or the C library is not
+    glibc (a preloaded jemalloc or tcmalloc ignores ``mallopt`` anyway). Returns whether it is in effect.
+    """
+    global _RETAINED
+    if _RETAINED is None:
+        _RETAINED = False
+        user_tuned = any(k in os.environ for k in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_"))
+        if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc" and not user_tuned:
+            try:
+                mallopt = ctypes.CDLL(None).mallopt
+            except (OSError, AttributeError):
+                return False
+            _RETAINED = bool(mallopt(_M_MMAP_THRESHOLD, HOST_MMAP_THRESHOLD)) and bool(
+                mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    return _RETAINED
 
 
 @contextlib.contextmanager
@@ -191,4 +225,5 @@ def forbid_host_reads() -> Iterator[list[str]]:
 __all__ = [
     "CPU_EVAL_CHUNK", "DEFAULT_PRECISION", "HostReadError", "PRECISIONS", "activation_elements", "check_precision",
     "eval_chunk", "forbid_host_reads", "forward_context", "host_reads_allowed", "precision_mode", "preserve_rng",
+    "retain_freed_host_memory",
 ]

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from optsearch.errors import ConfigError
-from optsearch.train.device import host_reads_allowed
+from optsearch.train.device import host_reads_allowed, retain_freed_host_memory
 from optsearch.train.results import PROXY_EXAMPLES, Callback, Checkpoint, UnitResult
 from optsearch.train.spec import RunSpec, resolve_device
 from optsearch.train.tasks import DIVERGENCE_LOSS, LOSS_TAIL, WORST_FITNESS, Task, TaskData, fitness, load_data
@@ -145,6 +145,8 @@ class UnitRun:
 
     def train(self) -> tuple[list[UnitResult], set[int]]:
         """Train the unit; returns the finished members' results and the members pruned in it."""
+        if self.device.type == "cpu":  # every step's temporaries would otherwise fault their pages in anew
+            retain_freed_host_memory()
         with host_reads_allowed():  # setup copies data and weights to the device
             data = task_data(self.task, device=self.device, data_dir=self.data_dir, subsample=self.subsample)
             model = build_model(self.task, self.seed, device=self.device, dtype=self.dtype)
