@@ -106,3 +106,21 @@ def test_retiring_members_renumbers_their_rows():
     assert upd.rows["ortho_momentum"].tolist() == [1, 3] and upd.trust_rows.tolist() == [2, 4]
     upd.keep_rows(torch.tensor([0, 3, 4]))
     assert upd.rows["ortho_momentum"].tolist() == [1] and upd.trust_rows.tolist() == [2]
+
+
+def test_member_rows_are_written_back_without_a_scatter_add():
+    """Compiled, ``index_add_`` becomes an atomic add per element (the rows are distinct: a copy does);
+    the compiled graph holds the ops the update calls with the graph's arguments, recorded here eagerly."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        seen: set[str] = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    with Ops() as ops:
+        _step(random_genomes(12, seed=1) + [NAMED["muon"]], compiled=True)
+    assert "index_copy_" in ops.seen or "index_copy" in ops.seen  # rows were written back…
+    assert not {"index_add", "index_add_", "scatter_add", "scatter_add_", "index_put_"} & ops.seen  # …not added

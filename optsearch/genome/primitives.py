@@ -225,7 +225,8 @@ def advance_and_direct(
             if direction is None:
                 direction = torch.zeros_like(g)
             term = PRIMITIVES[name].fn(_select(s, idx, PRIMITIVES[name].needs))
-            direction.index_add_(0, idx, term * alpha.index_select(0, idx))
+            # a copy, not index_add_: the rows are distinct, and compiled, index_add_ adds atomically (slower)
+            direction.index_copy_(0, idx, direction.index_select(0, idx).add_(term * alpha.index_select(0, idx)))
             del term
             continue
         term = PRIMITIVES[name].fn(s)
