@@ -90,4 +90,6 @@ def test_one_worker_and_three_with_a_kill_give_the_same_genomes(tmp_path, hold):
     st = optuna.load_study(study_name="three", storage=open_storage(url))
     assert any(t.state == TrialState.FAIL and t.system_attrs.get(PID_ATTR) == victim for t in st.trials)
     workers = {t.system_attrs.get(PID_ATTR) for t in st.trials} - {None}
-    assert len(workers) >= 3, err  # three processes really shared the work
+    # The victim and another process told trials. Not necessarily three: a spawned worker asks for every free
+    # slot at once (its chunk is the population), so on a loaded machine the last one to start may find none.
+    assert len(workers) >= 2, err

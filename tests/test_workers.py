@@ -71,7 +71,9 @@ def test_three_workers_survive_a_sigkill(storage_url, tmp_path, hold):
     gens = study.generations(st)
     assert sorted(gens) == list(range(GENERATIONS))
     workers = {t.system_attrs.get(PID_ATTR) for t in trials} - {None}
-    assert len(workers) == 3 and victim in workers  # three processes really shared the work
+    # The victim and another process told trials. Not necessarily all three: a spawned worker asks for every free
+    # slot at once (its chunk is the population), so on a loaded machine the last one to start may find none.
+    assert victim in workers and len(workers) >= 2
     # A trial without an owner was asked by the victim an instant before the kill, before it could mark it.
     unmarked = {t.number for t in trials if t.system_attrs.get(PID_ATTR) is None}
     assert all(st.trials[n].state == TrialState.FAIL for n in unmarked)
