@@ -1,4 +1,5 @@
-"""The device policy of a training call: precision, determinism, RNG isolation, evaluation chunks, host reads.
+"""The device policy of a training call: precision, determinism, RNG isolation, evaluation chunks, host reads,
+and on the CPU, freed host memory kept for the next step (:func:`retain_freed_host_memory`).
 
 Precision (``[search] precision``):
 
